@@ -1,0 +1,338 @@
+//! `energy-agent check`: what works on this host, what does not, and the fix for each.
+
+use std::path::Path;
+
+use clap::Args;
+
+use crate::probe::{
+    self, SCHED_TRACEPOINTS,
+    privileges::Capabilities,
+    tracefs::{TRACEFS_PATHS, Tracefs},
+};
+
+/// Options of `energy-agent check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Works.
+    Pass,
+    /// Works with a limitation, or not needed.
+    Warn,
+    /// Does not work; the agent cannot run until it is fixed.
+    Fail,
+    /// Not checked because an earlier check failed.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// Short name, stable for scripts.
+    pub name: String,
+    /// Outcome.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it (empty when nothing needs fixing).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix: String::new(),
+        }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = fix.into();
+        self
+    }
+}
+
+/// The whole report.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    /// Whether the agent can run here (no check failed).
+    pub ok: bool,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+/// Runs every check and prints the report; exit code 1 when the agent cannot run.
+pub fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let checks = run_checks();
+    let report = Report {
+        ok: checks.iter().all(|c| c.status != Status::Fail),
+        checks,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+/// Renders the report for a terminal.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for c in &report.checks {
+        let tag = match c.status {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        s.push_str(&format!("{tag}  {:<width$}  {}\n", c.name, c.detail));
+        if !c.fix.is_empty() {
+            s.push_str(&format!("      {:<width$}  fix: {}\n", "", c.fix));
+        }
+    }
+    s.push_str(if report.ok {
+        "\nenergy-agent can run on this host.\n"
+    } else {
+        "\nenergy-agent cannot run on this host until the FAIL lines are fixed.\n"
+    });
+    s
+}
+
+/// Every check, in dependency order.
+pub fn run_checks() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let privileged = check_privileges(&mut checks);
+    check_kernel(&mut checks);
+    checks.push(check_btf(Path::new(probe::KERNEL_BTF)));
+    let tracefs = check_tracefs(&mut checks, privileged);
+    if let Some(tracefs) = &tracefs {
+        check_tracepoints(&mut checks, tracefs);
+    }
+    check_bpf_load(&mut checks, privileged);
+    checks
+}
+
+fn check_privileges(checks: &mut Vec<Check>) -> bool {
+    match Capabilities::current(Path::new("/proc")) {
+        Ok(caps) => {
+            let missing = caps.missing_for_bpf();
+            if missing.is_empty() {
+                let who = if caps.euid() == 0 {
+                    "running as root".to_string()
+                } else {
+                    format!("uid {} with CAP_BPF and CAP_PERFMON", caps.euid())
+                };
+                checks.push(Check::new("privileges", Status::Pass, who));
+                true
+            } else {
+                checks.push(
+                    Check::new(
+                        "privileges",
+                        Status::Fail,
+                        format!("uid {} lacks {}", caps.euid(), missing.join(", ")),
+                    )
+                    .fix("run as root, or grant the binary the capabilities: setcap cap_bpf,cap_perfmon+ep energy-agent"),
+                );
+                false
+            }
+        }
+        Err(e) => {
+            checks.push(Check::new(
+                "privileges",
+                Status::Warn,
+                format!("cannot read /proc/self/status: {e}"),
+            ));
+            true
+        }
+    }
+}
+
+/// Kernel release as (major, minor), from `uname -r` text like `6.18.44-fc`.
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn check_kernel(checks: &mut Vec<Check>) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    match parse_kernel_release(release) {
+        Some(v) if v >= (5, 19) => checks.push(Check::new(
+            "kernel",
+            Status::Pass,
+            format!("Linux {release} (ring buffer and per-CPU map reads need ≥ 5.19)"),
+        )),
+        Some(_) => checks.push(
+            Check::new(
+                "kernel",
+                Status::Fail,
+                format!("Linux {release} is older than 5.19"),
+            )
+            .fix("upgrade to Linux ≥ 5.19 (ring buffers: 5.8, bpf_map_lookup_percpu_elem: 5.19)"),
+        ),
+        None => checks.push(Check::new(
+            "kernel",
+            Status::Warn,
+            format!("cannot parse kernel release {release:?}"),
+        )),
+    }
+}
+
+fn check_btf(path: &Path) -> Check {
+    let offsets = probe::btf::Btf::from_file(path).and_then(|btf| {
+        Ok((
+            btf.member_offset("task_struct", "pid")?,
+            btf.member_offset("task_struct", "tgid")?,
+        ))
+    });
+    match offsets {
+        Ok((pid, tgid)) => Check::new(
+            "btf",
+            Status::Pass,
+            format!(
+                "{}: task_struct.pid at {pid}, .tgid at {tgid}",
+                path.display()
+            ),
+        ),
+        Err(e) => Check::new("btf", Status::Fail, e.to_string()).fix(
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all major distributions since 2020)",
+        ),
+    }
+}
+
+fn check_tracefs(checks: &mut Vec<Check>, privileged: bool) -> Option<Tracefs> {
+    if let Some(found) = Tracefs::find() {
+        checks.push(Check::new(
+            "tracefs",
+            Status::Pass,
+            format!("mounted at {}", found.root().display()),
+        ));
+        return Some(found);
+    }
+    if privileged {
+        match Tracefs::find_or_mount() {
+            Ok(found) => {
+                checks.push(Check::new(
+                    "tracefs",
+                    Status::Pass,
+                    format!("was not mounted; mounted it at {}", found.root().display()),
+                ));
+                return Some(found);
+            }
+            Err(e) => checks.push(
+                Check::new("tracefs", Status::Fail, e.to_string())
+                    .fix("mount -t tracefs tracefs /sys/kernel/tracing (needs CONFIG_TRACING)"),
+            ),
+        }
+    } else {
+        checks.push(
+            Check::new(
+                "tracefs",
+                Status::Fail,
+                format!("not mounted at {}", TRACEFS_PATHS.join(" or ")),
+            )
+            .fix("mount -t tracefs tracefs /sys/kernel/tracing (the agent does this itself when run as root)"),
+        );
+    }
+    None
+}
+
+fn check_tracepoints(checks: &mut Vec<Check>, tracefs: &Tracefs) {
+    for (_, event) in SCHED_TRACEPOINTS {
+        let name = format!("tracepoint sched:{event}");
+        match tracefs.format("sched", event) {
+            Ok(_) => checks.push(Check::new(name, Status::Pass, "present")),
+            Err(e) => checks.push(
+                Check::new(name, Status::Fail, e.to_string())
+                    .fix("use a kernel with CONFIG_TRACEPOINTS and scheduler tracepoints"),
+            ),
+        }
+    }
+}
+
+fn check_bpf_load(checks: &mut Vec<Check>, privileged: bool) {
+    if !privileged {
+        checks.push(Check::new("bpf load", Status::Skip, "needs privileges"));
+        checks.push(Check::new("ring buffer", Status::Skip, "needs privileges"));
+        return;
+    }
+    match probe::try_load() {
+        Ok(()) => {
+            checks.push(Check::new(
+                "bpf load",
+                Status::Pass,
+                "scheduler programs (raw tracepoints) pass the verifier",
+            ));
+            checks.push(Check::new(
+                "ring buffer",
+                Status::Pass,
+                "BPF_MAP_TYPE_RINGBUF created",
+            ));
+        }
+        Err(e) => {
+            checks.push(Check::new("bpf load", Status::Fail, e.to_string()).fix(
+                "see the verifier or kernel message above; run with RUST_LOG=debug for details",
+            ));
+            checks.push(Check::new(
+                "ring buffer",
+                Status::Skip,
+                "object did not load",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release_parsing() {
+        assert_eq!(parse_kernel_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+    }
+
+    #[test]
+    fn render_marks_failures_and_fixes() {
+        let report = Report {
+            ok: false,
+            checks: vec![
+                Check::new("kernel", Status::Pass, "Linux 6.18"),
+                Check::new("privileges", Status::Fail, "uid 65534 lacks CAP_BPF")
+                    .fix("run as root"),
+            ],
+        };
+        let text = render(&report);
+        assert!(text.contains("PASS  kernel"));
+        assert!(text.contains("FAIL  privileges"));
+        assert!(text.contains("fix: run as root"));
+        assert!(text.contains("cannot run"));
+    }
+
+    #[test]
+    fn btf_check_fails_without_kernel_btf() {
+        let check = check_btf(Path::new("/nonexistent/vmlinux"));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.fix.contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+}

@@ -1,0 +1,515 @@
+//! Loads and attaches the eBPF programs and hands out per-interval scheduler data.
+//!
+//! Minimum kernel version: 5.19 (ring buffer 5.8, `sched_switch` raw tracepoint with
+//! `prev_state` 5.18, `bpf_map_lookup_percpu_elem` 5.19), with kernel BTF and root or
+//! CAP_BPF + CAP_PERFMON. tracefs (mounted here when missing) tells which arguments the
+//! exit tracepoint passes.
+
+mod accounting;
+pub mod btf;
+pub mod privileges;
+pub mod progstats;
+pub mod tracefs;
+
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
+
+pub use accounting::{Accountant, Lifecycle, Round, Running, TaskSlice, comm_str};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::RawTracePoint,
+};
+use energy_common::{
+    CpuState, DEFAULT_MAX_TASKS, Event, STAT_COUNT, STAT_EVENTS_LOST, STAT_EXITING_MAP_FULL,
+    STAT_SWITCHES, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TaskKey, TaskTime, names,
+};
+use privileges::Capabilities;
+use tracefs::{Tracefs, TracefsError};
+
+use crate::clock::monotonic_ns;
+
+/// The eBPF object built by build.rs (empty when built without bpf-linker).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/energy"));
+
+/// The raw tracepoints the scheduler programs attach to: (program, tracepoint); all are
+/// in the `sched` category of tracefs.
+pub const SCHED_TRACEPOINTS: [(&str, &str); 4] = [
+    (names::PROG_SCHED_SWITCH, "sched_switch"),
+    (names::PROG_SCHED_EXIT, "sched_process_exit"),
+    (names::PROG_SCHED_EXEC, "sched_process_exec"),
+    (names::PROG_SCHED_FORK, "sched_process_fork"),
+];
+
+/// Where the kernel's BTF is.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why the probe could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The binary was built without the eBPF object.
+    #[error(
+        "this energy-agent was built without its eBPF programs (bpf-linker was missing); rebuild it with `cargo xtask build`"
+    )]
+    NoObject,
+    /// Not enough privilege to load BPF programs.
+    #[error(
+        "energy-agent needs root or CAP_BPF+CAP_PERFMON to load its eBPF programs (missing: {missing}); run `energy-agent check` for details"
+    )]
+    Privileges {
+        /// The missing capabilities, comma-separated.
+        missing: String,
+    },
+    /// tracefs is missing or a tracepoint is not what the programs expect.
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// The kernel's BTF is missing or lacks a field the programs read.
+    #[error("kernel BTF ({KERNEL_BTF}): {0}")]
+    Btf(#[from] btf::BtfError),
+    /// The object or one of its maps could not be loaded.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("eBPF program {program}: {action} failed: {source}")]
+    Program {
+        /// Program name.
+        program: String,
+        /// `load` or `attach`.
+        action: &'static str,
+        /// The kernel's or aya's reason.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map was missing or of the wrong type.
+    #[error("eBPF map {map}: {reason}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Reading a map failed.
+    #[error("reading eBPF map {map} failed: {source}")]
+    Read {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Settings for loading the probe.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Capacity of the task map (threads tracked at once).
+    pub max_tasks: u32,
+    /// Forward the programs' diagnostics (aya-log) to the agent's log.
+    pub ebpf_log: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            max_tasks: DEFAULT_MAX_TASKS,
+            ebpf_log: false,
+        }
+    }
+}
+
+/// Loss and activity counters kept by the programs, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeStats {
+    /// Thread-time inserts that failed because the task map was full.
+    pub task_map_full: u64,
+    /// Ring-buffer records lost because it was full.
+    pub events_lost: u64,
+    /// Exit flags lost because the exiting map was full.
+    pub exiting_map_full: u64,
+    /// `sched_switch` runs since attach.
+    pub switches: u64,
+    /// Switch-outs of a task whose switch-in the kernel did not trace; such a task is
+    /// charged from the last traced switch on its CPU.
+    pub unseen_switch_in: u64,
+    /// Program runs the kernel skipped (recursion guard), summed over the programs.
+    pub missed_runs: u64,
+    /// Threads in the task map at the last read.
+    pub tasks_tracked: u64,
+    /// Capacity of the task map.
+    pub max_tasks: u64,
+}
+
+/// Scheduler data for one interval.
+#[derive(Debug, Default)]
+pub struct SchedInterval {
+    /// Start (monotonic ns): the end of the previous interval, or the attach time.
+    pub start_ns: u64,
+    /// End (monotonic ns).
+    pub end_ns: u64,
+    /// On-CPU time per thread and CPU in the interval, exited threads included.
+    pub slices: Vec<TaskSlice>,
+    /// Exits, execs and forks seen in the interval.
+    pub lifecycle: Vec<Lifecycle>,
+    /// Counters after the interval.
+    pub stats: ProbeStats,
+}
+
+/// The loaded and attached scheduler probe.
+pub struct Probe {
+    _ebpf: Ebpf,
+    tasks: PerCpuHashMap<MapData, TaskKey, TaskTime>,
+    cpu_state: PerCpuArray<MapData, CpuState>,
+    stats: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    pending: Vec<Event>,
+    accountant: Accountant,
+    last_read_ns: u64,
+    max_tasks: u32,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Probe {
+    /// Checks privileges and tracefs, loads the programs and attaches them.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        if let Ok(caps) = Capabilities::current(Path::new("/proc")) {
+            let missing = caps.missing_for_bpf();
+            if !missing.is_empty() {
+                return Err(ProbeError::Privileges {
+                    missing: missing.join(", "),
+                });
+            }
+        }
+        let layout = KernelLayout::read()?;
+        let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
+        let mut ebpf = layout
+            .loader()
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .map_max_entries(names::TASKS, config.max_tasks)
+            .load(EBPF_OBJECT)
+            .map_err(map_load_error)?;
+        let logger = if config.ebpf_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => Some(logger),
+                Err(e) => {
+                    log::warn!("eBPF diagnostics unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for (program, tracepoint) in SCHED_TRACEPOINTS {
+            load_raw_tracepoint(&mut ebpf, program)?
+                .attach(tracepoint)
+                .map_err(|source| {
+                    privileged(ProbeError::Program {
+                        program: program.to_string(),
+                        action: "attach",
+                        source,
+                    })
+                })?;
+        }
+        let tasks = PerCpuHashMap::try_from(take_map(&mut ebpf, names::TASKS)?)
+            .map_err(|e| map_type_error(names::TASKS, e))?;
+        let cpu_state = PerCpuArray::try_from(take_map(&mut ebpf, names::CPU_STATE)?)
+            .map_err(|e| map_type_error(names::CPU_STATE, e))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, names::STATS)?)
+            .map_err(|e| map_type_error(names::STATS, e))?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
+            .map_err(|e| map_type_error(names::EVENTS, e))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            tasks,
+            cpu_state,
+            stats,
+            events,
+            pending: Vec::new(),
+            accountant: Accountant::new(),
+            last_read_ns: monotonic_ns(),
+            max_tasks: config.max_tasks,
+            logger,
+        })
+    }
+
+    /// The ring buffer's descriptor: readable when exit/exec/fork records are waiting.
+    pub fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// The aya-log descriptor, when diagnostics are on: readable when logs are waiting.
+    pub fn log_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.logger.as_ref().map(|l| l.as_fd())
+    }
+
+    /// Forwards waiting eBPF diagnostics to the log.
+    pub fn flush_log(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+
+    /// Moves waiting ring-buffer records into memory; call it whenever the ring buffer
+    /// is readable so bursts of exits cannot overflow it between intervals.
+    pub fn drain_events(&mut self) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: Event is Pod and the record is at least that long; unaligned read.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                log::trace!("probe event {event:?}");
+                self.pending.push(event);
+            }
+        }
+    }
+
+    /// Closes the current interval: on-CPU time per thread and CPU since the last call.
+    pub fn read_interval(&mut self) -> Result<SchedInterval, ProbeError> {
+        self.drain_events();
+        let events = std::mem::take(&mut self.pending);
+        // Seqlock read: `before` (its seq is read last), the map, the running slices,
+        // then `after` (its seq is read last again). A CPU whose seq is even and
+        // unchanged had no switch in between, so its map values and slice agree.
+        let before = self.read_cpu_state()?;
+        let mut snapshot = Vec::new();
+        for entry in self.tasks.iter() {
+            match entry {
+                Ok((key, values)) => snapshot.push((key, values.iter().copied().collect())),
+                // An entry deleted between get_next_key and lookup: the thread just ended
+                // and its exit records are on the ring buffer.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(ProbeError::Read {
+                        map: names::TASKS,
+                        source,
+                    });
+                }
+            }
+        }
+        let now = monotonic_ns();
+        let slices: Vec<Option<u64>> = before
+            .iter()
+            .map(|s| (s.pid != 0 && s.start_ns != 0).then(|| running_slice(s, now)))
+            .collect();
+        let after = self.read_cpu_state()?;
+        let running: Vec<Running> = before
+            .iter()
+            .zip(&after)
+            .zip(slices)
+            .enumerate()
+            .filter_map(|(cpu, ((b, a), ran))| {
+                let consistent = b.seq == a.seq && a.seq % 2 == 0 && a.pid == b.pid;
+                Some(Running {
+                    cpu: cpu as u32,
+                    pid: a.pid,
+                    tgid: a.tgid,
+                    ran_ns: ran.filter(|_| consistent)?,
+                })
+            })
+            .collect();
+        let round = self.accountant.account(&events, &snapshot, &running);
+        let mut stats = self.stats()?;
+        stats.tasks_tracked = snapshot.len() as u64;
+        stats.missed_runs = self
+            .program_stats()
+            .iter()
+            .map(|(_, s)| s.recursion_misses)
+            .sum();
+        let interval = SchedInterval {
+            start_ns: self.last_read_ns,
+            end_ns: now,
+            slices: round.slices,
+            lifecycle: round.lifecycle,
+            stats,
+        };
+        self.last_read_ns = now;
+        Ok(interval)
+    }
+
+    /// Number of threads in the kernel's task map now.
+    pub fn tasks_tracked(&self) -> usize {
+        self.tasks.keys().filter(Result::is_ok).count()
+    }
+
+    /// The kernel's counters for each attached program: (name, stats).
+    pub fn program_stats(&self) -> Vec<(String, progstats::ProgramRunStats)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?;
+                let stats = progstats::program_stats(fd.as_fd()).ok()?;
+                Some((name.to_string(), stats))
+            })
+            .collect()
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn stats(&self) -> Result<ProbeStats, ProbeError> {
+        let mut sums = [0u64; STAT_COUNT as usize];
+        for (index, sum) in sums.iter_mut().enumerate() {
+            let values = self
+                .stats
+                .get(&(index as u32), 0)
+                .map_err(|source| ProbeError::Read {
+                    map: names::STATS,
+                    source,
+                })?;
+            *sum = values.iter().sum();
+        }
+        Ok(ProbeStats {
+            task_map_full: sums[STAT_TASK_MAP_FULL as usize],
+            events_lost: sums[STAT_EVENTS_LOST as usize],
+            exiting_map_full: sums[STAT_EXITING_MAP_FULL as usize],
+            switches: sums[STAT_SWITCHES as usize],
+            unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
+            missed_runs: 0,
+            tasks_tracked: 0,
+            max_tasks: u64::from(self.max_tasks),
+        })
+    }
+
+    fn read_cpu_state(&self) -> Result<Vec<CpuState>, ProbeError> {
+        self.cpu_state
+            .get(&0, 0)
+            .map(|values| values.iter().copied().collect())
+            .map_err(|source| ProbeError::Read {
+                map: names::CPU_STATE,
+                source,
+            })
+    }
+}
+
+impl std::os::fd::AsRawFd for Probe {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.events.as_fd().as_raw_fd()
+    }
+}
+
+/// Loads the object and its programs into the kernel without attaching them, to check
+/// that the verifier accepts them here; everything is unloaded again on return.
+pub fn try_load() -> Result<(), ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let layout = KernelLayout::read()?;
+    let mut ebpf = layout.loader().load(EBPF_OBJECT).map_err(map_load_error)?;
+    for (program, _) in SCHED_TRACEPOINTS {
+        load_raw_tracepoint(&mut ebpf, program)?;
+    }
+    Ok(())
+}
+
+/// What the programs need to know about the running kernel, set as globals at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Possible CPUs.
+    pub nr_cpus: u32,
+    /// Byte offset of `task_struct.pid`.
+    pub task_pid_offset: u32,
+    /// Byte offset of `task_struct.tgid`.
+    pub task_tgid_offset: u32,
+    /// Byte offset of `task_struct.se.sum_exec_runtime`.
+    pub task_runtime_offset: u32,
+    /// 1 when `sched_process_exit` passes `group_dead` (recent kernels), else 0.
+    pub exit_has_group_dead: u32,
+}
+
+impl KernelLayout {
+    /// Reads the layout from the kernel's BTF and tracefs (mounting it when missing).
+    pub fn read() -> Result<Self, ProbeError> {
+        let btf = btf::Btf::from_file(Path::new(KERNEL_BTF))?;
+        let tracefs = Tracefs::find_or_mount()?;
+        let exit = tracefs.format("sched", "sched_process_exit")?;
+        Ok(Self {
+            nr_cpus: possible_cpus(),
+            task_pid_offset: btf.member_offset("task_struct", "pid")?,
+            task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
+            task_runtime_offset: btf.member_offset("task_struct", "se.sum_exec_runtime")?,
+            exit_has_group_dead: u32::from(exit.offset("group_dead").is_some()),
+        })
+    }
+
+    fn loader(&self) -> EbpfLoader<'_> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::NR_CPUS, &self.nr_cpus, true)
+            .override_global(names::TASK_PID_OFFSET, &self.task_pid_offset, true)
+            .override_global(names::TASK_TGID_OFFSET, &self.task_tgid_offset, true)
+            .override_global(names::TASK_RUNTIME_OFFSET, &self.task_runtime_offset, true)
+            .override_global(names::EXIT_HAS_GROUP_DEAD, &self.exit_has_group_dead, true);
+        loader
+    }
+}
+
+/// What the task on a CPU has run since its switch-in: its runtime counter now (from
+/// `/proc/<tid>/schedstat`, the same counter the programs read) minus the counter at
+/// switch-in; the wall time since switch-in where schedstat is not available.
+fn running_slice(state: &CpuState, now_ns: u64) -> u64 {
+    let path = format!("/proc/{}/schedstat", state.pid);
+    match std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        Some(runtime) => runtime.saturating_sub(state.runtime_ns),
+        None => now_ns.saturating_sub(state.start_ns),
+    }
+}
+
+/// Number of possible CPUs (the size of per-CPU map values).
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1)
+}
+
+fn load_raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &str,
+) -> Result<&'a mut RawTracePoint, ProbeError> {
+    let prog_err = |action, source| ProbeError::Program {
+        program: program.to_string(),
+        action,
+        source,
+    };
+    let tp: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProbeError::Map {
+            map: "programs",
+            reason: format!("program {program} missing from the object"),
+        })?
+        .try_into()
+        .map_err(|e| prog_err("load", e))?;
+    tp.load().map_err(|e| privileged(prog_err("load", e)))?;
+    Ok(tp)
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map {
+        map: name,
+        reason: "missing from the object".into(),
+    })
+}
+
+fn map_type_error(map: &'static str, e: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// Maps a permission failure from the kernel to the one-line privileges error.
+fn privileged(err: ProbeError) -> ProbeError {
+    let text = format!("{err:?}");
+    if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
+        ProbeError::Privileges {
+            missing: "the kernel refused the BPF operation (EPERM)".into(),
+        }
+    } else {
+        err
+    }
+}
+
+fn map_load_error(e: aya::EbpfError) -> ProbeError {
+    privileged(ProbeError::Load(e))
+}

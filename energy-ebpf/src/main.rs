@@ -1,0 +1,22 @@
+//! eBPF programs of the energy agent.
+//!
+//! Scheduler accounting (`sched`): exact on-CPU nanoseconds per thread and CPU, summed
+//! in the kernel, with exit/exec/fork records on a ring buffer.
+//!
+//! Minimum kernel version: 5.19 (`bpf_map_lookup_percpu_elem`); ring buffers need 5.8.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sched;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Some helpers (`bpf_probe_read*`, ring buffers) need a GPL-compatible licence.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

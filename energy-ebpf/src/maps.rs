@@ -1,0 +1,53 @@
+//! Maps shared by the programs, and the loss counters every failed write bumps.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use energy_common::{
+    CpuState, DEFAULT_MAX_EXITING, DEFAULT_MAX_TASKS, EVENTS_BYTES, Event, STAT_COUNT,
+    STAT_EVENTS_LOST, TaskKey, TaskTime,
+};
+
+/// On-CPU time per thread, one value per CPU (no atomics: each CPU writes its own slot).
+#[map]
+pub static TASKS: PerCpuHashMap<TaskKey, TaskTime> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_TASKS, 0);
+
+/// The task now running on each CPU and when it started.
+#[map]
+pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Loss and activity counters (see `energy_common::STAT_*`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Exit/exec/fork records for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Threads that passed `sched_process_exit` and await their final switch: tid → group_dead.
+#[map]
+pub static EXITING: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXITING, 0);
+
+/// Number of possible CPUs, set by the agent at load time.
+#[unsafe(no_mangle)]
+pub static NR_CPUS: Global<u32> = Global::new(1);
+
+/// Adds one to the counter `index` of `STATS` on this CPU.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it, and the pointer is valid.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Sends `event` to the agent, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn send(event: &Event) {
+    if EVENTS.output::<Event>(event, 0).is_err() {
+        bump(STAT_EVENTS_LOST);
+    }
+}

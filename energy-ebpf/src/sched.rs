@@ -1,0 +1,257 @@
+//! Scheduler accounting: on-CPU time per thread and CPU, kept in the kernel.
+//!
+//! `sched_switch` charges the outgoing thread with what it ran since its switch-in on
+//! this CPU (`CPU_STATE`): the growth of the kernel's own runtime counter
+//! (`se.sum_exec_runtime`, steal time excluded, the figure /proc and cgroups report).
+//! Nothing is charged before the program's first switch on each CPU after attach. A thread's final switch (state
+//! TASK_DEAD) sends its per-CPU totals on the ring buffer and removes it from the map, so
+//! short-lived threads are never lost and the map stays bounded.
+//!
+//! These are raw tracepoints, not classic (perf) tracepoints, on purpose: the kernel
+//! silently skips classic tracepoint programs on a CPU while any process there is inside
+//! a BPF map syscall (`bpf_prog_active`), including the agent's own map reads when it is
+//! preempted mid-syscall — measured here as up to a fifth of a busy task's time lost.
+//! Raw tracepoints guard recursion per program and count any miss.
+//!
+//! `task_struct` offsets come from the kernel's BTF through globals set at load time.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    Global,
+    cty::c_void,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_map_lookup_percpu_elem,
+        bpf_probe_read_kernel,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use aya_log_ebpf::warn;
+use energy_common::{
+    COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, STAT_EXITING_MAP_FULL,
+    STAT_SWITCHES, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
+};
+
+use crate::maps::{CPU_STATE, EXITING, NR_CPUS, TASKS, bump, send};
+
+/// Byte offset of `task_struct.pid`, set by the agent from the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: Global<u32> = Global::new(0);
+/// Byte offset of `task_struct.tgid`, set by the agent from the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+/// Byte offset of `task_struct.se.sum_exec_runtime`, set by the agent from the BTF.
+#[unsafe(no_mangle)]
+static TASK_RUNTIME_OFFSET: Global<u32> = Global::new(0);
+/// 1 when `sched_process_exit` passes `group_dead` as its second argument.
+#[unsafe(no_mangle)]
+static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
+
+/// Upper bound of the per-CPU read loop at exit, for the verifier.
+const MAX_CPUS: u32 = 1024;
+
+/// Reads an `i32` field of a `task_struct` at a BTF-derived offset.
+#[inline(always)]
+fn task_field(task: u64, offset: u32) -> u32 {
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
+    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const i32) }.unwrap_or(0) as u32
+}
+
+/// Reads `task->se.sum_exec_runtime`.
+#[inline(always)]
+fn task_runtime(task: u64) -> u64 {
+    let offset = u64::from(TASK_RUNTIME_OFFSET.load());
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
+    unsafe { bpf_probe_read_kernel((task + offset) as *const u64) }.unwrap_or(0)
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)` (Linux ≥ 5.18).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let preempt = ctx.arg::<u64>(0) & 0xff != 0;
+    let prev_task = ctx.arg::<u64>(1);
+    let next = ctx.arg::<u64>(2);
+    let prev_state = ctx.arg::<u64>(3) as u32;
+    // SAFETY: BPF helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    bump(STAT_SWITCHES);
+    let Some(state) = CPU_STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; the switch path runs with interrupts off, so nothing else
+    // on this CPU touches it while we do.
+    let state = unsafe { &mut *state };
+    // Seqlock write side: odd from before the charge until the new task is recorded.
+    // Volatile accesses keep their order, and the helper calls in between are barriers
+    // for the stores to the task map.
+    // SAFETY: `state` is a valid, exclusive reference to this CPU's slot.
+    let seq = unsafe { read_volatile(&state.seq) };
+    unsafe { write_volatile(&mut state.seq, seq.wrapping_add(1)) };
+
+    // `current` is still the outgoing task while this tracepoint runs.
+    let prev = bpf_get_current_pid_tgid();
+    let key = TaskKey {
+        tgid: (prev >> 32) as u32,
+        pid: prev as u32,
+    };
+    if key.pid != 0 {
+        if state.start_ns != 0 {
+            let ran = if state.pid == key.pid {
+                // The scheduler updated the counter before this tracepoint fired.
+                task_runtime(prev_task).saturating_sub(state.runtime_ns)
+            } else {
+                // A switch-in the kernel did not trace (some sandboxed kernels hide their
+                // agent's threads as `prev`): the CPU ran the task last seen starting and
+                // then this one, so charge this one the wall time since then.
+                bump(STAT_UNSEEN_SWITCH_IN);
+                now.saturating_sub(state.start_ns)
+            };
+            if ran > 0 {
+                charge(&ctx, &key, ran);
+            }
+        }
+        if !preempt && prev_state & TASK_DEAD != 0 {
+            flush_exited(&key, now);
+        }
+    }
+    let next_pid = task_field(next, TASK_PID_OFFSET.load());
+    let next_tgid = task_field(next, TASK_TGID_OFFSET.load());
+    let next_runtime = task_runtime(next);
+    // SAFETY: as above.
+    unsafe {
+        write_volatile(&mut state.start_ns, now);
+        write_volatile(&mut state.runtime_ns, next_runtime);
+        write_volatile(&mut state.pid, next_pid);
+        write_volatile(&mut state.tgid, next_tgid);
+        write_volatile(&mut state.seq, seq.wrapping_add(2));
+    }
+    0
+}
+
+/// Adds `delta_ns` to the thread's time on this CPU, creating its entry when needed.
+#[inline(always)]
+fn charge(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64) {
+    // SAFETY: BPF helper with no preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    match TASKS.get_ptr_mut(key) {
+        Some(time) => {
+            // SAFETY: this CPU's slot of the entry; only this CPU writes it.
+            unsafe {
+                (*time).on_cpu_ns += delta_ns;
+                (*time).cgroup_id = cgroup_id;
+            }
+        }
+        None => {
+            let time = TaskTime {
+                on_cpu_ns: delta_ns,
+                cgroup_id,
+            };
+            if TASKS.insert(key, time, 0).is_err() {
+                bump(STAT_TASK_MAP_FULL);
+                warn!(
+                    ctx,
+                    "task map full: lost {} ns of tid {}", delta_ns, key.pid
+                );
+            }
+        }
+    }
+}
+
+/// Sends a finished thread's totals (one record per CPU it ran on, then an exit record)
+/// and forgets it.
+#[inline(always)]
+fn flush_exited(key: &TaskKey, now: u64) {
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: lookup in a map the program owns; the value is copied out at once.
+    let group_dead = unsafe { EXITING.get(&key.pid) }.copied().unwrap_or(0);
+    let mut event = Event {
+        kind: EVENT_EXIT_CPU,
+        cpu: 0,
+        tgid: key.tgid,
+        pid: key.pid,
+        value: 0,
+        cgroup_id: 0,
+        ts_ns: now,
+        comm,
+    };
+    let nr_cpus = NR_CPUS.load();
+    let mut cpu = 0;
+    while cpu < MAX_CPUS && cpu < nr_cpus {
+        // SAFETY: TASKS is a per-CPU hash with TaskKey keys and TaskTime values.
+        let time = unsafe {
+            bpf_map_lookup_percpu_elem(
+                &raw const TASKS as *mut c_void,
+                key as *const TaskKey as *const c_void,
+                cpu,
+            )
+        } as *const TaskTime;
+        if !time.is_null() {
+            // SAFETY: non-null pointer into the map value returned by the helper.
+            let time = unsafe { *time };
+            if time.on_cpu_ns > 0 {
+                event.cpu = cpu;
+                event.value = time.on_cpu_ns;
+                event.cgroup_id = time.cgroup_id;
+                send(&event);
+            }
+        }
+        cpu += 1;
+    }
+    event.kind = EVENT_EXIT;
+    event.value = u64::from(group_dead);
+    send(&event);
+    let _ = TASKS.remove(key);
+    let _ = EXITING.remove(&key.pid);
+}
+
+/// `sched_process_exit(struct task_struct *p[, bool group_dead])`: remembers whether the
+/// whole process ends with this thread, for its exit record.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let group_dead = if EXIT_HAS_GROUP_DEAD.load() != 0 {
+        (ctx.arg::<u64>(1) & 0xff) as u32
+    } else {
+        0
+    };
+    if EXITING.insert(&tid, &group_dead, 0).is_err() {
+        bump(STAT_EXITING_MAP_FULL);
+    }
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let pid = bpf_get_current_pid_tgid() as u32;
+    send(&current_event(EVENT_EXEC, pid, 0));
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let child = task_field(ctx.arg::<u64>(1), TASK_PID_OFFSET.load());
+    let parent = bpf_get_current_pid_tgid() as u32;
+    send(&current_event(EVENT_FORK, parent, u64::from(child)));
+    0
+}
+
+/// An event about the current task.
+#[inline(always)]
+fn current_event(kind: u32, pid: u32, value: u64) -> Event {
+    Event {
+        kind,
+        // SAFETY: BPF helpers with no preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
+        value,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}

@@ -1,0 +1,122 @@
+//! Helpers shared by the end-to-end tests: the agent binary, the test programs, and the
+//! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+/// The energy-agent binary under test (set by `cargo xtask test`, else next to the tests).
+pub fn agent_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENERGY_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> → target/debug/energy-agent
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    dir.join("energy-agent")
+}
+
+/// Whether the tests run as root (the eBPF tests need it; CI always is).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Panics with a clear message unless running as root.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test loads eBPF programs and must run as root (cargo xtask test)"
+    );
+}
+
+/// Sum of `sum_exec_runtime` (ns) over the threads in a schedstat listing.
+pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// A running `energy-agent run --output json` whose interval lines are collected.
+pub struct AgentRun {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+    /// Every interval received so far.
+    pub intervals: Vec<serde_json::Value>,
+}
+
+impl AgentRun {
+    /// Starts the agent with `args` after `run --output json`, and waits for its first
+    /// interval (so the probe is attached before the test goes on).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--output", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting energy-agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("agent printed a line that is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let mut run = Self {
+            child,
+            lines: rx,
+            intervals: Vec::new(),
+        };
+        run.wait_intervals(1, Duration::from_secs(30));
+        run
+    }
+
+    /// Waits until `n` more intervals have arrived.
+    pub fn wait_intervals(&mut self, n: usize, timeout: Duration) {
+        for _ in 0..n {
+            match self.lines.recv_timeout(timeout) {
+                Ok(v) => self.intervals.push(v),
+                Err(e) => panic!("no interval from the agent within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Stops the agent with SIGINT, collects the remaining intervals, and returns its
+    /// exit status.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("waiting for energy-agent");
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.intervals.push(v);
+        }
+        (status, self.intervals)
+    }
+}
+
+/// Total on-CPU ns the agent reported for `pid` over `intervals`.
+pub fn agent_cpu_ns(intervals: &[serde_json::Value], pid: u32) -> u64 {
+    intervals
+        .iter()
+        .flat_map(|i| i["processes"].as_array().into_iter().flatten())
+        .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .map(|p| p["cpu_time_ns"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Path of a test program built beside the tests (`burner`, `forker`).
+pub fn test_bin(name: &str) -> PathBuf {
+    agent_bin().with_file_name(name)
+}

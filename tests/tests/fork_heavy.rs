@@ -1,0 +1,126 @@
+//! Hundreds of short processes: none is lost, the kernel map returns to its size before,
+//! and when the map is too small the loss is counted rather than silent.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use energy_agent::probe::{Lifecycle, Probe, ProbeConfig, SchedInterval};
+use energy_tests::{require_root, test_bin};
+
+/// Runs `forker` while reading the probe every 100 ms; returns the child pids and every
+/// interval read until a second after the forker ended.
+fn run_forker(probe: &mut Probe, args: &[&str]) -> (Vec<u32>, Vec<SchedInterval>) {
+    let mut child = Command::new(test_bin("forker"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning forker");
+    let mut intervals = Vec::new();
+    let mut ended_at = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        intervals.push(probe.read_interval().expect("read_interval"));
+        if ended_at.is_none() && child.try_wait().expect("try_wait").is_some() {
+            ended_at = Some(Instant::now());
+        }
+        if ended_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+            break;
+        }
+    }
+    let out = child.wait_with_output().expect("forker output");
+    assert!(out.status.success(), "forker failed");
+    let pids = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().expect("pid line"))
+        .collect();
+    (pids, intervals)
+}
+
+#[test]
+fn no_short_lived_process_is_lost_and_the_map_stays_bounded() {
+    require_root();
+    let mut probe = Probe::load(&ProbeConfig::default()).expect("loading the probe");
+    probe.read_interval().expect("first read");
+    let tracked_before = probe.tasks_tracked();
+
+    let (pids, intervals) = run_forker(&mut probe, &["400", "4", "3"]);
+    assert_eq!(pids.len(), 400);
+
+    let mut cpu_ns: HashMap<u32, u64> = HashMap::new();
+    let mut exited = HashSet::new();
+    for interval in &intervals {
+        for slice in &interval.slices {
+            *cpu_ns.entry(slice.tgid).or_default() += slice.on_cpu_ns;
+        }
+        for event in &interval.lifecycle {
+            if let Lifecycle::Exit {
+                tgid,
+                group_dead: true,
+                ..
+            } = event
+            {
+                exited.insert(*tgid);
+            }
+        }
+    }
+    let missing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !cpu_ns.contains_key(p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of 400 children never reported: {missing:?}",
+        missing.len()
+    );
+    let no_exit: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !exited.contains(p))
+        .collect();
+    assert!(
+        no_exit.is_empty(),
+        "children without an exit record: {no_exit:?}"
+    );
+    // Each child burned 3 ms of wall time on a busy loop: it cannot have run much less.
+    let too_small: Vec<(u32, u64)> = pids
+        .iter()
+        .map(|p| (*p, cpu_ns[p]))
+        .filter(|&(_, ns)| ns < 1_000_000)
+        .collect();
+    assert!(
+        too_small.is_empty(),
+        "children with < 1 ms on-CPU: {too_small:?}"
+    );
+
+    let stats = intervals.last().expect("intervals").stats;
+    assert_eq!(stats.task_map_full, 0, "{stats:?}");
+    assert_eq!(stats.events_lost, 0, "{stats:?}");
+    let tracked_after = probe.tasks_tracked();
+    assert!(
+        tracked_after <= tracked_before + 20,
+        "task map grew from {tracked_before} to {tracked_after} entries: exits are not removing them"
+    );
+}
+
+#[test]
+fn a_full_task_map_counts_its_losses() {
+    require_root();
+    let config = ProbeConfig {
+        max_tasks: 8,
+        ..ProbeConfig::default()
+    };
+    let mut probe = Probe::load(&config).expect("loading the probe");
+    // 64 concurrent children cannot fit in 8 entries next to the host's own threads.
+    let (_, intervals) = run_forker(&mut probe, &["64", "64", "50"]);
+    let stats = intervals.last().expect("intervals").stats;
+    assert!(
+        stats.task_map_full > 0,
+        "a full map must count its losses: {stats:?}"
+    );
+    assert_eq!(stats.max_tasks, 8);
+    assert!(probe.tasks_tracked() <= 8);
+}

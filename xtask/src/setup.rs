@@ -1,0 +1,287 @@
+//! Idempotent tool set-up, following shared/TOOLCHAIN.md: each step says what it does
+//! and skips itself when already done.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The nightly toolchain that builds the eBPF crate (aya-build runs `rustup run nightly`).
+pub const NIGHTLY: &str = "nightly";
+
+/// What set-up found or made.
+pub struct Tools {
+    /// Directory holding bpf-linker, to put first on PATH for builds.
+    pub bin_dir: PathBuf,
+}
+
+/// Runs every set-up step.
+pub fn setup() -> Result<Tools> {
+    step("nightly toolchain", ensure_nightly)?;
+    step("rust-src for nightly", ensure_rust_src)?;
+    let bin_dir = step("bpf-linker", ensure_bpf_linker)?;
+    step("tracefs", ensure_tracefs)?;
+    Ok(Tools { bin_dir })
+}
+
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("[setup] {name}: checking");
+    let out = f().with_context(|| format!("set-up step `{name}` failed"))?;
+    Ok(out)
+}
+
+fn say(msg: &str) {
+    eprintln!("[setup]   {msg}");
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_version() -> Result<String> {
+    output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))
+}
+
+fn ensure_nightly() -> Result<()> {
+    match nightly_version() {
+        Ok(v) => {
+            let release = v.lines().find(|l| l.starts_with("release:")).unwrap_or("");
+            say(&format!("found ({})", release.trim()));
+            Ok(())
+        }
+        Err(e) => bail!(
+            "the `{NIGHTLY}` toolchain is needed to build the eBPF programs and was not found ({e}); install it with `rustup toolchain install nightly`"
+        ),
+    }
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    Ok(PathBuf::from(sysroot.trim()))
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    let src = sysroot.join("lib/rustlib/src/rust/library/core");
+    if src.is_dir() {
+        say("already installed");
+        return Ok(());
+    }
+    say("installing with rustup (needed for -Z build-std=core)");
+    let status = Command::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
+        .status()
+        .context("running rustup")?;
+    if status.success() && src.is_dir() {
+        say("installed");
+        return Ok(());
+    }
+    // rustup's server is not one of the registries every machine here reaches: fall back
+    // to the archive of the same component kept beside the project (shared/toolchain).
+    let version = nightly_version()?;
+    let archive = find_rust_src_archive(&version);
+    let Some(archive) = archive else {
+        bail!(
+            "rust-src for {NIGHTLY} is missing and rustup could not install it; install it with `rustup component add rust-src --toolchain {NIGHTLY}` or set ENERGY_RUST_SRC_ARCHIVE to a rust-src archive for this exact nightly"
+        );
+    };
+    say(&format!("rustup failed; unpacking {}", archive.display()));
+    let dest = sysroot.join("lib/rustlib/src");
+    std::fs::create_dir_all(&dest)?;
+    let status = Command::new("tar")
+        .arg("-xJf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dest)
+        .status()
+        .context("running tar")?;
+    if !status.success() || !src.is_dir() {
+        bail!(
+            "unpacking {} did not produce {}",
+            archive.display(),
+            src.display()
+        );
+    }
+    say("installed from archive");
+    Ok(())
+}
+
+/// The rust-src archive matching this nightly (`rustc 1.97.0-nightly (… 2026-05-19)`).
+fn find_rust_src_archive(version: &str) -> Option<PathBuf> {
+    if let Some(path) = env::var_os("ENERGY_RUST_SRC_ARCHIVE") {
+        return Some(PathBuf::from(path));
+    }
+    let release = version
+        .lines()
+        .find_map(|l| l.strip_prefix("release: "))?
+        .trim()
+        .to_string();
+    let date = version
+        .lines()
+        .find_map(|l| l.strip_prefix("commit-date: "))?
+        .trim()
+        .to_string();
+    let name = format!("rust-src-{release}-{date}.tar.xz");
+    let root = workspace_root();
+    [
+        root.join("../shared/toolchain"),
+        root.join("shared/toolchain"),
+    ]
+    .into_iter()
+    .map(|d| d.join(&name))
+    .find(|p| p.is_file())
+}
+
+/// The workspace root (the parent of xtask/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// bpf-linker must link against the same LLVM as the nightly that compiles the eBPF
+/// crate; it is rebuilt when the nightly changed since it was installed.
+fn ensure_bpf_linker() -> Result<PathBuf> {
+    let version = nightly_version()?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.trim().split('.').next().map(str::to_string))
+        .context("nightly rustc does not report its LLVM version")?;
+    let feature = format!("llvm-{llvm_major}");
+    let home = cargo_home();
+    let bin_dir = home.join("bin");
+    let linker = bin_dir.join("bpf-linker");
+    if linker.is_file() && installed_matches(&home, &feature, &version) && runs(&linker) {
+        say(&format!(
+            "{} matches nightly's LLVM {llvm_major}",
+            linker.display()
+        ));
+        return Ok(bin_dir);
+    }
+    if !["21", "22", "23"].contains(&llvm_major.as_str()) {
+        bail!("nightly uses LLVM {llvm_major}, which bpf-linker 0.13 does not support (21–23)");
+    }
+    let sysroot = nightly_sysroot()?;
+    let llvm_lib = std::fs::read_dir(sysroot.join("lib"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+        .context("no libLLVM-*.so in the nightly sysroot")?;
+    let llvm_lib = llvm_lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    say(&format!(
+        "building bpf-linker against nightly's {llvm_lib} (about a minute on 2 cores)"
+    ));
+    let lib_dir = sysroot.join("lib");
+    let rustflags = format!(
+        "-L {0} -l dylib={llvm_lib} -C link-args=-Wl,-rpath,{0}",
+        lib_dir.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            &format!("+{NIGHTLY}"),
+            "install",
+            "bpf-linker",
+            "--version",
+            "^0.13",
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("{feature},no-llvm-linking"),
+        ])
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() || !runs(&linker) {
+        bail!("building bpf-linker failed (see the cargo output above)");
+    }
+    say(&format!("installed {}", linker.display()));
+    Ok(bin_dir)
+}
+
+/// Whether cargo's install record says bpf-linker was built with `feature` by `rustc_vv`.
+fn installed_matches(home: &Path, feature: &str, rustc_vv: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(home.join(".crates2.json")) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let Some(installs) = json["installs"].as_object() else {
+        return false;
+    };
+    installs.iter().any(|(name, entry)| {
+        name.starts_with("bpf-linker ")
+            && entry["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|v| v == feature))
+            && entry["rustc"].as_str().map(str::trim) == Some(rustc_vv.trim())
+    })
+}
+
+fn runs(linker: &Path) -> bool {
+    Command::new(linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ensure_tracefs() -> Result<()> {
+    let mounted = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find(|p| Path::new(p).join("events").is_dir());
+    if let Some(path) = mounted {
+        say(&format!("mounted at {path}"));
+        return Ok(());
+    }
+    if !is_root() {
+        say("not mounted; the agent mounts it itself when run as root");
+        return Ok(());
+    }
+    say("mounting at /sys/kernel/tracing");
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mount -t tracefs tracefs /sys/kernel/tracing failed");
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}

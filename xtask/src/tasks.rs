@@ -1,0 +1,113 @@
+//! build, run and test: each runs set-up first, so every command works on a fresh machine.
+
+use std::{env, ffi::OsString, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::{self, Tools, is_root, workspace_root};
+
+/// A cargo command in the workspace with bpf-linker first on PATH.
+fn cargo(tools: &Tools) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    let mut paths = vec![tools.bin_dir.clone()];
+    if let Some(path) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&path));
+    }
+    cmd.env(
+        "PATH",
+        env::join_paths(paths).unwrap_or_else(|_| OsString::from("/usr/bin")),
+    );
+    cmd
+}
+
+fn run_step(name: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("[xtask] {name}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `cargo xtask build [--release]`.
+pub fn build(release: bool) -> Result<()> {
+    let tools = setup::setup()?;
+    let mut cmd = cargo(&tools);
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    run_step("building the workspace", &mut cmd)
+}
+
+/// `cargo xtask run [-- ARGS]`: the agent on its defaults when ARGS is empty.
+pub fn run(args: &[String]) -> Result<()> {
+    let tools = setup::setup()?;
+    run_step(
+        "building energy-agent (release)",
+        cargo(&tools).args(["build", "--release", "-p", "energy-agent"]),
+    )?;
+    let mut args: Vec<String> = args.iter().filter(|a| *a != "--").cloned().collect();
+    if args.is_empty() {
+        args.push("run".into());
+    }
+    if !is_root() {
+        eprintln!("[xtask] note: not running as root; the agent needs root or CAP_BPF+CAP_PERFMON");
+    }
+    let binary = target_dir().join("release/energy-agent");
+    eprintln!("[xtask] {} {}", binary.display(), args.join(" "));
+    let status = Command::new(&binary)
+        .args(&args)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// `cargo xtask test [-- FILTER]`: unit tests, then end-to-end tests one at a time
+/// (they load eBPF programs and measure CPU time, so they share the kernel and CPUs).
+pub fn test(args: &[String]) -> Result<()> {
+    let filter: Vec<String> = args.iter().filter(|a| *a != "--").cloned().collect();
+    if !is_root() {
+        bail!(
+            "the tests load real eBPF programs and need root (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN); run `cargo xtask test` as root"
+        );
+    }
+    let tools = setup::setup()?;
+    run_step(
+        "building the agent and test programs",
+        cargo(&tools).args([
+            "build",
+            "-p",
+            "energy-agent",
+            "-p",
+            "energy-tests",
+            "--bins",
+        ]),
+    )?;
+    let mut unit = cargo(&tools);
+    unit.args([
+        "test",
+        "-p",
+        "energy-common",
+        "-p",
+        "energy-agent",
+        "-p",
+        "xtask",
+    ]);
+    unit.args(["--", "--color", "never"]).args(&filter);
+    run_step("unit tests", &mut unit)?;
+    let mut e2e = cargo(&tools);
+    e2e.args(["test", "-p", "energy-tests"])
+        .env("ENERGY_AGENT_BIN", target_dir().join("debug/energy-agent"))
+        .args(["--", "--test-threads=1", "--color", "never"])
+        .args(&filter);
+    run_step("end-to-end tests (real eBPF, as root)", &mut e2e)
+}
