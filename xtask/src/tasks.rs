@@ -71,8 +71,65 @@ pub fn run(args: &[String]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// Sums of the `test result:` lines cargo test printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds one `test result: ok. 5 passed; 0 failed; 1 ignored; …` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a cargo test command, echoing its output and adding its results to `tally`.
+fn run_tests(name: &str, cmd: &mut Command, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("[xtask] {name}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
 /// `cargo xtask test [-- FILTER]`: unit tests, then end-to-end tests one at a time
 /// (they load eBPF programs and measure CPU time, so they share the kernel and CPUs).
+/// Ends with one `tests: N passed, N failed, N skipped` line over everything.
 pub fn test(args: &[String]) -> Result<()> {
     let filter: Vec<String> = args.iter().filter(|a| *a != "--").cloned().collect();
     if !is_root() {
@@ -103,11 +160,47 @@ pub fn test(args: &[String]) -> Result<()> {
         "xtask",
     ]);
     unit.args(["--", "--color", "never"]).args(&filter);
-    run_step("unit tests", &mut unit)?;
+    let mut tally = Tally::default();
+    run_tests("unit tests", &mut unit, &mut tally)?;
     let mut e2e = cargo(&tools);
     e2e.args(["test", "-p", "energy-tests"])
         .env("ENERGY_AGENT_BIN", target_dir().join("debug/energy-agent"))
         .args(["--", "--test-threads=1", "--color", "never"])
         .args(&filter);
-    run_step("end-to-end tests (real eBPF, as root)", &mut e2e)
+    run_tests(
+        "end-to-end tests (real eBPF, as root)",
+        &mut e2e,
+        &mut tally,
+    )?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_cargo_test_summaries() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 34 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.09s");
+        t.add_line(
+            "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 35,
+                failed: 3,
+                ignored: 2
+            }
+        );
+    }
 }
