@@ -9,4 +9,5 @@ pub mod cli;
 pub mod clock;
 pub mod export;
 pub mod identity;
+pub mod power;
 pub mod probe;

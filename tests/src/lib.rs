@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: the agent binary, the test programs, and the
 //! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
 
+pub mod powercap;
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -119,4 +121,18 @@ pub fn agent_cpu_ns(intervals: &[serde_json::Value], pid: u32) -> u64 {
 /// Path of a test program built beside the tests (`burner`, `forker`).
 pub fn test_bin(name: &str) -> PathBuf {
     agent_bin().with_file_name(name)
+}
+
+/// Every interval's entry for `domain` in `power.domains` (joules, watts, source).
+pub fn domain_series(intervals: &[serde_json::Value], domain: &str) -> Vec<serde_json::Value> {
+    intervals
+        .iter()
+        .filter_map(|i| {
+            i["power"]["domains"]
+                .as_array()?
+                .iter()
+                .find(|d| d["domain"] == domain)
+                .cloned()
+        })
+        .collect()
 }

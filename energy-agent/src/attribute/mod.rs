@@ -1,13 +1,92 @@
-//! Joins the probe's per-thread time with process identities into per-process figures.
-//!
-//! (Power and energy attribution joins here too, in the power-source work.)
+//! Joins the probe's per-thread time with process identities into per-process figures,
+//! next to the interval's energy per domain.
 
 use std::collections::HashMap;
 
 use crate::{
     identity::Identity,
+    power::{Domain, DomainClass, DomainError, PowerReading},
     probe::{ProbeStats, SchedInterval},
 };
+
+/// Energy and average power of one domain in one interval.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DomainPower {
+    /// The domain.
+    pub domain: Domain,
+    /// Joules in the interval.
+    pub joules: f64,
+    /// Average watts over the interval.
+    pub watts: f64,
+    /// Which source measured it.
+    pub source: &'static str,
+    /// Whether it is an estimate.
+    pub estimated: bool,
+}
+
+/// The sources in use.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SourceNames {
+    /// CPU/DRAM source.
+    pub cpu: &'static str,
+    /// GPU source (`none` without GPUs).
+    pub gpu: &'static str,
+}
+
+/// The host's energy in one interval.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PowerSummary {
+    /// The sources in use.
+    pub sources: SourceNames,
+    /// Whether any figure is estimated.
+    pub estimated: bool,
+    /// Every domain read, including overlapping ones (core within package, psys).
+    pub domains: Vec<DomainPower>,
+    /// Domains that could not be read this interval.
+    pub errors: Vec<DomainError>,
+    /// CPU packages, joules.
+    pub cpu_j: f64,
+    /// DRAM, joules.
+    pub dram_j: f64,
+    /// GPUs, joules.
+    pub gpu_j: f64,
+    /// cpu + dram + gpu, joules.
+    pub total_j: f64,
+}
+
+impl PowerSummary {
+    /// Summarises a reading over an interval of `seconds`.
+    pub fn new(reading: &PowerReading, sources: SourceNames, seconds: f64) -> Self {
+        let domains: Vec<DomainPower> = reading
+            .energies
+            .iter()
+            .map(|e| DomainPower {
+                domain: e.domain,
+                joules: e.joules,
+                watts: if seconds > 0.0 {
+                    e.joules / seconds
+                } else {
+                    0.0
+                },
+                source: e.source,
+                estimated: e.estimated,
+            })
+            .collect();
+        let cpu_j = reading.total(DomainClass::Cpu);
+        let dram_j = reading.total(DomainClass::Dram);
+        let gpu_j = reading.total(DomainClass::Gpu);
+        Self {
+            sources,
+            estimated: domains.iter().any(|d| d.estimated),
+            domains,
+            errors: reading.errors.clone(),
+            cpu_j,
+            dram_j,
+            gpu_j,
+            total_j: cpu_j + dram_j + gpu_j,
+        }
+    }
+}
 
 /// One process's use of the machine in one interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -47,12 +126,20 @@ pub struct IntervalReport {
     pub processes: Vec<ProcessReport>,
     /// Sum of on-CPU time of all processes, seconds.
     pub total_cpu_time_s: f64,
+    /// The host's energy per domain.
+    pub power: PowerSummary,
     /// Probe counters after the interval.
     pub probe: ProbeStats,
 }
 
-/// Sums an interval's thread slices per process and names each process.
-pub fn summarize(sched: &SchedInterval, identity: &mut Identity) -> IntervalReport {
+/// Sums an interval's thread slices per process, names each process, and adds the
+/// interval's energy per domain.
+pub fn summarize(
+    sched: &SchedInterval,
+    power: &PowerReading,
+    sources: SourceNames,
+    identity: &mut Identity,
+) -> IntervalReport {
     identity.observe(&sched.lifecycle, sched.end_ns);
     let mut per_process: HashMap<u32, (u64, u64)> = HashMap::new();
     for slice in &sched.slices {
@@ -81,12 +168,14 @@ pub fn summarize(sched: &SchedInterval, identity: &mut Identity) -> IntervalRepo
     processes.sort_by(|a, b| b.cpu_time_ns.cmp(&a.cpu_time_ns).then(a.pid.cmp(&b.pid)));
     let total_ns: u64 = processes.iter().map(|p| p.cpu_time_ns).sum();
     identity.forget_exited();
+    let duration_s = sched.duration_ns() as f64 / 1e9;
     IntervalReport {
         start_ns: sched.start_ns,
         end_ns: sched.end_ns,
-        duration_s: sched.end_ns.saturating_sub(sched.start_ns) as f64 / 1e9,
+        duration_s,
         processes,
         total_cpu_time_s: total_ns as f64 / 1e9,
+        power: PowerSummary::new(power, sources, duration_s),
         probe: sched.stats,
     }
 }
@@ -128,7 +217,28 @@ mod tests {
             }],
             stats: ProbeStats::default(),
         };
-        let report = summarize(&sched, &mut identity);
+        let info = crate::power::SourceInfo {
+            name: "replay",
+            estimated: false,
+            resolution_j: 0.0,
+        };
+        let power = PowerReading {
+            energies: vec![
+                crate::power::energy(&info, Domain::Package(0), 30.0),
+                crate::power::energy(&info, Domain::Core(0), 20.0),
+                crate::power::energy(&info, Domain::Dram(0), 5.0),
+            ],
+            errors: vec![],
+        };
+        let sources = SourceNames {
+            cpu: "replay",
+            gpu: "none",
+        };
+        let report = summarize(&sched, &power, sources, &mut identity);
+        assert_eq!(report.power.cpu_j, 30.0, "core is part of the package");
+        assert_eq!(report.power.total_j, 35.0);
+        assert_eq!(report.power.domains[0].watts, 30.0);
+        assert!(!report.power.estimated);
         assert_eq!(report.duration_s, 1.0);
         assert_eq!(report.processes.len(), 2);
         assert_eq!(report.processes[0].pid, 20);

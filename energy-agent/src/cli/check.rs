@@ -4,6 +4,8 @@ use std::path::Path;
 
 use clap::Args;
 
+use super::sources::SourceArgs;
+use crate::power::{self, SourceChoice};
 use crate::probe::{
     self, SCHED_TRACEPOINTS,
     privileges::Capabilities,
@@ -16,6 +18,9 @@ pub struct CheckArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Power source flags (the sources `run` would use with the same flags).
+    #[command(flatten)]
+    pub sources: SourceArgs,
 }
 
 /// Outcome of one check.
@@ -73,7 +78,8 @@ pub struct Report {
 
 /// Runs every check and prints the report; exit code 1 when the agent cannot run.
 pub fn check(args: CheckArgs) -> anyhow::Result<i32> {
-    let checks = run_checks();
+    let mut checks = run_checks();
+    check_power(&mut checks, &args.sources);
     let report = Report {
         ok: checks.iter().all(|c| c.status != Status::Fail),
         checks,
@@ -298,6 +304,38 @@ fn check_bpf_load(checks: &mut Vec<Check>, privileged: bool) {
                 "object did not load",
             ));
         }
+    }
+}
+
+/// One line per power source: in use, available, or why not.
+fn check_power(checks: &mut Vec<Check>, sources: &SourceArgs) {
+    let opts = sources.power_options();
+    let explicit = opts.choice != SourceChoice::Auto;
+    let statuses = power::survey(&opts);
+    if explicit && !statuses.iter().any(|s| s.selected) {
+        let reason = power::select(&opts)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        checks.push(
+            Check::new(
+                "power source",
+                Status::Fail,
+                format!("{:?} cannot be used: {reason}", opts.choice),
+            )
+            .fix("use --power-source auto, or fix the reason above"),
+        );
+    }
+    for s in statuses {
+        let name = format!("power {}", s.name);
+        let check = match (s.selected, s.usable) {
+            (true, _) if s.name == "estimate" => Check::new(name, Status::Warn, format!("in use: {}", s.detail))
+                .fix("figures are estimated: no usable energy meter here (bare metal or a VM exposing RAPL gives measured figures)"),
+            (true, _) => Check::new(name, Status::Pass, format!("in use: {}", s.detail)),
+            (false, true) => Check::new(name, Status::Pass, format!("available: {}", s.detail)),
+            (false, false) => Check::new(name, Status::Warn, s.detail),
+        };
+        checks.push(check);
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod run;
+pub mod sources;
 
 use clap::{Parser, Subcommand};
 

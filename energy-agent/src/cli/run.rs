@@ -9,13 +9,19 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use super::sources::SourceArgs;
 use crate::{
-    attribute::summarize,
-    clock::WallClock,
+    attribute::{SourceNames, summarize},
+    clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
     identity::Identity,
-    probe::{Probe, ProbeConfig},
+    power::{PowerSources, SampleContext, replay::Recorder},
+    probe::{Probe, ProbeConfig, possible_cpus},
 };
+
+/// Shortest interval: RAPL figures are never exposed finer than this (PLATYPUS,
+/// CVE-2020-8694, used fine-grained RAPL readings as a side channel).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Options of `energy-agent run`.
 #[derive(Debug, Args)]
@@ -38,6 +44,92 @@ pub struct RunArgs {
     /// Forward the eBPF programs' own diagnostics (aya-log) to the log.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Also write every interval's energy per domain to FILE, in the format
+    /// `--power-source replay:FILE` plays back.
+    #[arg(long, value_name = "FILE")]
+    pub record_power: Option<std::path::PathBuf>,
+    /// Power source flags.
+    #[command(flatten)]
+    pub sources: SourceArgs,
+}
+
+/// What turns each interval's probe data into a report: identities, power sources and
+/// the optional power recording.
+struct Pipeline {
+    identity: Identity,
+    power: PowerSources,
+    recorder: Option<Recorder<std::fs::File>>,
+    cpus: usize,
+}
+
+impl Pipeline {
+    /// Chooses the power sources and starts the first interval of both the probe and
+    /// the meters at the same moment.
+    fn new(args: &RunArgs, probe: &mut Probe) -> anyhow::Result<Self> {
+        let mut power = crate::power::select(&args.sources.power_options())
+            .context("choosing the power source")?;
+        for s in &power.statuses {
+            log::info!(
+                "power source {}: {} ({})",
+                s.name,
+                if s.selected {
+                    "in use"
+                } else if s.usable {
+                    "available"
+                } else {
+                    "unavailable"
+                },
+                s.detail
+            );
+        }
+        // Baseline: the probe's first interval and the meters both start here.
+        probe.read_interval()?;
+        let now = monotonic_ns();
+        power.sample(&SampleContext {
+            now_ns: now,
+            ..Default::default()
+        });
+        let recorder = match &args.record_power {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let mut r = Recorder::new(file, power.estimated())?;
+                let mut domains = power.cpu.domains();
+                domains.extend(power.gpu.iter().flat_map(|g| g.domains()));
+                r.start(now, &domains)?;
+                Some(r)
+            }
+            None => None,
+        };
+        Ok(Self {
+            identity: Identity::for_host(),
+            power,
+            recorder,
+            cpus: possible_cpus() as usize,
+        })
+    }
+
+    fn report(&mut self, probe: &mut Probe) -> anyhow::Result<crate::attribute::IntervalReport> {
+        let sched = probe.read_interval()?;
+        probe.flush_log();
+        let ctx = SampleContext {
+            now_ns: sched.end_ns,
+            elapsed_ns: sched.duration_ns(),
+            cpu_busy_ns: sched.busy_ns_per_cpu(self.cpus),
+        };
+        let reading = self.power.sample(&ctx);
+        if let Some(r) = &mut self.recorder {
+            r.record(sched.end_ns, &reading)
+                .context("recording power")?;
+        }
+        let (cpu, gpu) = self.power.names();
+        Ok(summarize(
+            &sched,
+            &reading,
+            SourceNames { cpu, gpu },
+            &mut self.identity,
+        ))
+    }
 }
 
 /// Console output formats.
@@ -60,17 +152,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
+    if args.interval < MIN_INTERVAL {
+        anyhow::bail!(
+            "--interval must be at least {MIN_INTERVAL:?}: energy counters are never exposed finer (CVE-2020-8694)"
+        );
+    }
     let config = ProbeConfig {
         max_tasks: args.max_tasks,
         ebpf_log: args.ebpf_log,
     };
-    let probe = Probe::load(&config)?;
+    let mut probe = Probe::load(&config)?;
+    let mut pipeline = Pipeline::new(&args, &mut probe)?;
     let clock = WallClock::now();
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Table => Box::new(ConsoleTable::new(stdout(), args.top)),
         Output::Json => Box::new(JsonLines::new(stdout(), clock)),
     };
-    let mut identity = Identity::for_host();
     // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd owns,
     // so it stays open for as long as it is registered.
     let mut probe = unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }
@@ -97,7 +194,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             _ = ticker.tick() => {
-                if !emit_interval(probe.get_mut(), &mut identity, sink.as_mut())? {
+                if !emit_interval(probe.get_mut(), &mut pipeline, sink.as_mut())? {
                     break;
                 }
                 // A duration that is a whole number of intervals ends on this tick.
@@ -117,7 +214,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         };
         if finished {
             // The partial interval since the last tick, so nothing measured is dropped.
-            emit_interval(probe.get_mut(), &mut identity, sink.as_mut())?;
+            emit_interval(probe.get_mut(), &mut pipeline, sink.as_mut())?;
             break;
         }
     }
@@ -130,12 +227,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
 /// pipe), which ends the run quietly like other Unix tools.
 fn emit_interval(
     probe: &mut Probe,
-    identity: &mut Identity,
+    pipeline: &mut Pipeline,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<bool> {
-    let sched = probe.read_interval()?;
-    probe.flush_log();
-    let report = summarize(&sched, identity);
+    let report = pipeline.report(probe)?;
     match sink.emit(&report) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),

@@ -57,6 +57,47 @@ pub fn render(report: &IntervalReport, top: usize) -> String {
         ));
     }
     s.push('\n');
+    s.push_str(&render_power(report));
+    s
+}
+
+/// The energy lines: each domain's watts and joules, the host total, and the sources.
+fn render_power(report: &IntervalReport) -> String {
+    let p = &report.power;
+    let mut s = String::new();
+    for d in &p.domains {
+        s.push_str(&format!(
+            "{:>8} {:<16} {:>9.2} W {:>9.2} J  {}{}\n",
+            "",
+            d.domain.to_string(),
+            d.watts,
+            d.joules,
+            d.source,
+            if d.estimated { " (estimated)" } else { "" }
+        ));
+    }
+    for e in &p.errors {
+        s.push_str(&format!(
+            "{:>8} {:<16} unreadable: {}\n",
+            "",
+            e.domain.to_string(),
+            e.error
+        ));
+    }
+    let secs = report.duration_s.max(1e-9);
+    s.push_str(&format!(
+        "{:>8} {:<16} {:>9.2} W {:>9.2} J  cpu {:.2} W, dram {:.2} W, gpu {:.2} W; sources: cpu {}, gpu {}{}\n",
+        "",
+        "host",
+        p.total_j / secs,
+        p.total_j,
+        p.cpu_j / secs,
+        p.dram_j / secs,
+        p.gpu_j / secs,
+        p.sources.cpu,
+        p.sources.gpu,
+        if p.estimated { " — ESTIMATED" } else { " — measured" }
+    ));
     s
 }
 
@@ -100,7 +141,11 @@ mod tests {
         };
         let text = render(&report, 2);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "header, 2 rows, total, host energy: {text}");
+        assert!(
+            lines[4].contains("host") && lines[4].contains("sources"),
+            "{text}"
+        );
         assert!(
             lines[1].contains("burner") && lines[1].contains("50.0") && lines[1].contains("500.0")
         );

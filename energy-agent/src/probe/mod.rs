@@ -156,6 +156,27 @@ pub struct SchedInterval {
     pub stats: ProbeStats,
 }
 
+impl SchedInterval {
+    /// Length of the interval, ns.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// On-CPU nanoseconds of all threads per CPU (index = CPU id), `cpus` entries long
+    /// at least.
+    pub fn busy_ns_per_cpu(&self, cpus: usize) -> Vec<u64> {
+        let mut busy = vec![0u64; cpus];
+        for s in &self.slices {
+            let cpu = s.cpu as usize;
+            if cpu >= busy.len() {
+                busy.resize(cpu + 1, 0);
+            }
+            busy[cpu] += s.on_cpu_ns;
+        }
+        busy
+    }
+}
+
 /// The loaded and attached scheduler probe.
 pub struct Probe {
     _ebpf: Ebpf,

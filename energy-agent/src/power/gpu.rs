@@ -1,0 +1,126 @@
+//! GPU energy from what NVML offers: the total-energy counter (millijoules since the
+//! driver loaded; Volta and newer) when there is one, else power readings (milliwatts)
+//! integrated over time. The NVML source and the replay source share this logic.
+
+use super::counter::EnergyCounter;
+
+/// One reading of a GPU, as NVML reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GpuSample {
+    /// `nvmlDeviceGetTotalEnergyConsumption`: mJ since the driver loaded.
+    EnergyMj(u64),
+    /// `nvmlDeviceGetPowerUsage`: mW now.
+    PowerMw(u32),
+}
+
+/// Integrates power readings with the trapezoidal rule.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PowerIntegrator {
+    last: Option<(u64, f64)>,
+    joules: f64,
+}
+
+impl PowerIntegrator {
+    /// Adds a reading of `watts` taken at `ts_ns` (monotonic). Readings must come in
+    /// time order; an older one is ignored.
+    pub fn add(&mut self, ts_ns: u64, watts: f64) {
+        let watts = watts.max(0.0);
+        if let Some((t0, w0)) = self.last {
+            if ts_ns < t0 {
+                return;
+            }
+            self.joules += (w0 + watts) / 2.0 * (ts_ns - t0) as f64 / 1e9;
+        }
+        self.last = Some((ts_ns, watts));
+    }
+
+    /// The energy integrated since the previous call.
+    pub fn take(&mut self) -> f64 {
+        std::mem::take(&mut self.joules)
+    }
+}
+
+/// Turns one GPU's readings into joules per interval.
+#[derive(Clone, Debug)]
+pub struct GpuMeter {
+    counter: EnergyCounter,
+    integrator: PowerIntegrator,
+    counted_j: f64,
+}
+
+impl Default for GpuMeter {
+    fn default() -> Self {
+        Self {
+            counter: EnergyCounter::restarting(),
+            integrator: PowerIntegrator::default(),
+            counted_j: 0.0,
+        }
+    }
+}
+
+impl GpuMeter {
+    /// Feeds a reading taken at `ts_ns`.
+    pub fn feed(&mut self, ts_ns: u64, sample: GpuSample) {
+        match sample {
+            GpuSample::EnergyMj(mj) => {
+                if let Some(delta) = self.counter.advance(mj) {
+                    self.counted_j += delta as f64 / 1e3;
+                }
+            }
+            GpuSample::PowerMw(mw) => self.integrator.add(ts_ns, f64::from(mw) / 1e3),
+        }
+    }
+
+    /// Joules since the previous call: counter deltas plus integrated power.
+    pub fn take(&mut self) -> f64 {
+        std::mem::take(&mut self.counted_j) + self.integrator.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn counter_deltas_in_joules() {
+        let mut m = GpuMeter::default();
+        m.feed(0, GpuSample::EnergyMj(1_000_000));
+        assert_eq!(m.take(), 0.0);
+        m.feed(S, GpuSample::EnergyMj(1_250_000));
+        m.feed(2 * S, GpuSample::EnergyMj(1_300_000));
+        assert_eq!(m.take(), 300.0);
+    }
+
+    #[test]
+    fn driver_reload_does_not_make_a_huge_delta() {
+        let mut m = GpuMeter::default();
+        m.feed(0, GpuSample::EnergyMj(9_000_000));
+        m.feed(S, GpuSample::EnergyMj(2_000));
+        m.feed(2 * S, GpuSample::EnergyMj(3_000));
+        assert_eq!(m.take(), 1.0);
+    }
+
+    #[test]
+    fn power_is_integrated_trapezoidally() {
+        let mut m = GpuMeter::default();
+        // 100 W for 1 s, then a linear ramp 100 → 300 W over 1 s: 100 + 200 = 300 J.
+        m.feed(0, GpuSample::PowerMw(100_000));
+        m.feed(S, GpuSample::PowerMw(100_000));
+        m.feed(2 * S, GpuSample::PowerMw(300_000));
+        assert!((m.take() - 300.0).abs() < 1e-9);
+        // Next interval continues from the last reading.
+        m.feed(3 * S, GpuSample::PowerMw(300_000));
+        assert!((m.take() - 300.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn out_of_order_power_readings_are_ignored() {
+        let mut p = PowerIntegrator::default();
+        p.add(10, 50.0);
+        p.add(5, 1e9);
+        p.add(10 + S, 50.0);
+        assert!((p.take() - 50.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,272 @@
+//! Power sources through the real binary: a powercap tree the test advances at known
+//! power (one and two packages, dram, psys, wraps, a zone vanishing, a counter stuck
+//! at zero), the estimate on this VM, and replay files.
+
+use std::{process::Command, time::Duration};
+
+use energy_tests::{
+    AgentRun, agent_bin, domain_series,
+    powercap::{PowercapTree, ZoneSpec},
+    require_root,
+};
+
+fn zone(path: &'static str, name: &'static str, watts: f64, range_uj: u64) -> ZoneSpec {
+    ZoneSpec {
+        path,
+        name,
+        watts,
+        range_uj,
+    }
+}
+
+/// Asserts every full interval (not the partial one flushed at exit) reports `watts`
+/// ±5% for `domain`: the writer advances the counters every 2 ms, so a 300 ms interval
+/// is exact to about 1%.
+fn assert_watts(intervals: &[serde_json::Value], domain: &str, watts: f64) {
+    let full: Vec<serde_json::Value> = intervals
+        .iter()
+        .filter(|i| i["duration_s"].as_f64().unwrap() > 0.25)
+        .cloned()
+        .collect();
+    let series = domain_series(&full, domain);
+    assert!(series.len() >= 3, "{domain}: too few intervals: {series:?}");
+    for d in &series {
+        let w = d["watts"].as_f64().unwrap();
+        let j = d["joules"].as_f64().unwrap();
+        assert!(j >= 0.0, "{domain}: negative energy {d}");
+        assert!(
+            (w - watts).abs() <= watts * 0.05,
+            "{domain}: {w} W, expected {watts} W ±5%: {d}"
+        );
+        assert_eq!(d["source"], "rapl-powercap");
+        assert_eq!(d["estimated"], false);
+    }
+}
+
+#[test]
+fn two_packages_dram_and_psys_at_known_power() {
+    require_root();
+    let tree = PowercapTree::start(
+        vec![
+            zone("intel-rapl:0", "package-0", 40.0, 262_143_328_850),
+            zone("intel-rapl:0/intel-rapl:0:0", "core", 25.0, 262_143_328_850),
+            zone("intel-rapl:0/intel-rapl:0:1", "dram", 6.0, 65_712_999_613),
+            zone("intel-rapl:1", "package-1", 15.0, 262_143_328_850),
+            zone("intel-rapl:2", "psys", 80.0, 262_143_328_850),
+        ],
+        1_000_000,
+    );
+    let root = tree.root();
+    let mut agent = AgentRun::start(&[
+        "--interval",
+        "400ms",
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().unwrap(),
+    ]);
+    agent.wait_intervals(4, Duration::from_secs(10));
+    let (status, intervals) = agent.stop();
+    assert!(status.success());
+    assert_watts(&intervals, "package-0", 40.0);
+    assert_watts(&intervals, "core-0", 25.0);
+    assert_watts(&intervals, "dram-0", 6.0);
+    assert_watts(&intervals, "package-1", 15.0);
+    assert_watts(&intervals, "psys", 80.0);
+    let last = &intervals[intervals.len() - 2]["power"];
+    assert_eq!(last["sources"]["cpu"], "rapl-powercap");
+    assert_eq!(last["estimated"], false);
+    // Host total = packages + dram; core and psys overlap and are not added.
+    let total_w = last["total_j"].as_f64().unwrap()
+        / intervals[intervals.len() - 2]["duration_s"]
+            .as_f64()
+            .unwrap();
+    assert!(
+        (total_w - 61.0).abs() < 61.0 * 0.05,
+        "host {total_w} W, expected 61 W"
+    );
+}
+
+#[test]
+fn counters_wrapping_mid_run_stay_exact_and_positive() {
+    require_root();
+    // A 30 J range at 20 W wraps every 1.5 s; start 1 J below the edge.
+    let tree = PowercapTree::start(
+        vec![zone("intel-rapl:0", "package-0", 20.0, 30_000_000)],
+        29_000_000,
+    );
+    let root = tree.root();
+    let mut agent = AgentRun::start(&[
+        "--interval",
+        "300ms",
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().unwrap(),
+    ]);
+    agent.wait_intervals(12, Duration::from_secs(15));
+    let (_, intervals) = agent.stop();
+    assert_watts(&intervals, "package-0", 20.0);
+}
+
+#[test]
+fn a_zone_vanishing_mid_run_is_reported_and_the_rest_continue() {
+    require_root();
+    let tree = PowercapTree::start(
+        vec![
+            zone("intel-rapl:0", "package-0", 30.0, 262_143_328_850),
+            zone("intel-rapl:1", "package-1", 10.0, 262_143_328_850),
+        ],
+        0,
+    );
+    let root = tree.root();
+    let mut agent = AgentRun::start(&[
+        "--interval",
+        "300ms",
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().unwrap(),
+    ]);
+    agent.wait_intervals(2, Duration::from_secs(10));
+    tree.remove("intel-rapl:1");
+    agent.wait_intervals(4, Duration::from_secs(10));
+    let (status, intervals) = agent.stop();
+    assert!(status.success(), "the agent keeps running");
+    let later = &intervals[intervals.len() - 2]["power"];
+    let errors = later["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["domain"] == "package-1"
+                && e["error"].as_str().unwrap().contains("energy_uj")),
+        "package-1 reported unreadable: {later}"
+    );
+    assert_watts(&intervals, "package-0", 30.0);
+    // And check says so for this tree.
+    let out = Command::new(agent_bin())
+        .args([
+            "check",
+            "--json",
+            "--no-gpu",
+            "--powercap-root",
+            root.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pc = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "power rapl-powercap")
+        .unwrap()
+        .clone();
+    assert!(pc["detail"].as_str().unwrap().contains("package-0"), "{pc}");
+}
+
+#[test]
+fn a_counter_stuck_at_zero_falls_back_to_the_estimate_with_a_reason() {
+    require_root();
+    let tree = PowercapTree::start(
+        vec![zone("intel-rapl:0", "package-0", -1.0, 262_143_328_850)],
+        0,
+    );
+    let root = tree.root();
+    let mut agent = AgentRun::start(&[
+        "--interval",
+        "300ms",
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().unwrap(),
+    ]);
+    agent.wait_intervals(2, Duration::from_secs(10));
+    let (_, intervals) = agent.stop();
+    let power = &intervals[1]["power"];
+    assert_eq!(power["sources"]["cpu"], "estimate");
+    assert_eq!(power["estimated"], true);
+    let out = Command::new(agent_bin())
+        .args([
+            "check",
+            "--json",
+            "--no-gpu",
+            "--powercap-root",
+            root.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pc = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "power rapl-powercap")
+        .unwrap()
+        .clone();
+    assert_eq!(pc["status"], "warn");
+    assert!(
+        pc["detail"].as_str().unwrap().contains("package-0=0"),
+        "{pc}"
+    );
+}
+
+#[test]
+fn this_vm_uses_the_estimate_and_says_so() {
+    require_root();
+    let mut agent = AgentRun::start(&["--interval", "300ms", "--no-gpu"]);
+    agent.wait_intervals(2, Duration::from_secs(10));
+    let (_, intervals) = agent.stop();
+    let power = &intervals[1]["power"];
+    assert_eq!(power["sources"]["cpu"], "estimate", "{power}");
+    assert_eq!(power["sources"]["gpu"], "none");
+    assert_eq!(power["estimated"], true);
+    let pkg = &domain_series(&intervals, "package-0")[1];
+    assert!(
+        pkg["watts"].as_f64().unwrap() > 0.0,
+        "idle power is positive"
+    );
+    assert_eq!(pkg["estimated"], true);
+}
+
+#[test]
+fn replay_files_play_back_and_bad_ones_name_the_line() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.csv");
+    let mut text = String::from("# recorded\n");
+    for t in 0..=20 {
+        text.push_str(&format!(
+            "{},package-0,power_w,50\n{},gpu-0,energy_mj,{}\n",
+            t as f64 * 0.5,
+            t as f64 * 0.5,
+            t * 100_000
+        ));
+    }
+    std::fs::write(&good, text).unwrap();
+    let source = format!("replay:{}", good.display());
+    let mut agent = AgentRun::start(&["--interval", "300ms", "--power-source", &source]);
+    agent.wait_intervals(3, Duration::from_secs(10));
+    let (_, intervals) = agent.stop();
+    let power = &intervals[2]["power"];
+    assert_eq!(power["sources"]["cpu"], "replay");
+    assert_eq!(power["sources"]["gpu"], "replay");
+    for (domain, watts) in [("package-0", 50.0), ("gpu-0", 200.0)] {
+        let d = &domain_series(&intervals, domain)[2];
+        let w = d["watts"].as_f64().unwrap();
+        assert!((w - watts).abs() < watts * 0.05, "{domain}: {d}");
+    }
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "0,package-0,joules,1\n1,package-0,jouls,2\n").unwrap();
+    let out = Command::new(agent_bin())
+        .args([
+            "run",
+            "--power-source",
+            &format!("replay:{}", bad.display()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 2") && stderr.contains("unknown kind"),
+        "{stderr}"
+    );
+}
