@@ -32,7 +32,7 @@ pub struct PowercapTree {
     writer: Option<JoinHandle<()>>,
 }
 
-fn write_zone(dir: &Path, spec: &ZoneSpec, energy_uj: u64) {
+fn create_zone(dir: &Path, spec: &ZoneSpec, energy_uj: u64) {
     let zone = dir.join(spec.path);
     std::fs::create_dir_all(&zone).expect("zone dir");
     std::fs::write(zone.join("name"), format!("{}\n", spec.name)).expect("name");
@@ -41,6 +41,11 @@ fn write_zone(dir: &Path, spec: &ZoneSpec, energy_uj: u64) {
         format!("{}\n", spec.range_uj),
     )
     .expect("max");
+    write_energy(dir, spec, energy_uj);
+}
+
+fn write_energy(dir: &Path, spec: &ZoneSpec, energy_uj: u64) {
+    let zone = dir.join(spec.path);
     // Write-then-rename so the agent never reads a half-written number.
     let tmp = zone.join(".energy_uj.tmp");
     std::fs::write(&tmp, format!("{energy_uj}\n")).expect("energy");
@@ -53,7 +58,7 @@ impl PowercapTree {
     pub fn start(zones: Vec<ZoneSpec>, start_uj: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         for z in &zones {
-            write_zone(dir.path(), z, start_uj % z.range_uj);
+            create_zone(dir.path(), z, start_uj % z.range_uj);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let zones = Arc::new(Mutex::new(zones));
@@ -68,7 +73,7 @@ impl PowercapTree {
                             continue;
                         }
                         let uj = start_uj as f64 + z.watts * s * 1e6;
-                        write_zone(&root, z, (uj as u64) % z.range_uj);
+                        write_energy(&root, z, (uj as u64) % z.range_uj);
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }

@@ -43,6 +43,39 @@ fn assert_watts(intervals: &[serde_json::Value], domain: &str, watts: f64) {
     }
 }
 
+/// The agent reading `root` as its powercap tree, every `interval`.
+fn agent_on(root: &std::path::Path, interval: &str) -> AgentRun {
+    AgentRun::start(&[
+        "--interval",
+        interval,
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().unwrap(),
+    ])
+}
+
+/// The `power rapl-powercap` line of `check --json` for a tree.
+fn powercap_check(root: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(agent_bin())
+        .args([
+            "check",
+            "--json",
+            "--no-gpu",
+            "--powercap-root",
+            root.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "power rapl-powercap")
+        .cloned()
+        .expect("a rapl-powercap line")
+}
+
 #[test]
 fn two_packages_dram_and_psys_at_known_power() {
     require_root();
@@ -57,13 +90,7 @@ fn two_packages_dram_and_psys_at_known_power() {
         1_000_000,
     );
     let root = tree.root();
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "400ms",
-        "--no-gpu",
-        "--powercap-root",
-        root.to_str().unwrap(),
-    ]);
+    let mut agent = agent_on(&root, "400ms");
     agent.wait_intervals(4, Duration::from_secs(10));
     let (status, intervals) = agent.stop();
     assert!(status.success());
@@ -95,13 +122,7 @@ fn counters_wrapping_mid_run_stay_exact_and_positive() {
         29_000_000,
     );
     let root = tree.root();
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "300ms",
-        "--no-gpu",
-        "--powercap-root",
-        root.to_str().unwrap(),
-    ]);
+    let mut agent = agent_on(&root, "300ms");
     agent.wait_intervals(12, Duration::from_secs(15));
     let (_, intervals) = agent.stop();
     assert_watts(&intervals, "package-0", 20.0);
@@ -118,13 +139,7 @@ fn a_zone_vanishing_mid_run_is_reported_and_the_rest_continue() {
         0,
     );
     let root = tree.root();
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "300ms",
-        "--no-gpu",
-        "--powercap-root",
-        root.to_str().unwrap(),
-    ]);
+    let mut agent = agent_on(&root, "300ms");
     agent.wait_intervals(2, Duration::from_secs(10));
     tree.remove("intel-rapl:1");
     agent.wait_intervals(4, Duration::from_secs(10));
@@ -141,24 +156,7 @@ fn a_zone_vanishing_mid_run_is_reported_and_the_rest_continue() {
     );
     assert_watts(&intervals, "package-0", 30.0);
     // And check says so for this tree.
-    let out = Command::new(agent_bin())
-        .args([
-            "check",
-            "--json",
-            "--no-gpu",
-            "--powercap-root",
-            root.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let pc = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "power rapl-powercap")
-        .unwrap()
-        .clone();
+    let pc = powercap_check(&root);
     assert!(pc["detail"].as_str().unwrap().contains("package-0"), "{pc}");
 }
 
@@ -170,36 +168,13 @@ fn a_counter_stuck_at_zero_falls_back_to_the_estimate_with_a_reason() {
         0,
     );
     let root = tree.root();
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "300ms",
-        "--no-gpu",
-        "--powercap-root",
-        root.to_str().unwrap(),
-    ]);
+    let mut agent = agent_on(&root, "300ms");
     agent.wait_intervals(2, Duration::from_secs(10));
     let (_, intervals) = agent.stop();
     let power = &intervals[1]["power"];
     assert_eq!(power["sources"]["cpu"], "estimate");
     assert_eq!(power["estimated"], true);
-    let out = Command::new(agent_bin())
-        .args([
-            "check",
-            "--json",
-            "--no-gpu",
-            "--powercap-root",
-            root.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let pc = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "power rapl-powercap")
-        .unwrap()
-        .clone();
+    let pc = powercap_check(&root);
     assert_eq!(pc["status"], "warn");
     assert!(
         pc["detail"].as_str().unwrap().contains("package-0=0"),

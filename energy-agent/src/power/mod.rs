@@ -154,6 +154,14 @@ pub struct PowerReading {
 }
 
 impl PowerReading {
+    /// Joules of one domain, when it was read.
+    pub fn joules_of(&self, domain: Domain) -> Option<f64> {
+        self.energies
+            .iter()
+            .find(|e| e.domain == domain)
+            .map(|e| e.joules)
+    }
+
     /// Joules of all domains of `class`.
     pub fn total(&self, class: DomainClass) -> f64 {
         self.energies
@@ -162,6 +170,40 @@ impl PowerReading {
             .map(|e| e.joules)
             .sum::<f64>()
             + 0.0 // an empty f64 sum is -0.0
+    }
+
+    /// Adds one raw read of a meter's counter: advanced through `counter` and scaled by
+    /// `joules_per_step`. The first read only sets the baseline; a failed read resets the
+    /// counter (so no stale value makes a jump later) and is reported for the domain, as
+    /// is a value beyond the counter's range.
+    pub fn add_counter_read(
+        &mut self,
+        info: &SourceInfo,
+        domain: Domain,
+        counter: &mut counter::EnergyCounter,
+        read: Result<u64, String>,
+        joules_per_step: f64,
+    ) {
+        match read {
+            Ok(raw) => match counter.advance(raw) {
+                Some(steps) => {
+                    self.energies
+                        .push(energy(info, domain, steps as f64 * joules_per_step))
+                }
+                None if raw >= counter.range() => self.errors.push(DomainError {
+                    domain,
+                    error: format!(
+                        "counter value {raw} is beyond its range {}",
+                        counter.range()
+                    ),
+                }),
+                None => {}
+            },
+            Err(error) => {
+                counter.reset();
+                self.errors.push(DomainError { domain, error });
+            }
+        }
     }
 
     /// Adds another reading's domains (CPU source + GPU source).

@@ -9,8 +9,8 @@ use std::{
 };
 
 use super::{
-    Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, energy, topology::Topology,
+    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    counter::EnergyCounter, topology::Topology,
 };
 
 /// Default directory of the per-CPU MSR devices.
@@ -151,22 +151,10 @@ impl PowerSource for MsrRapl {
     fn sample(&mut self, _ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
         for r in &mut self.registers {
-            match read_msr(&r.device, r.msr) {
-                Ok(raw) => {
-                    if let Some(steps) = r.counter.advance(energy_counter(raw)) {
-                        reading
-                            .energies
-                            .push(energy(&INFO, r.domain, steps as f64 * r.unit));
-                    }
-                }
-                Err(e) => {
-                    r.counter.reset();
-                    reading.errors.push(DomainError {
-                        domain: r.domain,
-                        error: format!("{} msr {:#x}: {e}", r.device.display(), r.msr),
-                    });
-                }
-            }
+            let read = read_msr(&r.device, r.msr)
+                .map(energy_counter)
+                .map_err(|e| format!("{} msr {:#x}: {e}", r.device.display(), r.msr));
+            reading.add_counter_read(&INFO, r.domain, &mut r.counter, read, r.unit);
         }
         reading
     }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use super::{
-    Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, energy, topology::Topology,
+    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    counter::EnergyCounter, topology::Topology,
 };
 
 /// Default location of the PMU.
@@ -264,22 +264,8 @@ impl PowerSource for PerfRapl {
     fn sample(&mut self, _ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
         for c in &mut self.counters {
-            match read_count(&c.fd) {
-                Ok(raw) => {
-                    if let Some(delta) = c.counter.advance(raw) {
-                        reading
-                            .energies
-                            .push(energy(&INFO, c.domain, delta as f64 * c.scale));
-                    }
-                }
-                Err(e) => {
-                    c.counter.reset();
-                    reading.errors.push(DomainError {
-                        domain: c.domain,
-                        error: format!("reading the perf counter: {e}"),
-                    });
-                }
-            }
+            let read = read_count(&c.fd).map_err(|e| format!("reading the perf counter: {e}"));
+            reading.add_counter_read(&INFO, c.domain, &mut c.counter, read, c.scale);
         }
         reading
     }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use super::{
-    Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, energy,
+    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    counter::EnergyCounter,
 };
 
 /// Default location of the tree.
@@ -196,30 +196,8 @@ impl PowerSource for Powercap {
     fn sample(&mut self, _ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
         for zone in &mut self.zones {
-            match read_u64(&zone.dir.join("energy_uj")) {
-                Ok(raw) => match zone.counter.advance(raw) {
-                    Some(delta_uj) => {
-                        reading
-                            .energies
-                            .push(energy(&INFO, zone.domain, delta_uj as f64 / 1e6))
-                    }
-                    None if raw >= zone.counter.range() => reading.errors.push(DomainError {
-                        domain: zone.domain,
-                        error: format!(
-                            "energy_uj {raw} is beyond max_energy_range_uj {}",
-                            zone.counter.range()
-                        ),
-                    }),
-                    None => {}
-                },
-                Err(error) => {
-                    zone.counter.reset();
-                    reading.errors.push(DomainError {
-                        domain: zone.domain,
-                        error,
-                    });
-                }
-            }
+            let read = read_u64(&zone.dir.join("energy_uj"));
+            reading.add_counter_read(&INFO, zone.domain, &mut zone.counter, read, 1e-6);
         }
         reading
     }
@@ -235,13 +213,6 @@ pub(crate) mod tests {
         std::fs::write(dir.join("name"), format!("{name}\n")).unwrap();
         std::fs::write(dir.join("energy_uj"), format!("{energy_uj}\n")).unwrap();
         std::fs::write(dir.join("max_energy_range_uj"), format!("{max_uj}\n")).unwrap();
-    }
-
-    fn joules(r: &PowerReading, d: Domain) -> f64 {
-        r.energies
-            .iter()
-            .find(|e| e.domain == d)
-            .map_or(f64::NAN, |e| e.joules)
     }
 
     #[test]
@@ -289,7 +260,7 @@ pub(crate) mod tests {
         assert!(pc.sample(&SampleContext::default()).energies.is_empty());
         std::fs::write(z.join("energy_uj"), "3500000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(joules(&r, Domain::Package(0)), 2.5);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 2.5);
     }
 
     #[test]
@@ -301,7 +272,7 @@ pub(crate) mod tests {
         pc.sample(&SampleContext::default());
         std::fs::write(z.join("energy_uj"), "500000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(joules(&r, Domain::Package(0)), 1.5);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 1.5);
     }
 
     #[test]
@@ -316,7 +287,7 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&p1).unwrap();
         std::fs::write(p0.join("energy_uj"), "1000000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(joules(&r, Domain::Package(0)), 1.0);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 1.0);
         assert_eq!(r.errors.len(), 1);
         assert_eq!(r.errors[0].domain, Domain::Package(1));
         assert!(

@@ -122,9 +122,9 @@ impl Recording {
                     let range = match fields.get(4) {
                         Some(r) => integer(r)?,
                         None => {
-                            return Err(
-                                bad("counter_uj needs a range (max_energy_range_uj)".into()),
-                            );
+                            return Err(bad(
+                                "counter_uj needs a range (max_energy_range_uj)".into()
+                            ));
                         }
                     };
                     let raw = integer(fields[3])?;
@@ -311,13 +311,6 @@ mod tests {
         }
     }
 
-    fn joules(r: &PowerReading, d: Domain) -> f64 {
-        r.energies
-            .iter()
-            .find(|e| e.domain == d)
-            .map_or(f64::NAN, |e| e.joules)
-    }
-
     #[test]
     fn all_kinds_become_energy() {
         let text = "\
@@ -349,8 +342,18 @@ mod tests {
         let rec = Recording::parse("0,package-0,joules,0\n2,package-0,joules,20\n", "t").unwrap();
         let mut r = Replay::new(rec, |_| true);
         assert!(r.sample(&ctx(10 * S)).energies.is_empty());
-        assert_eq!(joules(&r.sample(&ctx(11 * S)), Domain::Package(0)), 10.0);
-        assert_eq!(joules(&r.sample(&ctx(12 * S)), Domain::Package(0)), 10.0);
+        assert_eq!(
+            r.sample(&ctx(11 * S))
+                .joules_of(Domain::Package(0))
+                .unwrap(),
+            10.0
+        );
+        assert_eq!(
+            r.sample(&ctx(12 * S))
+                .joules_of(Domain::Package(0))
+                .unwrap(),
+            10.0
+        );
         let after = r.sample(&ctx(13 * S));
         assert!(after.energies.is_empty());
         assert!(after.errors[0].error.contains("ended at 2 s"));
@@ -432,8 +435,8 @@ mod tests {
         replay.sample(&ctx(100 * S));
         for (i, &(_, pkg, gpu)) in readings.iter().enumerate() {
             let r = replay.sample(&ctx((101 + i as u64) * S));
-            assert!((joules(&r, Domain::Package(0)) - pkg).abs() < 1e-9);
-            assert!((joules(&r, Domain::Gpu(0)) - gpu).abs() < 1e-9);
+            assert!((r.joules_of(Domain::Package(0)).unwrap() - pkg).abs() < 1e-9);
+            assert!((r.joules_of(Domain::Gpu(0)).unwrap() - gpu).abs() < 1e-9);
         }
     }
 }
