@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod attribute;
+pub mod carbon;
 pub mod cli;
 pub mod clock;
 pub mod export;

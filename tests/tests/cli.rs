@@ -160,7 +160,7 @@ fn table_output_shows_a_burning_process() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("PID") && text.contains("CPU ms"),
+        text.contains("PID") && text.contains("mgCO2e"),
         "header: {text}"
     );
     assert!(
@@ -169,7 +169,7 @@ fn table_output_shows_a_burning_process() {
     );
     assert!(
         text.lines()
-            .any(|l| l.contains("total") && l.contains("processes")),
+            .any(|l| l.contains("total (") && l.contains("proc)")),
         "{text}"
     );
 }

@@ -1,254 +1,298 @@
-//! Joins the probe's per-thread time with process identities into per-process figures,
-//! next to the interval's energy per domain.
+//! The joins: the probe's per-thread time, the interval's energy per domain and process
+//! identities become joules per process, model, container and host, with an explicit
+//! idle bucket, so that Σ processes + idle = measured energy in every interval.
+//!
+//! Per interval and domain (DESIGN.md "Attribution, precisely"): a package's energy
+//! (and its DRAM's) is split by on-CPU time on that package's CPUs (see [`split`]);
+//! idle power is `--idle-power` where given, else the power model's idle figure, else the
+//! lowest power observed so far on the domain. GPU energy is split by GPU activity
+//! weights when the GPU stage provides them; without them it stays in the idle bucket.
 
-use std::collections::HashMap;
+pub mod models;
+pub mod report;
+pub mod split;
+
+use std::collections::{BTreeMap, HashMap};
+
+pub use report::*;
+use split::{IdlePolicy, split};
 
 use crate::{
     identity::Identity,
-    power::{Domain, DomainClass, DomainError, PowerReading},
-    probe::{ProbeStats, SchedInterval},
+    power::{Domain, DomainClass, PowerReading, topology::Topology},
+    probe::SchedInterval,
 };
+use models::ModelRules;
 
-/// Energy and average power of one domain in one interval.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct DomainPower {
-    /// The domain.
-    pub domain: Domain,
-    /// Joules in the interval.
-    pub joules: f64,
-    /// Average watts over the interval.
-    pub watts: f64,
-    /// Which source measured it.
-    pub source: &'static str,
-    /// Whether it is an estimate.
-    pub estimated: bool,
+/// How energy is attributed.
+#[derive(Clone, Debug, Default)]
+pub struct AttributionConfig {
+    /// Idle energy: bucket or share.
+    pub idle_policy: IdlePolicy,
+    /// `--idle-power`: watts by domain name (`package-0`) or class (`package`, `dram`,
+    /// `gpu`, applying to each domain of that class).
+    pub idle_power: BTreeMap<String, f64>,
+    /// Model rules.
+    pub models: ModelRules,
 }
 
-/// The sources in use.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct SourceNames {
-    /// CPU/DRAM source.
-    pub cpu: &'static str,
-    /// GPU source (`none` without GPUs).
-    pub gpu: &'static str,
+/// Per-process activity weights for each GPU (index → pid → weight), from the GPU stage.
+pub type GpuWeights = BTreeMap<u32, BTreeMap<u32, u64>>;
+
+/// The stateful attribution stage (it remembers each domain's lowest power).
+pub struct Attributor {
+    config: AttributionConfig,
+    topology: Topology,
+    model_idle: BTreeMap<Domain, f64>,
+    lowest_w: BTreeMap<Domain, f64>,
 }
 
-/// The host's energy in one interval.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct PowerSummary {
-    /// The sources in use.
-    pub sources: SourceNames,
-    /// Whether any figure is estimated.
-    pub estimated: bool,
-    /// Every domain read, including overlapping ones (core within package, psys).
-    pub domains: Vec<DomainPower>,
-    /// Domains that could not be read this interval.
-    pub errors: Vec<DomainError>,
-    /// CPU packages, joules.
-    pub cpu_j: f64,
-    /// DRAM, joules.
-    pub dram_j: f64,
-    /// GPUs, joules.
-    pub gpu_j: f64,
-    /// cpu + dram + gpu, joules.
-    pub total_j: f64,
+fn class_name(d: Domain) -> &'static str {
+    match d {
+        Domain::Package(_) => "package",
+        Domain::Core(_) => "core",
+        Domain::Uncore(_) => "uncore",
+        Domain::Dram(_) => "dram",
+        Domain::Psys => "psys",
+        Domain::Gpu(_) => "gpu",
+    }
 }
 
-impl PowerSummary {
-    /// Summarises a reading over an interval of `seconds`.
-    pub fn new(reading: &PowerReading, sources: SourceNames, seconds: f64) -> Self {
-        let domains: Vec<DomainPower> = reading
-            .energies
-            .iter()
-            .map(|e| DomainPower {
-                domain: e.domain,
-                joules: e.joules,
-                watts: if seconds > 0.0 {
-                    e.joules / seconds
-                } else {
-                    0.0
-                },
-                source: e.source,
-                estimated: e.estimated,
+impl Attributor {
+    /// An attributor for a host's `topology`; `model_idle` is the power source's own idle
+    /// figures (the estimate model's), used when `--idle-power` does not give one.
+    pub fn new(
+        config: AttributionConfig,
+        topology: Topology,
+        model_idle: Vec<(Domain, f64)>,
+    ) -> Self {
+        Self {
+            config,
+            topology,
+            model_idle: model_idle.into_iter().collect(),
+            lowest_w: BTreeMap::new(),
+        }
+    }
+
+    /// The model rules in use.
+    pub fn models(&self) -> &ModelRules {
+        &self.config.models
+    }
+
+    /// Idle power of `domain` given its power `observed_w` this interval.
+    fn idle_power(&mut self, domain: Domain, observed_w: f64) -> IdlePower {
+        let configured = self
+            .config
+            .idle_power
+            .get(&domain.to_string())
+            .or_else(|| self.config.idle_power.get(class_name(domain)));
+        if let Some(&watts) = configured {
+            return IdlePower {
+                domain,
+                watts,
+                origin: IdleOrigin::Configured,
+            };
+        }
+        if let Some(&watts) = self.model_idle.get(&domain) {
+            return IdlePower {
+                domain,
+                watts,
+                origin: IdleOrigin::Model,
+            };
+        }
+        let lowest = self.lowest_w.entry(domain).or_insert(observed_w);
+        *lowest = lowest.min(observed_w);
+        IdlePower {
+            domain,
+            watts: *lowest,
+            origin: IdleOrigin::Calibrated,
+        }
+    }
+
+    /// Attributes one interval. Carbon figures are left at zero for the carbon stage.
+    pub fn attribute(
+        &mut self,
+        sched: &SchedInterval,
+        power: &PowerReading,
+        sources: SourceNames,
+        gpu_weights: &GpuWeights,
+        identity: &mut Identity,
+    ) -> IntervalReport {
+        identity.observe(&sched.lifecycle, sched.end_ns);
+        let seconds = sched.duration_ns() as f64 / 1e9;
+
+        // On-CPU time per process, per package, and the latest cgroup id seen.
+        let mut cpu_ns: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut by_package: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
+        let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
+        for s in &sched.slices {
+            *cpu_ns.entry(s.tgid).or_default() += s.on_cpu_ns;
+            *by_package
+                .entry(self.topology.package_of(s.cpu))
+                .or_default()
+                .entry(s.tgid)
+                .or_default() += s.on_cpu_ns;
+            if s.cgroup_id != 0 {
+                cgroup_of.insert(s.tgid, s.cgroup_id);
+            }
+        }
+        let all_cpus: BTreeMap<u32, u64> = cpu_ns.clone();
+        let empty = BTreeMap::new();
+
+        let mut joules: BTreeMap<u32, Joules> = BTreeMap::new();
+        let mut idle = Joules::default();
+        let mut idle_power = Vec::new();
+        for (domain, energy_j) in attributable(power) {
+            let class = domain.class();
+            let weights = match domain {
+                Domain::Package(p) | Domain::Dram(p) => by_package.get(&p).unwrap_or(&empty),
+                Domain::Psys => &all_cpus,
+                Domain::Gpu(g) => gpu_weights.get(&g).unwrap_or(&empty),
+                Domain::Core(_) | Domain::Uncore(_) => continue,
+            };
+            let observed_w = if seconds > 0.0 {
+                energy_j / seconds
+            } else {
+                0.0
+            };
+            let ip = self.idle_power(domain, observed_w);
+            let parts = split(
+                energy_j,
+                ip.watts * seconds,
+                weights,
+                self.config.idle_policy,
+            );
+            idle_power.push(ip);
+            for (pid, share) in parts.shares {
+                let j = joules.entry(pid).or_default();
+                j.add(class, share.dynamic_j + share.idle_j);
+                j.idle_j += share.idle_j;
+            }
+            idle.add(class, parts.idle_bucket_j);
+        }
+
+        let mut pids: Vec<u32> = cpu_ns.keys().chain(joules.keys()).copied().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut processes: Vec<ProcessReport> = pids
+            .into_iter()
+            .map(|pid| {
+                let info =
+                    identity.process(pid, cgroup_of.get(&pid).copied().unwrap_or(0), sched.end_ns);
+                let ns = cpu_ns.get(&pid).copied().unwrap_or(0);
+                let j = joules.get(&pid).copied().unwrap_or_default();
+                ProcessReport {
+                    pid,
+                    comm: info.comm.clone(),
+                    exe_name: info.exe_name.clone(),
+                    model: self.config.models.model_of(info),
+                    cgroup: info.cgroup.clone(),
+                    container_id: info.container_id.clone(),
+                    cpu_time_s: ns as f64 / 1e9,
+                    cpu_time_ns: ns,
+                    exited: info.exited,
+                    energy_j: j.total(),
+                    joules: j,
+                    watts: if seconds > 0.0 {
+                        j.total() / seconds
+                    } else {
+                        0.0
+                    },
+                    carbon_g: 0.0,
+                    embodied_g: 0.0,
+                }
             })
             .collect();
-        let cpu_j = reading.total(DomainClass::Cpu);
-        let dram_j = reading.total(DomainClass::Dram);
-        let gpu_j = reading.total(DomainClass::Gpu);
-        Self {
-            sources,
-            estimated: domains.iter().any(|d| d.estimated),
-            domains,
-            errors: reading.errors.clone(),
-            cpu_j,
-            dram_j,
-            gpu_j,
-            total_j: cpu_j + dram_j + gpu_j,
-        }
+        processes.sort_by(|a, b| {
+            b.energy_j
+                .total_cmp(&a.energy_j)
+                .then(b.cpu_time_ns.cmp(&a.cpu_time_ns))
+                .then(a.pid.cmp(&b.pid))
+        });
+        identity.forget_exited();
+
+        let total_ns: u64 = cpu_ns.values().sum();
+        let idle_group = GroupReport {
+            name: "idle".into(),
+            energy_j: idle.total(),
+            joules: idle,
+            watts: if seconds > 0.0 {
+                idle.total() / seconds
+            } else {
+                0.0
+            },
+            ..Default::default()
+        };
+        let mut report = IntervalReport {
+            start_ns: sched.start_ns,
+            end_ns: sched.end_ns,
+            duration_s: seconds,
+            models: Vec::new(),
+            containers: Vec::new(),
+            idle: idle_group,
+            total_cpu_time_s: total_ns as f64 / 1e9,
+            power: PowerSummary::new(power, sources, seconds),
+            idle_policy: self.config.idle_policy,
+            idle_power,
+            carbon: CarbonSummary::default(),
+            probe: sched.stats,
+            processes,
+        };
+        regroup(&mut report);
+        report
     }
 }
 
-/// One process's use of the machine in one interval.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct ProcessReport {
-    /// Process id.
-    pub pid: u32,
-    /// Kernel task name.
-    pub comm: String,
-    /// Executable file name (or comm).
-    pub exe_name: String,
-    /// Cgroup v2 path, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
-    /// Container id, when the cgroup is a container's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    /// On-CPU time in the interval, seconds (all threads, all CPUs).
-    pub cpu_time_s: f64,
-    /// On-CPU time in the interval, nanoseconds (exact).
-    pub cpu_time_ns: u64,
-    /// Whether the process exited during the interval.
-    pub exited: bool,
+/// Rebuilds the model and container groups from the processes (after any change to
+/// the processes' figures, such as carbon).
+pub fn regroup(report: &mut IntervalReport) {
+    let mut models: BTreeMap<String, GroupReport> = BTreeMap::new();
+    let mut containers: BTreeMap<String, GroupReport> = BTreeMap::new();
+    for p in &report.processes {
+        models
+            .entry(p.model.clone())
+            .or_insert_with(|| GroupReport {
+                name: p.model.clone(),
+                ..Default::default()
+            })
+            .add(p);
+        let container = p
+            .container_id
+            .clone()
+            .or_else(|| p.cgroup.clone())
+            .unwrap_or_else(|| "/".into());
+        containers
+            .entry(container.clone())
+            .or_insert_with(|| GroupReport {
+                name: container,
+                ..Default::default()
+            })
+            .add(p);
+    }
+    let sorted = |m: BTreeMap<String, GroupReport>| {
+        let mut v: Vec<GroupReport> = m.into_values().collect();
+        v.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j).then(a.name.cmp(&b.name)));
+        v
+    };
+    report.models = sorted(models);
+    report.containers = sorted(containers);
 }
 
-/// Everything the agent knows about one interval.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct IntervalReport {
-    /// Interval start (monotonic ns).
-    #[serde(skip)]
-    pub start_ns: u64,
-    /// Interval end (monotonic ns).
-    #[serde(skip)]
-    pub end_ns: u64,
-    /// Interval length, seconds.
-    pub duration_s: f64,
-    /// Processes that ran in the interval, most CPU time first.
-    pub processes: Vec<ProcessReport>,
-    /// Sum of on-CPU time of all processes, seconds.
-    pub total_cpu_time_s: f64,
-    /// The host's energy per domain.
-    pub power: PowerSummary,
-    /// Probe counters after the interval.
-    pub probe: ProbeStats,
-}
-
-/// Sums an interval's thread slices per process, names each process, and adds the
-/// interval's energy per domain.
-pub fn summarize(
-    sched: &SchedInterval,
-    power: &PowerReading,
-    sources: SourceNames,
-    identity: &mut Identity,
-) -> IntervalReport {
-    identity.observe(&sched.lifecycle, sched.end_ns);
-    let mut per_process: HashMap<u32, (u64, u64)> = HashMap::new();
-    for slice in &sched.slices {
-        let entry = per_process.entry(slice.tgid).or_default();
-        entry.0 += slice.on_cpu_ns;
-        if slice.cgroup_id != 0 {
-            entry.1 = slice.cgroup_id;
-        }
-    }
-    let mut processes: Vec<ProcessReport> = per_process
-        .into_iter()
-        .map(|(pid, (ns, cgroup_id))| {
-            let info = identity.process(pid, cgroup_id, sched.end_ns);
-            ProcessReport {
-                pid,
-                comm: info.comm.clone(),
-                exe_name: info.exe_name.clone(),
-                cgroup: info.cgroup.clone(),
-                container_id: info.container_id.clone(),
-                cpu_time_s: ns as f64 / 1e9,
-                cpu_time_ns: ns,
-                exited: info.exited,
-            }
-        })
-        .collect();
-    processes.sort_by(|a, b| b.cpu_time_ns.cmp(&a.cpu_time_ns).then(a.pid.cmp(&b.pid)));
-    let total_ns: u64 = processes.iter().map(|p| p.cpu_time_ns).sum();
-    identity.forget_exited();
-    let duration_s = sched.duration_ns() as f64 / 1e9;
-    IntervalReport {
-        start_ns: sched.start_ns,
-        end_ns: sched.end_ns,
-        duration_s,
-        processes,
-        total_cpu_time_s: total_ns as f64 / 1e9,
-        power: PowerSummary::new(power, sources, duration_s),
-        probe: sched.stats,
-    }
+/// Σ processes + idle bucket of `class` in a report (for the conservation check).
+pub fn attributed_total(report: &IntervalReport, class: DomainClass) -> f64 {
+    let pick = |j: &Joules| match class {
+        DomainClass::Cpu | DomainClass::Platform => j.cpu_j,
+        DomainClass::Dram => j.dram_j,
+        DomainClass::Gpu => j.gpu_j,
+        DomainClass::PartOfPackage => 0.0,
+    };
+    report
+        .processes
+        .iter()
+        .map(|p| pick(&p.joules))
+        .sum::<f64>()
+        + pick(&report.idle.joules)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        identity::cgroup::CgroupResolver,
-        probe::{Lifecycle, TaskSlice},
-    };
-
-    #[test]
-    fn sums_threads_and_cpus_per_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut identity = Identity::new(dir.path(), CgroupResolver::new(None));
-        let slice = |tgid, tid, cpu, ns| TaskSlice {
-            tgid,
-            tid,
-            cpu,
-            on_cpu_ns: ns,
-            cgroup_id: 0,
-        };
-        let sched = SchedInterval {
-            start_ns: 1_000_000_000,
-            end_ns: 2_000_000_000,
-            slices: vec![
-                slice(10, 10, 0, 300),
-                slice(10, 11, 1, 200),
-                slice(20, 20, 0, 600),
-            ],
-            lifecycle: vec![Lifecycle::Exit {
-                tgid: 20,
-                tid: 20,
-                comm: "gone".into(),
-                group_dead: true,
-                cgroup_id: 0,
-                ts_ns: 1_500_000_000,
-            }],
-            stats: ProbeStats::default(),
-        };
-        let info = crate::power::SourceInfo {
-            name: "replay",
-            estimated: false,
-            resolution_j: 0.0,
-        };
-        let power = PowerReading {
-            energies: vec![
-                crate::power::energy(&info, Domain::Package(0), 30.0),
-                crate::power::energy(&info, Domain::Core(0), 20.0),
-                crate::power::energy(&info, Domain::Dram(0), 5.0),
-            ],
-            errors: vec![],
-        };
-        let sources = SourceNames {
-            cpu: "replay",
-            gpu: "none",
-        };
-        let report = summarize(&sched, &power, sources, &mut identity);
-        assert_eq!(report.power.cpu_j, 30.0, "core is part of the package");
-        assert_eq!(report.power.total_j, 35.0);
-        assert_eq!(report.power.domains[0].watts, 30.0);
-        assert!(!report.power.estimated);
-        assert_eq!(report.duration_s, 1.0);
-        assert_eq!(report.processes.len(), 2);
-        assert_eq!(report.processes[0].pid, 20);
-        assert_eq!(report.processes[0].comm, "gone");
-        assert!(report.processes[0].exited);
-        assert_eq!(report.processes[1].cpu_time_ns, 500);
-        assert_eq!(report.total_cpu_time_s, 1_100.0 / 1e9);
-        assert!(
-            identity.process(20, 0, 0).comm.is_empty(),
-            "exited process forgotten"
-        );
-    }
-}
+mod tests;

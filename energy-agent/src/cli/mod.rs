@@ -1,6 +1,7 @@
 //! The `energy-agent` command line: one module per subcommand.
 
 pub mod check;
+pub mod pipeline;
 pub mod run;
 pub mod sources;
 

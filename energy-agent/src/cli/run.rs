@@ -9,14 +9,10 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use super::sources::SourceArgs;
+use super::{pipeline::Pipeline, sources::SourceArgs};
 use crate::{
-    attribute::{SourceNames, summarize},
-    clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
-    identity::Identity,
-    power::{PowerSources, SampleContext, replay::Recorder},
-    probe::{Probe, ProbeConfig, possible_cpus},
+    probe::{Probe, ProbeConfig},
 };
 
 /// Shortest interval: RAPL figures are never exposed finer than this (PLATYPUS,
@@ -53,85 +49,6 @@ pub struct RunArgs {
     pub sources: SourceArgs,
 }
 
-/// What turns each interval's probe data into a report: identities, power sources and
-/// the optional power recording.
-struct Pipeline {
-    identity: Identity,
-    power: PowerSources,
-    recorder: Option<Recorder<std::fs::File>>,
-    cpus: usize,
-}
-
-impl Pipeline {
-    /// Chooses the power sources and starts the first interval of both the probe and
-    /// the meters at the same moment.
-    fn new(args: &RunArgs, probe: &mut Probe) -> anyhow::Result<Self> {
-        let mut power = crate::power::select(&args.sources.power_options())
-            .context("choosing the power source")?;
-        for s in &power.statuses {
-            log::info!(
-                "power source {}: {} ({})",
-                s.name,
-                if s.selected {
-                    "in use"
-                } else if s.usable {
-                    "available"
-                } else {
-                    "unavailable"
-                },
-                s.detail
-            );
-        }
-        // Baseline: the probe's first interval and the meters both start here.
-        probe.read_interval()?;
-        let now = monotonic_ns();
-        power.sample(&SampleContext {
-            now_ns: now,
-            ..Default::default()
-        });
-        let recorder = match &args.record_power {
-            Some(path) => {
-                let file = std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                let mut r = Recorder::new(file, power.estimated())?;
-                let mut domains = power.cpu.domains();
-                domains.extend(power.gpu.iter().flat_map(|g| g.domains()));
-                r.start(now, &domains)?;
-                Some(r)
-            }
-            None => None,
-        };
-        Ok(Self {
-            identity: Identity::for_host(),
-            power,
-            recorder,
-            cpus: possible_cpus() as usize,
-        })
-    }
-
-    fn report(&mut self, probe: &mut Probe) -> anyhow::Result<crate::attribute::IntervalReport> {
-        let sched = probe.read_interval()?;
-        probe.flush_log();
-        let ctx = SampleContext {
-            now_ns: sched.end_ns,
-            elapsed_ns: sched.duration_ns(),
-            cpu_busy_ns: sched.busy_ns_per_cpu(self.cpus),
-        };
-        let reading = self.power.sample(&ctx);
-        if let Some(r) = &mut self.recorder {
-            r.record(sched.end_ns, &reading)
-                .context("recording power")?;
-        }
-        let (cpu, gpu) = self.power.names();
-        Ok(summarize(
-            &sched,
-            &reading,
-            SourceNames { cpu, gpu },
-            &mut self.identity,
-        ))
-    }
-}
-
 /// Console output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -162,8 +79,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         ebpf_log: args.ebpf_log,
     };
     let mut probe = Probe::load(&config)?;
-    let mut pipeline = Pipeline::new(&args, &mut probe)?;
-    let clock = WallClock::now();
+    let mut pipeline = Pipeline::new(&args.sources, &mut probe, args.record_power.as_deref())?;
+    let clock = pipeline.clock();
     let mut sink: Box<dyn Sink> = match args.output {
         Output::Table => Box::new(ConsoleTable::new(stdout(), args.top)),
         Output::Json => Box::new(JsonLines::new(stdout(), clock)),
@@ -230,7 +147,7 @@ fn emit_interval(
     pipeline: &mut Pipeline,
     sink: &mut dyn Sink,
 ) -> anyhow::Result<bool> {
-    let report = pipeline.report(probe)?;
+    let report = pipeline.next(probe)?;
     match sink.emit(&report) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),

@@ -1,104 +1,23 @@
-//! The compact per-interval table `energy-agent run` prints when no exporter is set.
+//! The compact per-interval table `energy-agent run` prints when no exporter is set:
+//! the busiest processes, the models, the idle bucket, and the host's domains, sources
+//! and carbon intensity.
 
 use std::io::Write;
 
 use super::Sink;
-use crate::attribute::IntervalReport;
+use crate::attribute::{GroupReport, IntervalReport};
 
-/// Prints the top processes by CPU time and a total line, every interval.
+/// Prints the top processes and models by energy, every interval.
 pub struct ConsoleTable<W: Write> {
     out: W,
     top: usize,
 }
 
 impl<W: Write> ConsoleTable<W> {
-    /// A table of the `top` busiest processes written to `out`.
+    /// A table of the `top` processes written to `out`.
     pub fn new(out: W, top: usize) -> Self {
         Self { out, top }
     }
-}
-
-/// Renders one interval as text.
-pub fn render(report: &IntervalReport, top: usize) -> String {
-    let mut s = String::new();
-    let secs = report.duration_s.max(1e-9);
-    s.push_str(&format!(
-        "{:>8} {:<16} {:>7} {:>10}\n",
-        "PID", "COMM", "CPU%", "CPU ms"
-    ));
-    for p in report.processes.iter().take(top) {
-        let name = if p.exited {
-            format!("{} (exited)", p.comm)
-        } else {
-            p.comm.clone()
-        };
-        s.push_str(&format!(
-            "{:>8} {:<16} {:>7.1} {:>10.1}\n",
-            p.pid,
-            truncate(&name, 16),
-            100.0 * p.cpu_time_s / secs,
-            p.cpu_time_s * 1e3
-        ));
-    }
-    s.push_str(&format!(
-        "{:>8} {:<16} {:>7.1} {:>10.1}   {} processes in {:.3} s",
-        "",
-        "total",
-        100.0 * report.total_cpu_time_s / secs,
-        report.total_cpu_time_s * 1e3,
-        report.processes.len(),
-        report.duration_s,
-    ));
-    let p = &report.probe;
-    if p.task_map_full + p.events_lost + p.missed_runs > 0 {
-        s.push_str(&format!(
-            "  [probe losses: task map full {}, events lost {}, runs missed {}]",
-            p.task_map_full, p.events_lost, p.missed_runs
-        ));
-    }
-    s.push('\n');
-    s.push_str(&render_power(report));
-    s
-}
-
-/// The energy lines: each domain's watts and joules, the host total, and the sources.
-fn render_power(report: &IntervalReport) -> String {
-    let p = &report.power;
-    let mut s = String::new();
-    for d in &p.domains {
-        s.push_str(&format!(
-            "{:>8} {:<16} {:>9.2} W {:>9.2} J  {}{}\n",
-            "",
-            d.domain.to_string(),
-            d.watts,
-            d.joules,
-            d.source,
-            if d.estimated { " (estimated)" } else { "" }
-        ));
-    }
-    for e in &p.errors {
-        s.push_str(&format!(
-            "{:>8} {:<16} unreadable: {}\n",
-            "",
-            e.domain.to_string(),
-            e.error
-        ));
-    }
-    let secs = report.duration_s.max(1e-9);
-    s.push_str(&format!(
-        "{:>8} {:<16} {:>9.2} W {:>9.2} J  cpu {:.2} W, dram {:.2} W, gpu {:.2} W; sources: cpu {}, gpu {}{}\n",
-        "",
-        "host",
-        p.total_j / secs,
-        p.total_j,
-        p.cpu_j / secs,
-        p.dram_j / secs,
-        p.gpu_j / secs,
-        p.sources.cpu,
-        p.sources.gpu,
-        if p.estimated { " — ESTIMATED" } else { " — measured" }
-    ));
-    s
 }
 
 fn truncate(s: &str, width: usize) -> String {
@@ -107,6 +26,143 @@ fn truncate(s: &str, width: usize) -> String {
     } else {
         s.chars().take(width - 1).chain(['…']).collect()
     }
+}
+
+fn row(
+    s: &mut String,
+    pid: &str,
+    name: &str,
+    cpu_pct: Option<f64>,
+    watts: f64,
+    joules: f64,
+    mg: f64,
+) {
+    let cpu = cpu_pct.map_or(String::new(), |c| format!("{c:.1}"));
+    s.push_str(&format!(
+        "{pid:>8} {:<18} {cpu:>7} {watts:>9.2} {joules:>10.2} {mg:>10.3}\n",
+        truncate(name, 18)
+    ));
+}
+
+fn group_rows(s: &mut String, title: &str, groups: &[GroupReport], top: usize, secs: f64) {
+    if groups.is_empty() {
+        return;
+    }
+    s.push_str(&format!("{:>8} {:<18}\n", "", title));
+    for g in groups.iter().take(top) {
+        row(
+            s,
+            "",
+            &g.name,
+            Some(100.0 * g.cpu_time_s / secs),
+            g.watts,
+            g.energy_j,
+            g.carbon_g * 1e3,
+        );
+    }
+}
+
+/// Renders one interval as text.
+pub fn render(report: &IntervalReport, top: usize) -> String {
+    let mut s = String::new();
+    let secs = report.duration_s.max(1e-9);
+    s.push_str(&format!(
+        "{:>8} {:<18} {:>7} {:>9} {:>10} {:>10}\n",
+        "PID", "PROCESS", "CPU%", "W", "J", "mgCO2e"
+    ));
+    for p in report.processes.iter().take(top) {
+        let name = if p.exited {
+            format!("{} (exited)", p.comm)
+        } else {
+            p.comm.clone()
+        };
+        row(
+            &mut s,
+            &p.pid.to_string(),
+            &name,
+            Some(100.0 * p.cpu_time_s / secs),
+            p.watts,
+            p.energy_j,
+            p.carbon_g * 1e3,
+        );
+    }
+    let idle = &report.idle;
+    row(
+        &mut s,
+        "",
+        "idle",
+        None,
+        idle.watts,
+        idle.energy_j,
+        idle.carbon_g * 1e3,
+    );
+    let attributed: f64 = report.processes.iter().map(|p| p.energy_j).sum::<f64>() + idle.energy_j;
+    let carbon: f64 = report.processes.iter().map(|p| p.carbon_g).sum::<f64>() + idle.carbon_g;
+    row(
+        &mut s,
+        "",
+        &format!("total ({} proc)", report.processes.len()),
+        Some(100.0 * report.total_cpu_time_s / secs),
+        attributed / secs,
+        attributed,
+        carbon * 1e3,
+    );
+    let grouped = report.models.iter().any(|m| m.processes > 1)
+        || report.processes.iter().any(|p| p.model != p.exe_name);
+    if grouped {
+        group_rows(&mut s, "MODEL", &report.models, top, secs);
+    }
+    s.push_str(&render_power(report));
+    let p = &report.probe;
+    if p.task_map_full + p.events_lost + p.missed_runs > 0 {
+        s.push_str(&format!(
+            "  probe losses: task map full {}, events lost {}, runs missed {}\n",
+            p.task_map_full, p.events_lost, p.missed_runs
+        ));
+    }
+    s
+}
+
+/// The domain line, the host line and the carbon line.
+fn render_power(report: &IntervalReport) -> String {
+    let p = &report.power;
+    let secs = report.duration_s.max(1e-9);
+    let domains: Vec<String> = p
+        .domains
+        .iter()
+        .map(|d| format!("{} {:.2} W", d.domain, d.watts))
+        .chain(
+            p.errors
+                .iter()
+                .map(|e| format!("{} unreadable ({})", e.domain, e.error)),
+        )
+        .collect();
+    let c = &report.carbon;
+    let mut s = format!(
+        "  domains: {}\n  host {:.2} W ({:.2} J: cpu {:.2}, dram {:.2}, gpu {:.2}); sources: cpu {}, gpu {} — {}\n  carbon {:.1} g/kWh from {} × PUE {} = {:.3} mg{}\n",
+        domains.join(" · "),
+        p.total_j / secs,
+        p.total_j,
+        p.cpu_j,
+        p.dram_j,
+        p.gpu_j,
+        p.sources.cpu,
+        p.sources.gpu,
+        if p.estimated { "ESTIMATED" } else { "measured" },
+        c.intensity.g_per_kwh,
+        c.intensity.source,
+        c.pue,
+        c.host_g * 1e3,
+        if c.embodied_host_g > 0.0 {
+            format!(" + {:.3} mg embodied", c.embodied_host_g * 1e3)
+        } else {
+            String::new()
+        },
+    );
+    if let Some(note) = &c.intensity.note {
+        s.push_str(&format!("  note: {note}\n"));
+    }
+    s
 }
 
 impl<W: Write> Sink for ConsoleTable<W> {
@@ -122,38 +178,46 @@ mod tests {
     use crate::attribute::ProcessReport;
 
     #[test]
-    fn renders_top_rows_and_total() {
-        let proc = |pid, comm: &str, s| ProcessReport {
+    fn renders_rows_idle_total_and_host() {
+        let proc = |pid, comm: &str, s, j| ProcessReport {
             pid,
             comm: comm.into(),
+            model: "shared".into(),
             cpu_time_s: s,
+            energy_j: j,
+            watts: j,
+            carbon_g: j / 3.6e6 * 400.0,
             ..Default::default()
         };
-        let report = IntervalReport {
+        let mut report = IntervalReport {
             duration_s: 1.0,
             processes: vec![
-                proc(1, "burner", 0.5),
-                proc(2, "a-very-long-process-name", 0.25),
-                proc(3, "x", 0.1),
+                proc(1, "burner", 0.5, 3.0),
+                proc(2, "a-very-long-process-name", 0.25, 1.0),
+                proc(3, "x", 0.1, 0.5),
             ],
             total_cpu_time_s: 0.85,
             ..Default::default()
         };
+        report.idle.energy_j = 2.0;
+        report.idle.watts = 2.0;
+        crate::attribute::regroup(&mut report);
         let text = render(&report, 2);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "header, 2 rows, total, host energy: {text}");
         assert!(
-            lines[4].contains("host") && lines[4].contains("sources"),
+            lines[0].contains("PID") && lines[0].contains("mgCO2e"),
             "{text}"
         );
         assert!(
-            lines[1].contains("burner") && lines[1].contains("50.0") && lines[1].contains("500.0")
+            lines[1].contains("burner") && lines[1].contains("50.0") && lines[1].contains("3.00")
         );
-        assert!(lines[2].contains("a-very-long-pro…"));
+        assert!(lines[2].contains("a-very-long-proce…"), "{text}");
+        assert!(lines[3].contains("idle") && lines[3].contains("2.00"));
         assert!(
-            lines[3].contains("total")
-                && lines[3].contains("85.0")
-                && lines[3].contains("3 processes")
+            lines[4].contains("total (3 proc)") && lines[4].contains("6.50"),
+            "{text}"
         );
+        assert!(text.contains("MODEL"));
+        assert!(text.contains("host") && text.contains("carbon"));
     }
 }

@@ -306,6 +306,20 @@ impl PowerSource for Estimate {
         reading
     }
 
+    fn idle_power(&self) -> Vec<(Domain, f64)> {
+        let dram_share = self.model.dram_w / self.model.packages.len().max(1) as f64;
+        self.model
+            .packages
+            .iter()
+            .flat_map(|(p, f)| {
+                [
+                    (Domain::Package(*p), f.idle_w),
+                    (Domain::Dram(*p), dram_share),
+                ]
+            })
+            .collect()
+    }
+
     fn describe(&self) -> String {
         format!("estimate (estimated): {}", self.model.explain())
     }

@@ -248,6 +248,12 @@ pub trait PowerSource: Send {
     /// reports no energy.
     fn sample(&mut self, ctx: &SampleContext) -> PowerReading;
 
+    /// The source's own idle power per domain, when it has a model of it (the
+    /// estimate does); meters have none and are calibrated by the attribution stage.
+    fn idle_power(&self) -> Vec<(Domain, f64)> {
+        Vec::new()
+    }
+
     /// A one-line description of how the figures are obtained (for `check`).
     fn describe(&self) -> String {
         let info = self.info();

@@ -131,6 +131,15 @@ impl PowerSources {
         self.cpu.info().estimated || self.gpu.as_ref().is_some_and(|g| g.info().estimated)
     }
 
+    /// The sources' own idle power figures (see [`PowerSource::idle_power`]).
+    pub fn idle_power(&self) -> Vec<(Domain, f64)> {
+        let mut v = self.cpu.idle_power();
+        if let Some(g) = &self.gpu {
+            v.extend(g.idle_power());
+        }
+        v
+    }
+
     /// Name of the CPU source and of the GPU source (`none` when there is no GPU).
     pub fn names(&self) -> (&'static str, &'static str) {
         (
@@ -363,7 +372,9 @@ mod tests {
                 let mut uj = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     uj += 1000;
-                    std::fs::write(zone.join("energy_uj"), uj.to_string()).unwrap();
+                    // Atomic replace, as sysfs reads are: never a half-written number.
+                    std::fs::write(zone.join(".tmp"), uj.to_string()).unwrap();
+                    std::fs::rename(zone.join(".tmp"), zone.join("energy_uj")).unwrap();
                     std::thread::sleep(Duration::from_millis(2));
                 }
             })

@@ -1,0 +1,287 @@
+//! What one interval's attribution produces: per process, per model, per container,
+//! the idle bucket, and the host — plain data for the carbon stage and the exporters.
+
+use crate::{
+    carbon::Intensity,
+    power::{Domain, DomainClass, DomainError, PowerReading},
+    probe::ProbeStats,
+};
+
+use super::split::IdlePolicy;
+
+/// Energy by domain class, joules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Joules {
+    /// CPU packages (dynamic part, plus the idle share with `--idle share`).
+    pub cpu_j: f64,
+    /// DRAM.
+    pub dram_j: f64,
+    /// GPUs.
+    pub gpu_j: f64,
+    /// Allocated idle share (only with `--idle share`; already inside cpu/dram/gpu).
+    pub idle_j: f64,
+}
+
+impl Joules {
+    /// cpu + dram + gpu.
+    pub fn total(&self) -> f64 {
+        self.cpu_j + self.dram_j + self.gpu_j
+    }
+
+    /// Adds `j` to the total of `class`.
+    pub fn add(&mut self, class: DomainClass, j: f64) {
+        match class {
+            DomainClass::Cpu | DomainClass::Platform => self.cpu_j += j,
+            DomainClass::Dram => self.dram_j += j,
+            DomainClass::Gpu => self.gpu_j += j,
+            DomainClass::PartOfPackage => {}
+        }
+    }
+
+    /// Adds another set.
+    pub fn merge(&mut self, other: &Joules) {
+        self.cpu_j += other.cpu_j;
+        self.dram_j += other.dram_j;
+        self.gpu_j += other.gpu_j;
+        self.idle_j += other.idle_j;
+    }
+}
+
+/// One process's use of the machine in one interval.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ProcessReport {
+    /// Process id.
+    pub pid: u32,
+    /// Kernel task name.
+    pub comm: String,
+    /// Executable file name (or comm).
+    pub exe_name: String,
+    /// Model (rule match, else executable name).
+    pub model: String,
+    /// Cgroup v2 path, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Container id, when the cgroup is a container's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// On-CPU time in the interval, seconds (all threads, all CPUs).
+    pub cpu_time_s: f64,
+    /// On-CPU time in the interval, nanoseconds (exact).
+    pub cpu_time_ns: u64,
+    /// Whether the process exited during the interval.
+    pub exited: bool,
+    /// Energy attributed, joules (cpu + dram + gpu).
+    pub energy_j: f64,
+    /// By domain class.
+    #[serde(flatten)]
+    pub joules: Joules,
+    /// Average power over the interval, watts.
+    pub watts: f64,
+    /// Operational carbon, grams CO2e.
+    pub carbon_g: f64,
+    /// Embodied carbon share, grams CO2e (0 unless configured).
+    pub embodied_g: f64,
+}
+
+/// A group of processes (a model, or a container).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GroupReport {
+    /// Model name or container id/cgroup path.
+    pub name: String,
+    /// Processes in the group this interval.
+    pub processes: u32,
+    /// On-CPU time, seconds.
+    pub cpu_time_s: f64,
+    /// Energy, joules.
+    pub energy_j: f64,
+    /// By domain class.
+    #[serde(flatten)]
+    pub joules: Joules,
+    /// Average watts.
+    pub watts: f64,
+    /// Operational carbon, grams.
+    pub carbon_g: f64,
+    /// Embodied carbon, grams.
+    pub embodied_g: f64,
+}
+
+impl GroupReport {
+    /// Adds a process to the group.
+    pub fn add(&mut self, p: &ProcessReport) {
+        self.processes += 1;
+        self.cpu_time_s += p.cpu_time_s;
+        self.energy_j += p.energy_j;
+        self.joules.merge(&p.joules);
+        self.watts += p.watts;
+        self.carbon_g += p.carbon_g;
+        self.embodied_g += p.embodied_g;
+    }
+}
+
+/// Energy and average power of one domain in one interval.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DomainPower {
+    /// The domain.
+    pub domain: Domain,
+    /// Joules in the interval.
+    pub joules: f64,
+    /// Average watts over the interval.
+    pub watts: f64,
+    /// Which source measured it.
+    pub source: &'static str,
+    /// Whether it is an estimate.
+    pub estimated: bool,
+}
+
+/// The sources in use.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SourceNames {
+    /// CPU/DRAM source.
+    pub cpu: &'static str,
+    /// GPU source (`none` without GPUs).
+    pub gpu: &'static str,
+}
+
+/// The host's energy in one interval.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PowerSummary {
+    /// The sources in use.
+    pub sources: SourceNames,
+    /// Whether any figure is estimated.
+    pub estimated: bool,
+    /// Every domain read, including overlapping ones (core within package, psys).
+    pub domains: Vec<DomainPower>,
+    /// Domains that could not be read this interval.
+    pub errors: Vec<DomainError>,
+    /// CPU packages (or the platform, where only psys exists), joules.
+    pub cpu_j: f64,
+    /// DRAM, joules.
+    pub dram_j: f64,
+    /// GPUs, joules.
+    pub gpu_j: f64,
+    /// cpu + dram + gpu, joules.
+    pub total_j: f64,
+}
+
+/// The domains whose energy is attributed: packages, DRAM and GPUs; psys stands in for
+/// the packages on hosts that only have psys.
+pub fn attributable(reading: &PowerReading) -> Vec<(Domain, f64)> {
+    let has_package = reading
+        .energies
+        .iter()
+        .any(|e| e.domain.class() == DomainClass::Cpu);
+    reading
+        .energies
+        .iter()
+        .filter(|e| match e.domain.class() {
+            DomainClass::Cpu | DomainClass::Dram | DomainClass::Gpu => true,
+            DomainClass::Platform => !has_package,
+            DomainClass::PartOfPackage => false,
+        })
+        .map(|e| (e.domain, e.joules))
+        .collect()
+}
+
+impl PowerSummary {
+    /// Summarises a reading over an interval of `seconds`.
+    pub fn new(reading: &PowerReading, sources: SourceNames, seconds: f64) -> Self {
+        let domains: Vec<DomainPower> = reading
+            .energies
+            .iter()
+            .map(|e| DomainPower {
+                domain: e.domain,
+                joules: e.joules,
+                watts: if seconds > 0.0 {
+                    e.joules / seconds
+                } else {
+                    0.0
+                },
+                source: e.source,
+                estimated: e.estimated,
+            })
+            .collect();
+        let mut totals = Joules::default();
+        for (domain, j) in attributable(reading) {
+            totals.add(domain.class(), j);
+        }
+        Self {
+            sources,
+            estimated: domains.iter().any(|d| d.estimated),
+            domains,
+            errors: reading.errors.clone(),
+            cpu_j: totals.cpu_j,
+            dram_j: totals.dram_j,
+            gpu_j: totals.gpu_j,
+            total_j: totals.total(),
+        }
+    }
+}
+
+/// Where a domain's idle power came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleOrigin {
+    /// `--idle-power`.
+    Configured,
+    /// The power model's idle figure.
+    Model,
+    /// The lowest power observed so far on this domain.
+    Calibrated,
+}
+
+/// A domain's idle power in one interval.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IdlePower {
+    /// The domain.
+    pub domain: Domain,
+    /// Watts.
+    pub watts: f64,
+    /// Where the figure came from.
+    pub origin: IdleOrigin,
+}
+
+/// Carbon figures of the interval.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CarbonSummary {
+    /// The intensity used, with its source.
+    pub intensity: Intensity,
+    /// PUE applied.
+    pub pue: f64,
+    /// Operational grams of the whole host's energy.
+    pub host_g: f64,
+    /// Embodied grams of the host over the interval (0 unless configured).
+    pub embodied_host_g: f64,
+}
+
+/// Everything the agent knows about one interval.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct IntervalReport {
+    /// Interval start (monotonic ns).
+    #[serde(skip)]
+    pub start_ns: u64,
+    /// Interval end (monotonic ns).
+    #[serde(skip)]
+    pub end_ns: u64,
+    /// Interval length, seconds.
+    pub duration_s: f64,
+    /// Processes that ran (or held energy) in the interval, most energy first.
+    pub processes: Vec<ProcessReport>,
+    /// Per model, most energy first.
+    pub models: Vec<GroupReport>,
+    /// Per container (or cgroup), most energy first.
+    pub containers: Vec<GroupReport>,
+    /// The idle bucket: energy no process was given.
+    pub idle: GroupReport,
+    /// Sum of on-CPU time of all processes, seconds.
+    pub total_cpu_time_s: f64,
+    /// The host's energy per domain.
+    pub power: PowerSummary,
+    /// How idle energy was treated.
+    pub idle_policy: IdlePolicy,
+    /// The idle power used per domain.
+    pub idle_power: Vec<IdlePower>,
+    /// Carbon: intensity and host totals.
+    pub carbon: CarbonSummary,
+    /// Probe counters after the interval.
+    pub probe: ProbeStats,
+}
