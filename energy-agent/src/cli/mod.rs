@@ -1,6 +1,7 @@
 //! The `energy-agent` command line: one module per subcommand.
 
 pub mod check;
+pub mod measure;
 pub mod pipeline;
 pub mod run;
 pub mod sources;
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: sample every interval and print or export the results.
     Run(run::RunArgs),
+    /// Run a command and report its energy and carbon, like `perf stat`.
+    Measure(measure::MeasureArgs),
     /// Report what works on this host and how to fix what does not.
     Check(check::CheckArgs),
 }
@@ -30,6 +33,7 @@ pub fn main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Measure(args) => measure::measure(args),
         Command::Check(args) => check::check(args),
     }
 }

@@ -95,6 +95,15 @@ impl Pipeline {
 
     /// Closes an interval: probe read, power sample, attribution, carbon.
     pub fn next(&mut self, probe: &mut Probe) -> anyhow::Result<IntervalReport> {
+        self.next_with_lifecycle(probe).map(|(report, _)| report)
+    }
+
+    /// [`Pipeline::next`], also handing out the interval's exits, execs and forks (for
+    /// callers that follow process trees).
+    pub fn next_with_lifecycle(
+        &mut self,
+        probe: &mut Probe,
+    ) -> anyhow::Result<(IntervalReport, Vec<crate::probe::Lifecycle>)> {
         let sched = probe.read_interval()?;
         probe.flush_log();
         let ctx = SampleContext {
@@ -117,12 +126,6 @@ impl Pipeline {
         );
         self.carbon
             .annotate(&mut report, self.clock.wall(sched.end_ns));
-        Ok(report)
-    }
-
-    /// The lifecycle of the last interval is consumed by the identity stage; callers that
-    /// need process trees get it from the report's pids.
-    pub fn identity(&mut self) -> &mut Identity {
-        &mut self.identity
+        Ok((report, sched.lifecycle))
     }
 }

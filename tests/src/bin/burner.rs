@@ -2,7 +2,10 @@
 //! account of it (sum of `/proc/self/task/*/schedstat`, read while every thread is still
 //! alive, just before exit) as `schedstat_ns=<n>`.
 //!
-//! usage: burner <seconds per thread> [threads]
+//! usage: burner <seconds per thread> [threads] [duty] [cpu]
+//!
+//! `duty` (0–1, default 1) burns that fraction of every 10 ms and sleeps the rest;
+//! `cpu` pins the process to one CPU.
 
 use std::{sync::Barrier, thread};
 
@@ -16,13 +19,39 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn burn(ns: u64) {
+/// Burns `ns` of this thread's CPU time; with `duty` < 1, only `duty` × 10 ms of CPU
+/// time in every 10 ms of wall time (measured on the thread's own CPU clock, so the
+/// ratio holds however the scheduler slices it).
+fn burn(ns: u64, duty: f64) {
     let start = thread_cpu_ns();
     let mut x = 0u64;
+    let period = std::time::Duration::from_millis(10);
+    let per_period = (period.as_nanos() as f64 * duty) as u64;
+    let mut next = std::time::Instant::now();
     while thread_cpu_ns() - start < ns {
-        for i in 0..1000 {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        let period_cpu = thread_cpu_ns();
+        next += period;
+        while thread_cpu_ns() - period_cpu < per_period && thread_cpu_ns() - start < ns {
+            for i in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
         }
+        if duty < 1.0 {
+            std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        }
+    }
+}
+
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to cpu {cpu}"
+        );
     }
 }
 
@@ -43,6 +72,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .expect("usage: burner <seconds> [threads]");
     let threads: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let duty: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    if let Some(cpu) = args.next().and_then(|s| s.parse().ok()) {
+        pin(cpu);
+    }
     let ns = (seconds * 1e9) as u64;
     // Every thread burns, then all meet at `done`; the main thread reads schedstat while
     // the others wait at `read`, alive, so their counts are still in /proc/self/task.
@@ -51,12 +84,12 @@ fn main() {
     let total = thread::scope(|s| {
         for _ in 1..threads {
             s.spawn(|| {
-                burn(ns);
+                burn(ns, duty);
                 done.wait();
                 read.wait();
             });
         }
-        burn(ns);
+        burn(ns, duty);
         done.wait();
         let total = schedstat_sum();
         read.wait();
