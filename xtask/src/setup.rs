@@ -274,6 +274,47 @@ fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// Installs the Debian packages the end-to-end tests use as real peers, when missing:
+/// (command that must exist, package that provides it).
+pub fn ensure_test_tools(tools: &[(&str, &str)]) -> Result<()> {
+    step("test tools", || {
+        let missing: Vec<&str> = tools
+            .iter()
+            .filter(|(cmd, _)| !on_path(cmd))
+            .map(|(_, pkg)| *pkg)
+            .collect();
+        if missing.is_empty() {
+            say(&format!(
+                "present: {}",
+                tools.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+            ));
+            return Ok(());
+        }
+        say(&format!("installing {} with apt-get", missing.join(" ")));
+        let update = Command::new("apt-get").args(["update", "-q"]).status();
+        if !update.is_ok_and(|s| s.success()) {
+            say("apt-get update failed; trying the install anyway");
+        }
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+        Ok(())
+    })
+}
+
+/// Whether `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
+    env::var_os("PATH")
+        .map(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

@@ -138,6 +138,7 @@ pub fn test(args: &[String]) -> Result<()> {
         );
     }
     let tools = setup::setup()?;
+    setup::ensure_test_tools(&[("tmux", "tmux"), ("setpriv", "util-linux")])?;
     run_step(
         "building the agent and test programs",
         cargo(&tools).args([

@@ -5,6 +5,7 @@ pub mod measure;
 pub mod pipeline;
 pub mod run;
 pub mod sources;
+pub mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: sample every interval and print or export the results.
     Run(run::RunArgs),
+    /// A live full-screen view of processes and models by power.
+    Top(top::TopArgs),
     /// Run a command and report its energy and carbon, like `perf stat`.
     Measure(measure::MeasureArgs),
     /// Report what works on this host and how to fix what does not.
@@ -33,6 +36,7 @@ pub fn main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Top(args) => top::top(args),
         Command::Measure(args) => measure::measure(args),
         Command::Check(args) => check::check(args),
     }
