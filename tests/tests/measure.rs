@@ -204,3 +204,26 @@ fn human_output_is_a_short_summary() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn a_config_file_sets_what_flags_do_not() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("energy.toml");
+    std::fs::write(
+        &cfg,
+        "[carbon]\nintensity = 123.0\npue = 1.5\n[power]\ngpu = false\n",
+    )
+    .unwrap();
+    let (_, r, code) = measure(
+        &["--config", cfg.to_str().unwrap(), "--pue", "1.1"],
+        &["true"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        (f(&r["intensity_g_per_kwh"]) - 123.0).abs() < 1e-9,
+        "from the file: {r}"
+    );
+    assert_eq!(r["pue"], 1.1, "the flag wins");
+    assert_eq!(r["sources"]["gpu"], "none");
+}

@@ -80,6 +80,7 @@ pub struct Report {
 pub fn check(args: CheckArgs) -> anyhow::Result<i32> {
     let mut checks = run_checks();
     check_power(&mut checks, &args.sources);
+    check_carbon(&mut checks, &args.sources);
     let report = Report {
         ok: checks.iter().all(|c| c.status != Status::Fail),
         checks,
@@ -304,6 +305,35 @@ fn check_bpf_load(checks: &mut Vec<Check>, privileged: bool) {
                 "object did not load",
             ));
         }
+    }
+}
+
+/// The carbon intensity source and its current value (a live API is asked once).
+fn check_carbon(checks: &mut Vec<Check>, sources: &SourceArgs) {
+    let carbon = sources
+        .carbon_options()
+        .and_then(|o| crate::carbon::Carbon::new(&o, 1));
+    match carbon {
+        Ok(mut c) => {
+            let i = c.intensity(std::time::SystemTime::now());
+            let detail = format!(
+                "{:.1} gCO2e/kWh from {}, PUE {}",
+                i.g_per_kwh, i.source, c.pue
+            );
+            checks.push(match i.note {
+                Some(note) => Check::new(
+                    "carbon intensity",
+                    Status::Warn,
+                    format!("{detail}; {note}"),
+                )
+                .fix("check the API settings and network, or set --region / --carbon-intensity"),
+                None => Check::new("carbon intensity", Status::Pass, detail),
+            });
+        }
+        Err(e) => checks.push(
+            Check::new("carbon intensity", Status::Fail, e)
+                .fix("fix the carbon flags (see energy-agent run --help, Carbon)"),
+        ),
     }
 }
 

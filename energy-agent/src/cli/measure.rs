@@ -246,9 +246,10 @@ pub fn render(r: &MeasureReport) -> String {
     let mut s = format!("\n Energy stats for '{}':\n\n", r.command.join(" "));
     s.push_str(&format!("{:>16.3} s    duration\n", r.duration_s));
     s.push_str(&format!(
-        "{:>16.3} s    CPU time ({} processes)\n",
+        "{:>16.3} s    CPU time ({} process{})\n",
         r.cpu_time_s,
-        r.processes.len()
+        r.processes.len(),
+        if r.processes.len() == 1 { "" } else { "es" }
     ));
     s.push_str(&format!(
         "{:>16.3} J    energy: cpu {:.3} J, dram {:.3} J, gpu {:.3} J ({kind}: cpu {}, gpu {})\n",

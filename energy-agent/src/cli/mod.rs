@@ -1,18 +1,22 @@
 //! The `energy-agent` command line: one module per subcommand.
 
 pub mod check;
+pub mod config;
 pub mod measure;
 pub mod pipeline;
 pub mod run;
 pub mod sources;
 pub mod top;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Measures the energy and carbon of processes, models and inference requests.
 #[derive(Debug, Parser)]
 #[command(name = "energy-agent", version, about, long_about = None)]
 pub struct Cli {
+    /// A TOML config file for everything the flags set; flags override it.
+    #[arg(long, global = true, env = "ENERGY_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -31,9 +35,22 @@ pub enum Command {
     Check(check::CheckArgs),
 }
 
-/// Parses the command line and runs the chosen command; returns the exit code.
+/// Parses the command line (and the config file) and runs the chosen command; returns
+/// the exit code.
 pub fn main() -> anyhow::Result<i32> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(path) = &cli.config {
+        let file = config::Config::load(path)?;
+        let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
+        let applied = match &mut cli.command {
+            Command::Run(args) => file.apply_run(args, sub),
+            Command::Top(args) => file.apply_sources(&mut args.sources, sub),
+            Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
+            Command::Check(args) => file.apply_sources(&mut args.sources, sub),
+        };
+        applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    }
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Top(args) => top::top(args),

@@ -1,0 +1,410 @@
+//! The TOML config file (`--config FILE` or `ENERGY_AGENT_CONFIG`): everything the
+//! source, carbon and attribution flags set, plus `run`'s own; a flag given on the
+//! command line (or through its environment variable) overrides the file.
+//!
+//! ```toml
+//! [power]
+//! source = "auto"            # --power-source
+//! powercap_root = "/sys/class/powercap"
+//! gpu = true                 # false = --no-gpu
+//!
+//! [carbon]
+//! region = "FR"              # or: intensity = 56.0 / file = "intensity.csv"
+//! pue = 1.2
+//! embodied_kgco2e = 1200.0
+//! lifetime_years = 4.0
+//! refresh = "5m"
+//! timeout = "5s"
+//! # [carbon.electricity_maps] zone, token, url / [carbon.watttime] region, username, password, url
+//!
+//! [attribution]
+//! idle = "bucket"            # or "share"
+//! idle_power = { package = 12.0, "dram-0" = 3.0 }
+//!
+//! [[model]]
+//! name = "llama"
+//! regex = "vllm.*llama"
+//!
+//! [run]
+//! interval = "1s"
+//! output = "table"
+//! top = 10
+//! ```
+
+use std::{collections::BTreeMap, path::Path};
+
+use clap::{ArgMatches, parser::ValueSource};
+use serde::Deserialize;
+
+use super::{
+    run::{Output, RunArgs},
+    sources::SourceArgs,
+};
+use crate::attribute::{models::ModelRule, split::IdlePolicy};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Power sources.
+    #[serde(default)]
+    pub power: PowerSection,
+    /// Carbon intensity, PUE, embodied carbon.
+    #[serde(default)]
+    pub carbon: CarbonSection,
+    /// Attribution.
+    #[serde(default)]
+    pub attribution: AttributionSection,
+    /// Model rules, in priority order (after any `--model` flags).
+    #[serde(default)]
+    pub model: Vec<ModelSection>,
+    /// `run`'s own settings.
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+/// `[power]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSection {
+    /// `--power-source`.
+    pub source: Option<String>,
+    /// `--powercap-root`.
+    pub powercap_root: Option<std::path::PathBuf>,
+    /// Look for GPUs (false = `--no-gpu`).
+    pub gpu: Option<bool>,
+}
+
+/// `[carbon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarbonSection {
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--carbon-intensity`.
+    pub intensity: Option<f64>,
+    /// `--carbon-file`.
+    pub file: Option<std::path::PathBuf>,
+    /// `--pue`.
+    pub pue: Option<f64>,
+    /// `--embodied-kgco2e`.
+    pub embodied_kgco2e: Option<f64>,
+    /// `--lifetime-years`.
+    pub lifetime_years: Option<f64>,
+    /// `--carbon-refresh` (humantime).
+    pub refresh: Option<String>,
+    /// `--carbon-timeout` (humantime).
+    pub timeout: Option<String>,
+    /// `[carbon.electricity_maps]`.
+    pub electricity_maps: Option<ElectricityMapsSection>,
+    /// `[carbon.watttime]`.
+    pub watttime: Option<WattTimeSection>,
+}
+
+/// `[carbon.electricity_maps]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectricityMapsSection {
+    /// Zone.
+    pub zone: String,
+    /// Token (else ELECTRICITYMAPS_TOKEN).
+    pub token: Option<String>,
+    /// Base URL.
+    pub url: Option<String>,
+}
+
+/// `[carbon.watttime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WattTimeSection {
+    /// Region.
+    pub region: String,
+    /// Account (else WATTTIME_USERNAME).
+    pub username: Option<String>,
+    /// Password (else WATTTIME_PASSWORD).
+    pub password: Option<String>,
+    /// Base URL.
+    pub url: Option<String>,
+}
+
+/// `[attribution]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionSection {
+    /// `--idle`.
+    pub idle: Option<IdlePolicy>,
+    /// `--idle-power`, domain or class → watts.
+    #[serde(default)]
+    pub idle_power: BTreeMap<String, f64>,
+}
+
+/// `[[model]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Model name.
+    pub name: String,
+    /// Regex on the command line.
+    pub regex: String,
+}
+
+/// `[run]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// `--interval` (humantime).
+    pub interval: Option<String>,
+    /// `--output` (table or json).
+    pub output: Option<String>,
+    /// `--top`.
+    pub top: Option<usize>,
+}
+
+impl Config {
+    /// Reads and parses a config file; errors name the file and the problem.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Fills every source/carbon/attribution setting the command line left at its
+    /// default (`m` are the subcommand's matches).
+    pub fn apply_sources(&self, args: &mut SourceArgs, m: &ArgMatches) -> Result<(), String> {
+        let unset = |id: &str| {
+            !matches!(
+                m.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let p = &self.power;
+        if let Some(s) = &p.source
+            && unset("power_source")
+        {
+            args.power_source = s.parse()?;
+        }
+        if let Some(r) = &p.powercap_root
+            && unset("powercap_root")
+        {
+            args.powercap_root = r.clone();
+        }
+        if let Some(gpu) = p.gpu
+            && unset("no_gpu")
+        {
+            args.no_gpu = !gpu;
+        }
+        let c = &self.carbon;
+        macro_rules! take {
+            ($field:ident, $id:literal, $value:expr) => {
+                if let Some(v) = $value
+                    && unset($id)
+                {
+                    args.$field = v;
+                }
+            };
+        }
+        take!(region, "region", c.region.clone().map(Some));
+        take!(carbon_intensity, "carbon_intensity", c.intensity.map(Some));
+        take!(carbon_file, "carbon_file", c.file.clone().map(Some));
+        take!(pue, "pue", c.pue);
+        take!(
+            embodied_kgco2e,
+            "embodied_kgco2e",
+            c.embodied_kgco2e.map(Some)
+        );
+        take!(lifetime_years, "lifetime_years", c.lifetime_years);
+        let duration = |s: &Option<String>| s.as_deref().map(super::parse_duration).transpose();
+        take!(carbon_refresh, "carbon_refresh", duration(&c.refresh)?);
+        take!(carbon_timeout, "carbon_timeout", duration(&c.timeout)?);
+        if let Some(em) = &c.electricity_maps {
+            take!(
+                electricity_maps_zone,
+                "electricity_maps_zone",
+                Some(Some(em.zone.clone()))
+            );
+            take!(
+                electricity_maps_token,
+                "electricity_maps_token",
+                em.token.clone().map(Some)
+            );
+            take!(electricity_maps_url, "electricity_maps_url", em.url.clone());
+        }
+        if let Some(wt) = &c.watttime {
+            take!(
+                watttime_region,
+                "watttime_region",
+                Some(Some(wt.region.clone()))
+            );
+            take!(
+                watttime_username,
+                "watttime_username",
+                wt.username.clone().map(Some)
+            );
+            take!(
+                watttime_password,
+                "watttime_password",
+                wt.password.clone().map(Some)
+            );
+            take!(watttime_url, "watttime_url", wt.url.clone());
+        }
+        let a = &self.attribution;
+        take!(idle, "idle", a.idle);
+        // Lists: the command line's entries first (first match wins), then the file's.
+        for (domain, watts) in &a.idle_power {
+            if !args.idle_power.iter().any(|(d, _)| d == domain) {
+                args.idle_power.push((domain.clone(), *watts));
+            }
+        }
+        for rule in &self.model {
+            args.models.push(ModelRule::new(&rule.name, &rule.regex)?);
+        }
+        Ok(())
+    }
+
+    /// Fills `run`'s own settings the command line left at their defaults.
+    pub fn apply_run(&self, args: &mut RunArgs, m: &ArgMatches) -> Result<(), String> {
+        self.apply_sources(&mut args.sources, m)?;
+        let unset = |id: &str| {
+            !matches!(
+                m.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let r = &self.run;
+        if let Some(i) = &r.interval
+            && unset("interval")
+        {
+            args.interval = super::parse_duration(i)?;
+        }
+        if let Some(o) = &r.output
+            && unset("output")
+        {
+            args.output = match o.as_str() {
+                "table" => Output::Table,
+                "json" => Output::Json,
+                other => return Err(format!("[run] output {other:?}: table or json")),
+            };
+        }
+        if let Some(t) = r.top
+            && unset("top")
+        {
+            args.top = t;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::{CommandFactory, FromArgMatches};
+    use std::time::Duration;
+
+    const FILE: &str = r#"
+[power]
+source = "estimate"
+gpu = false
+
+[carbon]
+region = "FR"
+pue = 1.3
+refresh = "10m"
+
+[attribution]
+idle = "share"
+idle_power = { package = 12.0 }
+
+[[model]]
+name = "llama"
+regex = "llama"
+
+[run]
+interval = "2s"
+top = 5
+"#;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["energy-agent", "run"];
+        full.extend_from_slice(argv);
+        let matches = Cli::command().try_get_matches_from(full).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Run(mut args) = cli.command else {
+            panic!("run")
+        };
+        let (_, sub) = matches.subcommand().unwrap();
+        Config::parse(FILE)
+            .unwrap()
+            .apply_run(&mut args, sub)
+            .unwrap();
+        args
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_at_default() {
+        let a = run_args(&[]);
+        assert_eq!(a.sources.power_source, crate::power::SourceChoice::Estimate);
+        assert!(a.sources.no_gpu);
+        assert_eq!(a.sources.region.as_deref(), Some("FR"));
+        assert_eq!(a.sources.pue, 1.3);
+        assert_eq!(a.sources.carbon_refresh, Duration::from_secs(600));
+        assert_eq!(a.sources.idle, IdlePolicy::Share);
+        assert_eq!(a.sources.idle_power, vec![("package".to_string(), 12.0)]);
+        assert_eq!(a.sources.models.len(), 1);
+        assert_eq!(a.interval, Duration::from_secs(2));
+        assert_eq!(a.top, 5);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let a = run_args(&[
+            "--pue",
+            "1.1",
+            "--region",
+            "DE",
+            "--interval",
+            "500ms",
+            "--idle",
+            "bucket",
+            "--idle-power",
+            "package=3",
+            "--model",
+            "first=x",
+        ]);
+        assert_eq!(a.sources.pue, 1.1);
+        assert_eq!(a.sources.region.as_deref(), Some("DE"));
+        assert_eq!(a.interval, Duration::from_millis(500));
+        assert_eq!(a.sources.idle, IdlePolicy::Bucket);
+        assert_eq!(a.sources.idle_power, vec![("package".to_string(), 3.0)]);
+        assert_eq!(
+            a.sources.models[0].name, "first",
+            "command-line rules come first"
+        );
+        assert_eq!(a.sources.models[1].name, "llama");
+        assert_eq!(a.top, 5, "untouched flags still come from the file");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::parse("[power]\nsorce = \"auto\"\n").unwrap_err();
+        assert!(e.contains("sorce"), "{e}");
+        let e = Config::parse("[attribution]\nidle = \"half\"\n").unwrap_err();
+        assert!(e.contains("half") || e.contains("variant"), "{e}");
+        let mut args = run_args(&[]);
+        let matches = Cli::command()
+            .try_get_matches_from(["energy-agent", "run"])
+            .unwrap();
+        let (_, sub) = matches.subcommand().unwrap();
+        let bad = Config::parse("[power]\nsource = \"rapl\"\n").unwrap();
+        assert!(
+            bad.apply_run(&mut args, sub)
+                .unwrap_err()
+                .contains("unknown power source")
+        );
+    }
+}
