@@ -12,3 +12,4 @@ pub mod export;
 pub mod identity;
 pub mod power;
 pub mod probe;
+pub mod receive;

@@ -308,6 +308,55 @@ pub fn ensure_test_tools(tools: &[(&str, &str)]) -> Result<()> {
     })
 }
 
+/// A Python virtual environment under the target directory with the test peers of
+/// `requirements` (the independent OTLP implementations); rebuilt when the file
+/// changes. Returns its python.
+pub fn ensure_python_peers(target: &Path, requirements: &Path) -> Result<PathBuf> {
+    step("python test peers", || {
+        let venv = target.join("py-venv");
+        let python = venv.join("bin/python");
+        let wanted = std::fs::read_to_string(requirements)
+            .with_context(|| format!("reading {}", requirements.display()))?;
+        let stamp = venv.join("requirements.installed");
+        if python.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+            say(&format!("{} is up to date", venv.display()));
+            return Ok(python);
+        }
+        let python3 = ["python3", "python"]
+            .into_iter()
+            .find(|p| on_path(p))
+            .context("no python3 on PATH (the OTLP tests use the Python OpenTelemetry SDK as an independent peer)")?;
+        say(&format!(
+            "creating {} and installing {}",
+            venv.display(),
+            requirements.display()
+        ));
+        let status = Command::new(python3)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+        if !status.success() {
+            bail!("python3 -m venv failed (install python3-venv)");
+        }
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(requirements)
+            .status()?;
+        if !status.success() {
+            bail!("pip install -r {} failed", requirements.display());
+        }
+        std::fs::write(&stamp, wanted)?;
+        Ok(python)
+    })
+}
+
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
     env::var_os("PATH")

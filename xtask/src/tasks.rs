@@ -138,7 +138,15 @@ pub fn test(args: &[String]) -> Result<()> {
         );
     }
     let tools = setup::setup()?;
-    setup::ensure_test_tools(&[("tmux", "tmux"), ("setpriv", "util-linux")])?;
+    setup::ensure_test_tools(&[
+        ("tmux", "tmux"),
+        ("setpriv", "util-linux"),
+        ("prometheus", "prometheus"),
+    ])?;
+    let python = setup::ensure_python_peers(
+        &target_dir(),
+        &workspace_root().join("tests/py/requirements.txt"),
+    )?;
     run_step(
         "building the agent and test programs",
         cargo(&tools).args([
@@ -166,6 +174,7 @@ pub fn test(args: &[String]) -> Result<()> {
     let mut e2e = cargo(&tools);
     e2e.args(["test", "-p", "energy-tests"])
         .env("ENERGY_AGENT_BIN", target_dir().join("debug/energy-agent"))
+        .env("ENERGY_TEST_PYTHON", &python)
         .args(["--", "--test-threads=1", "--color", "never"])
         .args(&filter);
     run_tests(

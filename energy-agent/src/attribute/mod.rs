@@ -10,6 +10,7 @@
 
 pub mod models;
 pub mod report;
+pub mod requests;
 pub mod split;
 
 use std::collections::{BTreeMap, HashMap};
@@ -125,8 +126,10 @@ impl Attributor {
         let mut cpu_ns: BTreeMap<u32, u64> = BTreeMap::new();
         let mut by_package: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
         let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
+        let mut threads: HashMap<u32, BTreeMap<u32, u64>> = HashMap::new();
         for s in &sched.slices {
             *cpu_ns.entry(s.tgid).or_default() += s.on_cpu_ns;
+            *threads.entry(s.tgid).or_default().entry(s.tid).or_default() += s.on_cpu_ns;
             *by_package
                 .entry(self.topology.package_of(s.cpu))
                 .or_default()
@@ -186,11 +189,14 @@ impl Attributor {
                     comm: info.comm.clone(),
                     exe_name: info.exe_name.clone(),
                     model: self.config.models.model_of(info),
+                    model_rule: self.config.models.matched(info).is_some(),
                     cgroup: info.cgroup.clone(),
                     container_id: info.container_id.clone(),
                     cpu_time_s: ns as f64 / 1e9,
                     cpu_time_ns: ns,
                     exited: info.exited,
+                    threads: threads.remove(&pid).unwrap_or_default(),
+                    thread_timeline: ThreadTimeline::default(),
                     energy_j: j.total(),
                     joules: j,
                     watts: if seconds > 0.0 {

@@ -47,6 +47,9 @@ impl Joules {
     }
 }
 
+/// Per thread: its on-CPU ns in each sub-interval read, (start, end, ns) in monotonic ns.
+pub type ThreadTimeline = std::collections::BTreeMap<u32, Vec<(u64, u64, u64)>>;
+
 /// One process's use of the machine in one interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ProcessReport {
@@ -58,6 +61,9 @@ pub struct ProcessReport {
     pub exe_name: String,
     /// Model (rule match, else executable name).
     pub model: String,
+    /// Whether a model rule matched (such processes always get their own series).
+    #[serde(skip)]
+    pub model_rule: bool,
     /// Cgroup v2 path, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -70,6 +76,13 @@ pub struct ProcessReport {
     pub cpu_time_ns: u64,
     /// Whether the process exited during the interval.
     pub exited: bool,
+    /// On-CPU ns per thread id (for per-request splits; not exported).
+    #[serde(skip)]
+    pub threads: std::collections::BTreeMap<u32, u64>,
+    /// When each thread ran within the interval, at the sub-interval resolution (for
+    /// per-request splits; empty without sub-interval sampling; not exported).
+    #[serde(skip)]
+    pub thread_timeline: ThreadTimeline,
     /// Energy attributed, joules (cpu + dram + gpu).
     pub energy_j: f64,
     /// By domain class.

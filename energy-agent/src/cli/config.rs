@@ -284,11 +284,12 @@ impl Config {
         if let Some(o) = &r.output
             && unset("output")
         {
-            args.output = match o.as_str() {
+            args.output = Some(match o.as_str() {
                 "table" => Output::Table,
                 "json" => Output::Json,
-                other => return Err(format!("[run] output {other:?}: table or json")),
-            };
+                "none" => Output::None,
+                other => return Err(format!("[run] output {other:?}: table, json or none")),
+            });
         }
         if let Some(t) = r.top
             && unset("top")
@@ -342,7 +343,7 @@ top = 5
             .unwrap()
             .apply_run(&mut args, sub)
             .unwrap();
-        args
+        *args
     }
 
     #[test]

@@ -15,9 +15,10 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{pipeline::Pipeline, sources::SourceArgs};
+use super::{exporters::OtlpArgs, pipeline::Pipeline, sources::SourceArgs};
 use crate::{
     attribute::{IntervalReport, Joules},
+    export::otlp::{FinishedSpan, export_span},
     probe::{Lifecycle, Probe, ProbeConfig},
 };
 
@@ -36,6 +37,9 @@ pub struct MeasureArgs {
     /// Source, carbon and attribution flags.
     #[command(flatten)]
     pub sources: SourceArgs,
+    /// With an endpoint, one span for the command goes there too.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -290,7 +294,9 @@ extern "C" fn on_terminate(_: libc::c_int) {
 pub fn measure(args: MeasureArgs) -> anyhow::Result<i32> {
     let mut probe = Probe::load(&ProbeConfig::default())?;
     let mut pipeline = Pipeline::new(&args.sources, &mut probe, None)?;
+    let otlp = args.otlp.forward_config(1)?;
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut child = Command::new(&args.command[0])
         .args(&args.command[1..])
         .spawn()
@@ -339,6 +345,17 @@ pub fn measure(args: MeasureArgs) -> anyhow::Result<i32> {
     }
     let code = exit_code(status);
     let report = acc.finish(args.command.clone(), code, duration);
+    if let Some(config) = &otlp {
+        let span = FinishedSpan {
+            name: format!("measure {}", args.command.join(" ")),
+            start: started_wall,
+            end: started_wall + duration,
+            attributes: span_attributes(&report),
+        };
+        if let Err(e) = export_span(config, span) {
+            eprintln!("energy-agent: {e:#}");
+        }
+    }
     let text = if args.json {
         format!("{}\n", serde_json::to_string(&report)?)
     } else {
@@ -353,6 +370,38 @@ pub fn measure(args: MeasureArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// The measured command's span attributes: the request attributes of DESIGN.md plus
+/// the command and its exit code.
+pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry::KeyValue> {
+    use crate::receive::spans::names;
+    use opentelemetry::KeyValue;
+    let source = if r.sources.gpu == "none" {
+        r.sources.cpu.clone()
+    } else {
+        format!("{}+{}", r.sources.cpu, r.sources.gpu)
+    };
+    vec![
+        KeyValue::new(names::ENERGY_JOULES, r.energy_j.total),
+        KeyValue::new(names::ENERGY_CPU, r.energy_j.cpu),
+        KeyValue::new(names::ENERGY_DRAM, r.energy_j.dram),
+        KeyValue::new(names::ENERGY_GPU, r.energy_j.gpu),
+        KeyValue::new(names::ENERGY_ESTIMATED, r.estimated),
+        KeyValue::new(names::ENERGY_SOURCE, source),
+        KeyValue::new(names::CARBON_G, r.carbon_g),
+        KeyValue::new(names::CARBON_INTENSITY, r.intensity_g_per_kwh),
+        KeyValue::new(names::CARBON_EMBODIED, r.embodied_g),
+        KeyValue::new(names::CARBON_INTENSITY_SOURCE, r.intensity_source.clone()),
+        KeyValue::new("process.command_line", r.command.join(" ")),
+        KeyValue::new("process.exit.code", i64::from(r.exit_code)),
+        KeyValue::new("process.cpu.time", r.cpu_time_s),
+        KeyValue::new("energy.host.joules", r.host_energy_j.total),
+        KeyValue::new(
+            "energy.host.idle.joules",
+            r.host_energy_j.idle.unwrap_or(0.0),
+        ),
+    ]
 }
 
 /// One interval into the accumulator; returns the processes that exited in it.

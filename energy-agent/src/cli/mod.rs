@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod config;
+pub mod exporters;
 pub mod measure;
 pub mod pipeline;
 pub mod run;
@@ -26,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: sample every interval and print or export the results.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// A live full-screen view of processes and models by power.
     Top(top::TopArgs),
     /// Run a command and report its energy and carbon, like `perf stat`.
@@ -52,7 +53,7 @@ pub fn main() -> anyhow::Result<i32> {
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Top(args) => top::top(args),
         Command::Measure(args) => measure::measure(args),
         Command::Check(args) => check::check(args),

@@ -22,6 +22,8 @@ pub struct Pipeline {
     recorder: Option<Recorder<std::fs::File>>,
     cpus: usize,
     clock: WallClock,
+    /// Reads of the probe since the interval began (sub-interval sampling).
+    pending: Vec<crate::probe::SchedInterval>,
 }
 
 impl Pipeline {
@@ -79,6 +81,7 @@ impl Pipeline {
             recorder,
             cpus: possible_cpus() as usize,
             clock: WallClock::now(),
+            pending: Vec::new(),
         })
     }
 
@@ -104,8 +107,11 @@ impl Pipeline {
         &mut self,
         probe: &mut Probe,
     ) -> anyhow::Result<(IntervalReport, Vec<crate::probe::Lifecycle>)> {
-        let sched = probe.read_interval()?;
+        self.pending.push(probe.read_interval()?);
         probe.flush_log();
+        let parts = std::mem::take(&mut self.pending);
+        let timeline = thread_timeline(&parts);
+        let sched = crate::probe::SchedInterval::merge(parts);
         let ctx = SampleContext {
             now_ns: sched.end_ns,
             elapsed_ns: sched.duration_ns(),
@@ -124,8 +130,42 @@ impl Pipeline {
             &GpuWeights::new(),
             &mut self.identity,
         );
+        for p in &mut report.processes {
+            if let Some(t) = timeline.get(&p.pid) {
+                p.thread_timeline = t.clone();
+            }
+        }
         self.carbon
             .annotate(&mut report, self.clock.wall(sched.end_ns));
         Ok((report, sched.lifecycle))
     }
+
+    /// Reads the probe within an interval, so per-request splits can see when each
+    /// thread ran (the interval is still attributed as a whole).
+    pub fn sub_sample(&mut self, probe: &mut Probe) -> anyhow::Result<()> {
+        self.pending.push(probe.read_interval()?);
+        Ok(())
+    }
+}
+
+/// Per process, per thread: its on-CPU ns in each of the reads (start, end, ns).
+fn thread_timeline(
+    parts: &[crate::probe::SchedInterval],
+) -> std::collections::HashMap<u32, crate::attribute::ThreadTimeline> {
+    let mut out: std::collections::HashMap<u32, crate::attribute::ThreadTimeline> =
+        std::collections::HashMap::new();
+    for part in parts {
+        let mut sums: std::collections::HashMap<(u32, u32), u64> = std::collections::HashMap::new();
+        for s in &part.slices {
+            *sums.entry((s.tgid, s.tid)).or_default() += s.on_cpu_ns;
+        }
+        for ((tgid, tid), ns) in sums {
+            out.entry(tgid).or_default().entry(tid).or_default().push((
+                part.start_ns,
+                part.end_ns,
+                ns,
+            ));
+        }
+    }
+    out
 }

@@ -9,7 +9,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use super::{pipeline::Pipeline, sources::SourceArgs};
+use super::{
+    exporters::{ExportArgs, Exporters},
+    pipeline::Pipeline,
+    sources::SourceArgs,
+};
 use crate::{
     export::{Sink, console::ConsoleTable, json::JsonLines},
     probe::{Probe, ProbeConfig},
@@ -25,9 +29,10 @@ pub struct RunArgs {
     /// Length of one sampling interval.
     #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
     pub interval: Duration,
-    /// How to print each interval when no exporter is configured.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    /// How to print each interval (default: a table when no exporter is configured,
+    /// nothing otherwise).
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
     /// Rows in the table (the busiest processes).
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -47,6 +52,9 @@ pub struct RunArgs {
     /// Power source flags.
     #[command(flatten)]
     pub sources: SourceArgs,
+    /// Export and receive flags.
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 /// Console output formats.
@@ -56,6 +64,8 @@ pub enum Output {
     Table,
     /// One JSON object per interval, one per line.
     Json,
+    /// Nothing (exporters only).
+    None,
 }
 
 /// Runs the agent until the duration elapses or a signal arrives.
@@ -81,10 +91,17 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
     let mut probe = Probe::load(&config)?;
     let mut pipeline = Pipeline::new(&args.sources, &mut probe, args.record_power.as_deref())?;
     let clock = pipeline.clock();
-    let mut sink: Box<dyn Sink> = match args.output {
-        Output::Table => Box::new(ConsoleTable::new(stdout(), args.top)),
-        Output::Json => Box::new(JsonLines::new(stdout(), clock)),
+    let output = args.output.unwrap_or(if args.export.any() {
+        Output::None
+    } else {
+        Output::Table
+    });
+    let mut sink: Option<Box<dyn Sink>> = match output {
+        Output::Table => Some(Box::new(ConsoleTable::new(stdout(), args.top))),
+        Output::Json => Some(Box::new(JsonLines::new(stdout(), clock))),
+        Output::None => None,
     };
+    let exporters = Exporters::start(&args.export, args.interval, clock).await?;
     // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd owns,
     // so it stays open for as long as it is registered.
     let mut probe = unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }
@@ -95,6 +112,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    // Finer probe reads while enriching spans (see --request-resolution).
+    let sub_period = args
+        .export
+        .request_resolution
+        .max(std::time::Duration::from_millis(20));
+    let mut sub_ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + sub_period, sub_period);
+    sub_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let sub_sampling = exporters.receiving() && sub_period < args.interval;
     // Streams made once, before the loop: a signal that arrives while an interval is
     // being processed is then still seen by the next select.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -111,13 +137,17 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             _ = ticker.tick() => {
-                if !emit_interval(probe.get_mut(), &mut pipeline, sink.as_mut())? {
+                if !emit_interval(probe.get_mut(), &mut pipeline, &mut sink, &exporters)? {
                     break;
                 }
                 // A duration that is a whole number of intervals ends on this tick.
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break;
                 }
+                false
+            }
+            _ = sub_ticker.tick(), if sub_sampling => {
+                pipeline.sub_sample(probe.get_mut())?;
                 false
             }
             guard = probe.readable_mut() => {
@@ -131,12 +161,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         };
         if finished {
             // The partial interval since the last tick, so nothing measured is dropped.
-            emit_interval(probe.get_mut(), &mut pipeline, sink.as_mut())?;
+            emit_interval(probe.get_mut(), &mut pipeline, &mut sink, &exporters)?;
             break;
         }
     }
     log::info!("detaching");
     drop(probe);
+    exporters.shutdown().await;
     Ok(0)
 }
 
@@ -145,9 +176,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
 fn emit_interval(
     probe: &mut Probe,
     pipeline: &mut Pipeline,
-    sink: &mut dyn Sink,
+    sink: &mut Option<Box<dyn Sink>>,
+    exporters: &Exporters,
 ) -> anyhow::Result<bool> {
     let report = pipeline.next(probe)?;
+    let lag = crate::clock::monotonic_ns().saturating_sub(report.end_ns);
+    exporters.observe(&report, std::time::Duration::from_nanos(lag));
+    let Some(sink) = sink else { return Ok(true) };
     match sink.emit(&report) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),

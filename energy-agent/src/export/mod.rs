@@ -1,8 +1,13 @@
-//! Where interval reports go: the console table, JSON lines (and, later, OTLP and
-//! Prometheus). Each sink takes finished reports; none reaches back into the pipeline.
+//! Where results go: the console table and JSON lines (as [`Sink`]s of interval
+//! reports), the cumulative metrics behind Prometheus and OTLP metrics, and the OTLP
+//! forwarder for enriched spans. None reaches back into the pipeline.
 
 pub mod console;
+pub mod forward;
 pub mod json;
+pub mod metrics;
+pub mod otlp;
+pub mod prometheus;
 
 use crate::attribute::IntervalReport;
 

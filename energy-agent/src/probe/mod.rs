@@ -157,6 +157,20 @@ pub struct SchedInterval {
 }
 
 impl SchedInterval {
+    /// Joins consecutive reads into one interval: their slices and lifecycle in order,
+    /// the first start, the last end and counters. `parts` must not be empty.
+    pub fn merge(parts: Vec<SchedInterval>) -> SchedInterval {
+        let mut parts = parts.into_iter();
+        let mut merged = parts.next().unwrap_or_default();
+        for p in parts {
+            merged.end_ns = p.end_ns;
+            merged.slices.extend(p.slices);
+            merged.lifecycle.extend(p.lifecycle);
+            merged.stats = p.stats;
+        }
+        merged
+    }
+
     /// Length of the interval, ns.
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)

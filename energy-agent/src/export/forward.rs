@@ -1,0 +1,413 @@
+//! Forwarding OTLP to the downstream collector or backend (`--otlp-endpoint`), gRPC or
+//! HTTP/protobuf, with the standard `OTEL_EXPORTER_OTLP_*` settings. Payloads wait in a
+//! bounded queue and are retried with exponential backoff while the downstream is
+//! unavailable; only past the queue bound is anything lost, and every loss is counted
+//! and logged.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+    trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+};
+use prost::Message;
+use tokio::sync::mpsc;
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "grpc" => Ok(Self::Grpc),
+            "http" | "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => {
+                Err("OTLP http/json export is not supported; use grpc or http/protobuf".into())
+            }
+            _ => Err(format!("unknown OTLP protocol {s:?} (grpc, http/protobuf)")),
+        }
+    }
+}
+
+/// Where and how to forward.
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    /// Base endpoint (`http://host:4317` for gRPC, `http://host:4318` for HTTP).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Extra headers (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(String, String)>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Queue bound, in spans + data points + log records.
+    pub max_queued_items: usize,
+}
+
+/// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key1=value1,key2=value2` (values URL-decoded).
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("OTLP header {pair:?} is not key=value"))?;
+            Ok((k.trim().to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One OTLP export to pass on.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// Spans.
+    Traces(ExportTraceServiceRequest),
+    /// Metrics.
+    Metrics(ExportMetricsServiceRequest),
+    /// Logs.
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Payload {
+    /// Spans, data points or log records in it (what the queue bound counts).
+    pub fn items(&self) -> usize {
+        match self {
+            Payload::Traces(r) => r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum::<usize>(),
+            Payload::Metrics(r) => r
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .map(|sm| sm.metrics.len())
+                .sum::<usize>(),
+            Payload::Logs(r) => r
+                .resource_logs
+                .iter()
+                .flat_map(|rl| &rl.scope_logs)
+                .map(|sl| sl.log_records.len())
+                .sum::<usize>(),
+        }
+        .max(1)
+    }
+
+    fn path(&self) -> &'static str {
+        match self {
+            Payload::Traces(_) => "/v1/traces",
+            Payload::Metrics(_) => "/v1/metrics",
+            Payload::Logs(_) => "/v1/logs",
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Payload::Traces(r) => r.encode_to_vec(),
+            Payload::Metrics(r) => r.encode_to_vec(),
+            Payload::Logs(r) => r.encode_to_vec(),
+        }
+    }
+}
+
+/// What the forwarder has done, for the agent's own metrics.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Items delivered downstream.
+    pub forwarded: AtomicU64,
+    /// Items dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Items waiting now.
+    pub queued: AtomicU64,
+    /// Failed attempts.
+    pub failures: AtomicU64,
+    /// The last failure.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The sending end of the forwarder.
+#[derive(Clone)]
+pub struct Forwarder {
+    tx: mpsc::UnboundedSender<Payload>,
+    /// Counters.
+    pub stats: Arc<ForwardStats>,
+}
+
+impl Forwarder {
+    /// Queues a payload (never blocks; the queue bound is enforced by the task).
+    pub fn send(&self, payload: Payload) {
+        let items = payload.items() as u64;
+        self.stats.queued.fetch_add(items, Ordering::Relaxed);
+        if self.tx.send(payload).is_err() {
+            self.stats.queued.fetch_sub(items, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(items, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The HTTP URL of a signal: the base endpoint plus `/v1/<signal>` unless it already
+/// names a signal path.
+pub fn http_url(endpoint: &str, path: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") || base.ends_with("/v1/metrics") || base.ends_with("/v1/logs") {
+        base.to_string()
+    } else {
+        format!("{base}{path}")
+    }
+}
+
+/// Starts the forwarding task on the current tokio runtime.
+pub fn spawn(config: ForwardConfig) -> Forwarder {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(ForwardStats::default());
+    tokio::spawn(run(config, rx, stats.clone()));
+    Forwarder { tx, stats }
+}
+
+struct Clients {
+    traces: TraceServiceClient<tonic::transport::Channel>,
+    metrics: MetricsServiceClient<tonic::transport::Channel>,
+    logs: LogsServiceClient<tonic::transport::Channel>,
+}
+
+async fn run(
+    config: ForwardConfig,
+    mut rx: mpsc::UnboundedReceiver<Payload>,
+    stats: Arc<ForwardStats>,
+) {
+    let grpc = if config.protocol == Protocol::Grpc {
+        match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+            Ok(ep) => {
+                let channel = ep
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout)
+                    .connect_lazy();
+                Some(Clients {
+                    traces: TraceServiceClient::new(channel.clone()),
+                    metrics: MetricsServiceClient::new(channel.clone()),
+                    logs: LogsServiceClient::new(channel),
+                })
+            }
+            Err(e) => {
+                log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut queue: VecDeque<Payload> = VecDeque::new();
+    let mut queued_items = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at: Option<Instant> = None;
+    let mut last_drop_log: Option<Instant> = None;
+    loop {
+        let wait = match (queue.is_empty(), retry_at) {
+            (true, _) => Duration::from_secs(3600),
+            (false, Some(t)) => t.saturating_duration_since(Instant::now()),
+            (false, None) => Duration::ZERO,
+        };
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(p) = msg else { break };
+                queued_items += p.items();
+                queue.push_back(p);
+                while queued_items > config.max_queued_items && queue.len() > 1 {
+                    let old = queue.pop_front().expect("non-empty");
+                    let n = old.items();
+                    queued_items -= n;
+                    stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+                    stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                    if last_drop_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        log::warn!("OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_items_total)", config.max_queued_items);
+                        last_drop_log = Some(Instant::now());
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let Some(front) = queue.front().cloned() else {
+            continue;
+        };
+        let result = match &grpc {
+            Some(c) => send_grpc(c, &config, front.clone()).await,
+            None if config.protocol == Protocol::Grpc => Err("no usable gRPC endpoint".into()),
+            None => send_http(&agent, &config, &front).await,
+        };
+        match result {
+            Ok(()) => {
+                let n = front.items();
+                queue.pop_front();
+                queued_items -= n;
+                stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+                stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                retry_at = None;
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
+                    log::warn!(
+                        "OTLP export to {} failed ({e}); retrying in {backoff:?} with {} items queued",
+                        config.endpoint,
+                        queued_items
+                    );
+                }
+                if let Ok(mut last) = stats.last_error.lock() {
+                    *last = Some(e);
+                }
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    for (k, v) in &config.headers {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+        ) {
+            req.metadata_mut().insert(k, v);
+        }
+    }
+    req
+}
+
+async fn send_grpc(c: &Clients, config: &ForwardConfig, payload: Payload) -> Result<(), String> {
+    let result = match payload {
+        Payload::Traces(r) => c
+            .traces
+            .clone()
+            .export(with_headers(config, r))
+            .await
+            .map(|_| ()),
+        Payload::Metrics(r) => c
+            .metrics
+            .clone()
+            .export(with_headers(config, r))
+            .await
+            .map(|_| ()),
+        Payload::Logs(r) => c
+            .logs
+            .clone()
+            .export(with_headers(config, r))
+            .await
+            .map(|_| ()),
+    };
+    result.map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
+}
+
+async fn send_http(
+    agent: &ureq::Agent,
+    config: &ForwardConfig,
+    payload: &Payload,
+) -> Result<(), String> {
+    let url = http_url(&config.endpoint, payload.path());
+    let body = payload.encode();
+    let headers = config.headers.clone();
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut req = agent
+            .post(&url)
+            .header("Content-Type", "application/x-protobuf");
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req
+            .send(&body[..])
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("POST {url}: HTTP {status}"))
+        }
+    })
+    .await
+    .map_err(|e| format!("HTTP task: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_and_urls() {
+        assert_eq!(
+            parse_headers("api-key=abc%20def, x-tenant = t1").unwrap(),
+            vec![
+                ("api-key".into(), "abc def".into()),
+                ("x-tenant".into(), "t1".into())
+            ]
+        );
+        assert!(parse_headers("novalue").is_err());
+        assert_eq!(
+            http_url("http://c:4318", "/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            http_url("http://c:4318/", "/v1/logs"),
+            "http://c:4318/v1/logs"
+        );
+        assert_eq!(
+            http_url("http://c/otlp/v1/traces", "/v1/traces"),
+            "http://c/otlp/v1/traces"
+        );
+        assert_eq!(
+            "http/protobuf".parse::<Protocol>().unwrap(),
+            Protocol::HttpProtobuf
+        );
+        assert!(
+            "http/json"
+                .parse::<Protocol>()
+                .unwrap_err()
+                .contains("not supported")
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! The agent's metrics as cumulative series, updated once per interval (sampling is
+//! independent of exporting: a Prometheus scrape or an OTLP push only reads this).
+//! Energy and carbon are monotonic counters (`*_joules_total`), never per-interval
+//! gauges. Per-process series exist only for the top N processes of an interval and
+//! those a model rule matched; the rest are summed under `process.pid="other"`.
+//!
+//! Names follow OTel (no unit in the name; the unit is metadata) and DESIGN.md; the
+//! Prometheus exposition spells them as OTel's Prometheus rules do
+//! (`energy.process` + J → `energy_process_joules_total`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::attribute::IntervalReport;
+
+/// How a metric behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic sum.
+    Counter,
+    /// Value now.
+    Gauge,
+    /// Distribution.
+    Histogram,
+}
+
+/// A metric's description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Def {
+    /// OTel name.
+    pub name: &'static str,
+    /// UCUM unit (`J`, `W`, `g`, `s`, `1`).
+    pub unit: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Description.
+    pub help: &'static str,
+}
+
+macro_rules! def {
+    ($id:ident, $name:literal, $unit:literal, $kind:ident, $help:literal) => {
+        /// `$name`: $help
+        pub const $id: Def = Def {
+            name: $name,
+            unit: $unit,
+            kind: Kind::$kind,
+            help: $help,
+        };
+    };
+}
+
+def!(
+    ENERGY_PROCESS,
+    "energy.process",
+    "J",
+    Counter,
+    "Energy attributed to a process, by domain."
+);
+def!(
+    ENERGY_MODEL,
+    "energy.model",
+    "J",
+    Counter,
+    "Energy attributed to a model, by domain."
+);
+def!(
+    ENERGY_CONTAINER,
+    "energy.container",
+    "J",
+    Counter,
+    "Energy attributed to a container (or cgroup)."
+);
+def!(
+    HW_HOST_ENERGY,
+    "hw.host.energy",
+    "J",
+    Counter,
+    "Energy of the host by domain, and the idle bucket."
+);
+def!(
+    HW_HOST_POWER,
+    "hw.host.power",
+    "W",
+    Gauge,
+    "Power of the host by domain over the last interval."
+);
+def!(
+    CARBON_MODEL,
+    "carbon.model",
+    "g",
+    Counter,
+    "Operational carbon of a model, gCO2e."
+);
+def!(
+    REQUESTS_ENERGY,
+    "requests.energy",
+    "J",
+    Histogram,
+    "Energy per enriched request, by model."
+);
+def!(
+    AGENT_INFO,
+    "energy_agent.info",
+    "1",
+    Gauge,
+    "Sources in use (value 1)."
+);
+def!(
+    AGENT_LAG,
+    "energy_agent.interval.lag",
+    "s",
+    Gauge,
+    "How late the last interval was processed."
+);
+def!(
+    AGENT_TASKS,
+    "energy_agent.probe.tasks",
+    "1",
+    Gauge,
+    "Threads in the kernel task map."
+);
+def!(
+    AGENT_TASKS_MAX,
+    "energy_agent.probe.tasks.max",
+    "1",
+    Gauge,
+    "Capacity of the kernel task map."
+);
+def!(
+    AGENT_PROBE_LOST,
+    "energy_agent.probe.lost",
+    "1",
+    Counter,
+    "Probe records lost (map full, ring buffer full, skipped runs)."
+);
+def!(
+    AGENT_SPANS,
+    "energy_agent.spans",
+    "1",
+    Counter,
+    "Spans received, enriched, unattributed, overflowed, nested."
+);
+def!(
+    AGENT_SPANS_HELD,
+    "energy_agent.spans.held",
+    "1",
+    Gauge,
+    "Spans waiting for their interval."
+);
+def!(
+    AGENT_OTLP_QUEUED,
+    "energy_agent.otlp.queued",
+    "1",
+    Gauge,
+    "Items waiting to be forwarded downstream."
+);
+def!(
+    AGENT_OTLP_DROPPED,
+    "energy_agent.otlp.dropped",
+    "1",
+    Counter,
+    "Items dropped because the forward queue was full."
+);
+def!(
+    AGENT_OTLP_FORWARDED,
+    "energy_agent.otlp.forwarded",
+    "1",
+    Counter,
+    "Items forwarded downstream."
+);
+
+/// Every metric, in exposition order.
+pub const ALL: [Def; 17] = [
+    ENERGY_PROCESS,
+    ENERGY_MODEL,
+    ENERGY_CONTAINER,
+    HW_HOST_ENERGY,
+    HW_HOST_POWER,
+    CARBON_MODEL,
+    REQUESTS_ENERGY,
+    AGENT_INFO,
+    AGENT_LAG,
+    AGENT_TASKS,
+    AGENT_TASKS_MAX,
+    AGENT_PROBE_LOST,
+    AGENT_SPANS,
+    AGENT_SPANS_HELD,
+    AGENT_OTLP_QUEUED,
+    AGENT_OTLP_DROPPED,
+    AGENT_OTLP_FORWARDED,
+];
+
+/// Label set, sorted by key.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Upper bounds of the request energy histogram, joules.
+pub const REQUEST_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0,
+];
+
+/// A cumulative histogram.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Counts per bucket of [`REQUEST_BUCKETS`] (not cumulative), then +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    fn record(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; REQUEST_BUCKETS.len() + 1];
+        }
+        let i = REQUEST_BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(REQUEST_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// All series.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsState {
+    /// Counters and gauges: (metric, labels) → value.
+    pub values: BTreeMap<(&'static str, Labels), f64>,
+    /// Histograms.
+    pub histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    /// Interval in which each per-process series was last updated, for eviction.
+    last_touch: HashMap<(&'static str, Labels), u64>,
+    interval: u64,
+    /// Per-process series kept per interval.
+    pub top_n: usize,
+}
+
+fn l(pairs: &[(&'static str, &str)]) -> Labels {
+    let mut v: Labels = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    v.sort();
+    v
+}
+
+/// Reads one domain class out of a [`crate::attribute::Joules`].
+type Getter = fn(&crate::attribute::Joules) -> f64;
+
+const DOMAINS: [(&str, Getter); 3] = [
+    ("cpu", |j| j.cpu_j),
+    ("dram", |j| j.dram_j),
+    ("gpu", |j| j.gpu_j),
+];
+
+impl MetricsState {
+    /// An empty state keeping `top_n` per-process series per interval.
+    pub fn new(top_n: usize) -> Self {
+        Self {
+            top_n,
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, def: Def, labels: Labels, v: f64) {
+        *self.values.entry((def.name, labels)).or_default() += v;
+    }
+
+    fn set(&mut self, def: Def, labels: Labels, v: f64) {
+        self.values.insert((def.name, labels), v);
+    }
+
+    /// Folds one interval in.
+    pub fn observe(&mut self, r: &IntervalReport) {
+        self.interval += 1;
+        let mut ranked: Vec<&crate::attribute::ProcessReport> = r.processes.iter().collect();
+        ranked.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j));
+        for (rank, p) in ranked.iter().enumerate() {
+            let keep = rank < self.top_n || p.model_rule;
+            let pid = if keep {
+                p.pid.to_string()
+            } else {
+                "other".into()
+            };
+            let exe = if keep { p.exe_name.as_str() } else { "other" };
+            let container = p
+                .container_id
+                .as_deref()
+                .or(p.cgroup.as_deref())
+                .unwrap_or("");
+            for (domain, get) in DOMAINS {
+                let v = get(&p.joules);
+                if v > 0.0 || keep {
+                    let labels = l(&[
+                        ("process.pid", &pid),
+                        ("process.executable.name", exe),
+                        ("model", &p.model),
+                        ("container.id", if keep { container } else { "" }),
+                        ("energy.domain", domain),
+                    ]);
+                    self.last_touch
+                        .insert((ENERGY_PROCESS.name, labels.clone()), self.interval);
+                    self.add(ENERGY_PROCESS, labels, v);
+                }
+            }
+        }
+        for m in &r.models {
+            for (domain, get) in DOMAINS {
+                self.add(
+                    ENERGY_MODEL,
+                    l(&[("model", &m.name), ("energy.domain", domain)]),
+                    get(&m.joules),
+                );
+            }
+            self.add(
+                CARBON_MODEL,
+                l(&[
+                    ("model", &m.name),
+                    ("carbon.intensity.source", &r.carbon.intensity.source),
+                ]),
+                m.carbon_g,
+            );
+        }
+        for c in &r.containers {
+            self.add(
+                ENERGY_CONTAINER,
+                l(&[("container.id", &c.name)]),
+                c.energy_j,
+            );
+        }
+        let secs = r.duration_s.max(1e-9);
+        for d in &r.power.domains {
+            let id = d.domain.to_string();
+            let class = id.split('-').next().unwrap_or(&id).to_string();
+            let labels = l(&[
+                ("energy.domain", &class),
+                ("hw.id", &id),
+                ("source", d.source),
+            ]);
+            self.add(HW_HOST_ENERGY, labels.clone(), d.joules);
+            self.set(HW_HOST_POWER, labels, d.watts);
+        }
+        let idle = l(&[
+            ("energy.domain", "idle"),
+            ("hw.id", "idle"),
+            ("source", r.power.sources.cpu),
+        ]);
+        self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j);
+        self.set(HW_HOST_POWER, idle, r.idle.energy_j / secs);
+        self.values.retain(|(name, _), _| *name != AGENT_INFO.name);
+        self.set(
+            AGENT_INFO,
+            l(&[
+                ("cpu_source", r.power.sources.cpu),
+                ("gpu_source", r.power.sources.gpu),
+                (
+                    "estimated",
+                    if r.power.estimated { "true" } else { "false" },
+                ),
+            ]),
+            1.0,
+        );
+        self.set(AGENT_TASKS, Vec::new(), r.probe.tasks_tracked as f64);
+        self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
+        let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;
+        self.set(AGENT_PROBE_LOST, Vec::new(), lost as f64);
+        // Per-process series not updated for 300 intervals (gone processes) are dropped.
+        let now = self.interval;
+        let stale: Vec<_> = self
+            .last_touch
+            .iter()
+            .filter(|(_, t)| now - **t > 300)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.last_touch.remove(&k);
+            self.values.remove(&k);
+        }
+    }
+
+    /// Records one enriched request's energy.
+    pub fn observe_request(&mut self, model: &str, joules: f64) {
+        self.histograms
+            .entry((REQUESTS_ENERGY.name, l(&[("model", model)])))
+            .or_default()
+            .record(joules);
+    }
+
+    /// Sets a counter or gauge to an absolute value (agent health from other stages).
+    pub fn set_value(&mut self, def: Def, labels: &[(&'static str, &str)], v: f64) {
+        self.set(def, l(labels), v);
+    }
+}
+
+/// The Prometheus name of a metric: dots to underscores, the unit as a suffix, and
+/// `_total` on counters (OTel's Prometheus compatibility rules).
+pub fn prometheus_name(def: &Def) -> String {
+    let base = def.name.replace('.', "_");
+    let unit = match def.unit {
+        "J" => "_joules",
+        "W" => "_watts",
+        "g" => "_grams",
+        "s" => "_seconds",
+        _ => "",
+    };
+    let total = if def.kind == Kind::Counter {
+        "_total"
+    } else {
+        ""
+    };
+    format!("{base}{unit}{total}")
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn label_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{}=\"{}\"", k.replace('.', "_"), escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of the state.
+pub fn render_prometheus(state: &MetricsState) -> String {
+    let mut out = String::new();
+    for def in ALL {
+        let name = prometheus_name(&def);
+        let kind = match def.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        out.push_str(&format!(
+            "# HELP {name} {}\n# TYPE {name} {kind}\n",
+            def.help
+        ));
+        if def.kind == Kind::Histogram {
+            for ((metric, labels), h) in &state.histograms {
+                if *metric != def.name {
+                    continue;
+                }
+                let mut cumulative = 0;
+                for (i, bound) in REQUEST_BUCKETS.iter().enumerate() {
+                    cumulative += h.counts.get(i).copied().unwrap_or(0);
+                    out.push_str(&format!(
+                        "{name}_bucket{} {cumulative}\n",
+                        label_text(labels, Some(("le", bound.to_string())))
+                    ));
+                }
+                out.push_str(&format!(
+                    "{name}_bucket{} {}\n",
+                    label_text(labels, Some(("le", "+Inf".into()))),
+                    h.count
+                ));
+                out.push_str(&format!(
+                    "{name}_sum{} {}\n",
+                    label_text(labels, None),
+                    h.sum
+                ));
+                out.push_str(&format!(
+                    "{name}_count{} {}\n",
+                    label_text(labels, None),
+                    h.count
+                ));
+            }
+            continue;
+        }
+        for ((metric, labels), v) in &state.values {
+            if *metric == def.name {
+                out.push_str(&format!("{name}{} {v}\n", label_text(labels, None)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,492 @@
+//! Holds received span batches until the interval covering their spans' ends has been
+//! attributed (or a bounded delay passes), then adds energy and carbon to the request
+//! spans and hands the batch on — resource, scope, links, events and every other
+//! attribute untouched. Batches beyond the buffer bound are passed on at once,
+//! unenriched and counted; nothing is dropped here.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use regex::Regex;
+
+use super::spans::{self, Selection, attr_int, attr_str, names};
+use crate::attribute::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+
+/// `--service NAME=REGEX`: spans of service NAME come from the process whose command
+/// line matches REGEX.
+#[derive(Clone, Debug)]
+pub struct ServiceRule {
+    /// `service.name` (or `service.instance.id`).
+    pub service: String,
+    /// Matched against `/proc/<pid>/cmdline`.
+    pub regex: Regex,
+}
+
+impl std::str::FromStr for ServiceRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (service, re) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--service {s:?} is not NAME=REGEX"))?;
+        Ok(Self {
+            service: service.to_string(),
+            regex: Regex::new(re).map_err(|e| format!("--service {service}: {e}"))?,
+        })
+    }
+}
+
+/// How spans are chosen and held.
+#[derive(Clone, Debug)]
+pub struct EnrichConfig {
+    /// Which spans are requests.
+    pub selection: Selection,
+    /// Service → process rules.
+    pub services: Vec<ServiceRule>,
+    /// Longest a batch waits for its interval.
+    pub max_delay: Duration,
+    /// Most spans held at once.
+    pub max_held_spans: usize,
+    /// procfs, for service rules.
+    pub proc_root: PathBuf,
+}
+
+/// Where a batch came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The sending process, when the connection was local and resolvable.
+    pub pid: Option<u32>,
+}
+
+/// Counters for the agent's own metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EnrichStats {
+    /// Spans received.
+    pub received: u64,
+    /// Request spans enriched.
+    pub enriched: u64,
+    /// Request spans marked unattributed.
+    pub unattributed: u64,
+    /// Spans passed on unenriched because the buffer was full.
+    pub overflowed: u64,
+    /// Request spans left alone because an enclosing or enclosed request carries the energy.
+    pub nested: u64,
+    /// Spans held now.
+    pub held: u64,
+}
+
+#[derive(Default)]
+struct TraceEntry {
+    parent: HashMap<Vec<u8>, Vec<u8>>,
+    candidates: HashSet<Vec<u8>>,
+    enriched: HashSet<Vec<u8>>,
+    seen: Option<Instant>,
+}
+
+struct Held {
+    request: ExportTraceServiceRequest,
+    /// Per resource: the process that produced its spans, or why it is not known.
+    pids: Vec<Result<u32, String>>,
+    arrived: Instant,
+    last_end_ns: u64,
+    spans: usize,
+}
+
+/// A request span seen (held or released), so concurrent spans from other batches are
+/// part of each split.
+#[derive(Clone)]
+struct Known {
+    trace: Vec<u8>,
+    span: Vec<u8>,
+    request: RequestSpan,
+}
+
+/// Most request spans remembered for splits.
+const MAX_KNOWN: usize = 200_000;
+
+/// The enrichment stage.
+pub struct Enricher {
+    config: EnrichConfig,
+    history: History,
+    held: VecDeque<Held>,
+    held_spans: usize,
+    traces: HashMap<Vec<u8>, TraceEntry>,
+    cmdlines: (Option<Instant>, Vec<(u32, String)>),
+    requests: Vec<(String, f64)>,
+    known: HashMap<u32, Vec<Known>>,
+    claims: Claims,
+    /// Counters.
+    pub stats: EnrichStats,
+}
+
+const MAX_TRACES: usize = 20_000;
+
+fn count_spans(r: &ExportTraceServiceRequest) -> usize {
+    r.resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+impl Enricher {
+    /// An enricher keeping `history_intervals` intervals of history.
+    pub fn new(config: EnrichConfig, history_intervals: usize) -> Self {
+        Self {
+            config,
+            history: History::new(history_intervals),
+            held: VecDeque::new(),
+            held_spans: 0,
+            traces: HashMap::new(),
+            cmdlines: (None, Vec::new()),
+            requests: Vec::new(),
+            known: HashMap::new(),
+            claims: Claims::default(),
+            stats: EnrichStats::default(),
+        }
+    }
+
+    /// Takes a received batch; returns batches to pass on now (the buffer was full).
+    pub fn accept(
+        &mut self,
+        request: ExportTraceServiceRequest,
+        origin: Origin,
+    ) -> Vec<ExportTraceServiceRequest> {
+        let n = count_spans(&request);
+        self.stats.received += n as u64;
+        let now = Instant::now();
+        let mut last_end_ns = 0;
+        let mut pids = Vec::with_capacity(request.resource_spans.len());
+        for rs in &request.resource_spans {
+            let attrs = rs
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
+            let pid = self.resolve(attrs, origin);
+            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                if let Ok(pid) = &pid
+                    && self.config.selection.matches(s)
+                {
+                    self.known.entry(*pid).or_default().push(Known {
+                        trace: s.trace_id.clone(),
+                        span: s.span_id.clone(),
+                        request: RequestSpan {
+                            pid: *pid,
+                            start_ns: s.start_time_unix_nano,
+                            end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
+                            tid: spans::claimed_tid(s),
+                            tokens: spans::tokens(s),
+                        },
+                    });
+                }
+            }
+            pids.push(pid);
+            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                last_end_ns = last_end_ns.max(s.end_time_unix_nano);
+                let t = self.traces.entry(s.trace_id.clone()).or_default();
+                t.seen = Some(now);
+                if !s.parent_span_id.is_empty() {
+                    t.parent.insert(s.span_id.clone(), s.parent_span_id.clone());
+                }
+                if self.config.selection.matches(s) {
+                    t.candidates.insert(s.span_id.clone());
+                }
+            }
+        }
+        self.evict_traces(now);
+        if self.held_spans + n > self.config.max_held_spans {
+            let mut request = request;
+            let mut marked = 0;
+            for s in request
+                .resource_spans
+                .iter_mut()
+                .flat_map(|rs| rs.scope_spans.iter_mut())
+                .flat_map(|ss| ss.spans.iter_mut())
+                .filter(|s| self.config.selection.matches(s))
+            {
+                spans::mark_unattributed(s, "the agent's enrichment buffer was full");
+                marked += 1;
+            }
+            self.stats.overflowed += n as u64;
+            self.stats.unattributed += marked;
+            return vec![request];
+        }
+        self.held_spans += n;
+        self.stats.held = self.held_spans as u64;
+        self.held.push_back(Held {
+            request,
+            pids,
+            arrived: now,
+            last_end_ns,
+            spans: n,
+        });
+        Vec::new()
+    }
+
+    /// The (model, joules) of each request enriched since the last call.
+    pub fn take_requests(&mut self) -> Vec<(String, f64)> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// Adds an attributed interval; returns the batches now ready, enriched.
+    pub fn on_interval(&mut self, record: IntervalRecord) -> Vec<ExportTraceServiceRequest> {
+        self.history.push(record);
+        self.release(false)
+    }
+
+    /// Releases batches that are covered or have waited their longest (`flush`: all).
+    pub fn release(&mut self, flush: bool) -> Vec<ExportTraceServiceRequest> {
+        let covered = self.history.covered_until();
+        let mut ready = Vec::new();
+        let mut waiting = VecDeque::new();
+        while let Some(h) = self.held.pop_front() {
+            if flush || h.last_end_ns <= covered || h.arrived.elapsed() >= self.config.max_delay {
+                ready.push(h);
+            } else {
+                waiting.push_back(h);
+            }
+        }
+        self.held = waiting;
+        self.prune_known();
+        let mut out = Vec::with_capacity(ready.len());
+        for h in ready {
+            self.held_spans -= h.spans;
+            out.push(self.process(h));
+        }
+        self.stats.held = self.held_spans as u64;
+        out
+    }
+
+    /// Forgets request spans and claims older than the history, and the oldest spans
+    /// past the bound.
+    fn prune_known(&mut self) {
+        let from = self.history.covered_from();
+        self.claims.prune(from);
+        let mut count = 0;
+        for list in self.known.values_mut() {
+            list.retain(|k| k.request.end_ns >= from);
+            count += list.len();
+        }
+        self.known.retain(|_, l| !l.is_empty());
+        if count > MAX_KNOWN {
+            let mut ends: Vec<u64> = self
+                .known
+                .values()
+                .flatten()
+                .map(|k| k.request.end_ns)
+                .collect();
+            ends.sort_unstable();
+            let cut = ends[count - MAX_KNOWN];
+            for list in self.known.values_mut() {
+                list.retain(|k| k.request.end_ns >= cut);
+            }
+        }
+    }
+
+    fn evict_traces(&mut self, now: Instant) {
+        if self.traces.len() <= MAX_TRACES {
+            return;
+        }
+        let horizon = Duration::from_secs(300);
+        self.traces
+            .retain(|_, t| t.seen.is_some_and(|s| now.duration_since(s) < horizon));
+        if self.traces.len() > MAX_TRACES {
+            let mut by_age: Vec<(Instant, Vec<u8>)> = self
+                .traces
+                .iter()
+                .filter_map(|(k, t)| Some((t.seen?, k.clone())))
+                .collect();
+            by_age.sort();
+            for (_, k) in by_age.into_iter().take(self.traces.len() - MAX_TRACES / 2) {
+                self.traces.remove(&k);
+            }
+        }
+    }
+
+    /// Whether the span has a request ancestor, or an already enriched descendant.
+    fn is_nested(&self, trace: &[u8], span: &[u8]) -> bool {
+        let Some(t) = self.traces.get(trace) else {
+            return false;
+        };
+        let ancestors = |start: &[u8]| {
+            let mut chain = Vec::new();
+            let mut cur = t.parent.get(start);
+            while let Some(p) = cur {
+                if chain.len() > 64 || chain.contains(p) {
+                    break;
+                }
+                chain.push(p.clone());
+                cur = t.parent.get(p);
+            }
+            chain
+        };
+        if ancestors(span).iter().any(|a| t.candidates.contains(a)) {
+            return true;
+        }
+        t.enriched
+            .iter()
+            .any(|e| ancestors(e).iter().any(|a| a == span))
+    }
+
+    fn service_pid(&mut self, service: &str) -> Option<u32> {
+        let rules: Vec<Regex> = self
+            .config
+            .services
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| r.regex.clone())
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        let stale = self
+            .cmdlines
+            .0
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+        if stale {
+            let mut list = Vec::new();
+            for e in std::fs::read_dir(&self.config.proc_root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                    && let Ok(raw) = std::fs::read(e.path().join("cmdline"))
+                    && !raw.is_empty()
+                {
+                    let line = raw
+                        .split(|&b| b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    list.push((pid, line));
+                }
+            }
+            self.cmdlines = (Some(Instant::now()), list);
+        }
+        let me = std::process::id();
+        rules.iter().find_map(|re| {
+            self.cmdlines
+                .1
+                .iter()
+                .find(|(pid, line)| *pid != me && re.is_match(line))
+                .map(|(pid, _)| *pid)
+        })
+    }
+
+    /// The process that produced a resource's spans, or why it is not known.
+    fn resolve(
+        &mut self,
+        attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+        origin: Origin,
+    ) -> Result<u32, String> {
+        if let Some(pid) = attr_int(attrs, names::PROCESS_PID)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p > 0)
+        {
+            return Ok(pid);
+        }
+        if let Some(pid) = origin.pid {
+            return Ok(pid);
+        }
+        let service = attr_str(attrs, names::SERVICE_NAME).map(str::to_string);
+        let instance = attr_str(attrs, names::SERVICE_INSTANCE_ID).map(str::to_string);
+        for name in [&service, &instance].into_iter().flatten() {
+            if let Some(pid) = self.service_pid(name) {
+                return Ok(pid);
+            }
+        }
+        Err(format!(
+            "no process.pid in the resource, the sender's connection is not local, and no --service rule found a process for service.name={}",
+            service.as_deref().unwrap_or("(none)")
+        ))
+    }
+
+    fn process(&mut self, held: Held) -> ExportTraceServiceRequest {
+        let mut request = held.request;
+        // Which spans are requests to enrich, and which cannot be tied to a process.
+        let mut targets: Vec<(usize, usize, usize, u32)> = Vec::new();
+        let mut unattributed: Vec<(usize, usize, usize, String)> = Vec::new();
+        for (ri, rs) in request.resource_spans.iter().enumerate() {
+            let pid = &held.pids[ri];
+            for (si, ss) in rs.scope_spans.iter().enumerate() {
+                for (pi, s) in ss.spans.iter().enumerate() {
+                    if !self.config.selection.matches(s) {
+                        continue;
+                    }
+                    if self.is_nested(&s.trace_id, &s.span_id) {
+                        self.stats.nested += 1;
+                        continue;
+                    }
+                    match pid {
+                        Err(reason) => unattributed.push((ri, si, pi, reason.clone())),
+                        Ok(pid) if !self.history.knows(*pid) => unattributed.push((
+                            ri,
+                            si,
+                            pi,
+                            format!("process {pid} has no attributed CPU time in the agent's recent intervals"),
+                        )),
+                        Ok(pid) => targets.push((ri, si, pi, *pid)),
+                    }
+                }
+            }
+        }
+        // Every known request span of those processes takes part in the split; thread
+        // ids count only when they are live kernel threads of the process.
+        let mut all: Vec<RequestSpan> = Vec::new();
+        let mut index: HashMap<(Vec<u8>, Vec<u8>), usize> = HashMap::new();
+        let pids: HashSet<u32> = targets.iter().map(|t| t.3).collect();
+        for pid in pids {
+            for k in self.known.get(&pid).into_iter().flatten() {
+                if self.is_nested(&k.trace, &k.span) {
+                    continue;
+                }
+                let mut r = k.request;
+                r.tid = r.tid.filter(|&t| self.history.is_thread_of(pid, t));
+                index.insert((k.trace.clone(), k.span.clone()), all.len());
+                all.push(r);
+            }
+        }
+        let mut chosen = Vec::new();
+        let mut slots = Vec::new();
+        for (ri, si, pi, _) in &targets {
+            let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
+            if let Some(&i) = index.get(&(s.trace_id.clone(), s.span_id.clone())) {
+                chosen.push(i);
+                slots.push((*ri, *si, *pi));
+            }
+        }
+        let energies = enrich(&chosen, &all, &self.history, &mut self.claims);
+        for (((ri, si, pi), energy), i) in slots.iter().zip(&energies).zip(&chosen) {
+            let model = self
+                .history
+                .model_of(all[*i].pid)
+                .unwrap_or("unknown")
+                .to_string();
+            self.requests.push((model, energy.joules.total()));
+            let span = &mut request.resource_spans[*ri].scope_spans[*si].spans[*pi];
+            spans::add_energy(span, energy);
+            if let Some(t) = self.traces.get_mut(&span.trace_id) {
+                t.enriched.insert(span.span_id.clone());
+            }
+            self.stats.enriched += 1;
+        }
+        for (ri, si, pi, reason) in &unattributed {
+            spans::mark_unattributed(
+                &mut request.resource_spans[*ri].scope_spans[*si].spans[*pi],
+                reason,
+            );
+            self.stats.unattributed += 1;
+        }
+        request
+    }
+}
+
+#[cfg(test)]
+mod tests;

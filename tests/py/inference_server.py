@@ -1,0 +1,79 @@
+"""A stand-in inference server: the real opentelemetry-sdk and OTLP exporter.
+
+It serves REQUESTS requests on a pool of 2 worker threads, alternating a "big" request
+that burns 2 x UNIT seconds of its thread's CPU and a "small" one that burns UNIT. Each
+request is a SERVER span "chat tiny-llama" with gen_ai attributes, token counts in the
+same 2:1 ratio, and the worker's OS thread id (thread.native_id); each has an INTERNAL
+child span ("decode") that must not be enriched. Spans go to the agent over OTLP.
+
+usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid]
+Prints one JSON object: pid and the requests (span id, type).
+"""
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+
+def exporter(endpoint, protocol):
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        return OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+
+
+def burn(seconds):
+    start = time.thread_time()
+    x = 0
+    while time.thread_time() - start < seconds:
+        for i in range(2000):
+            x = (x * 6364136223846793005 + i) & 0xFFFFFFFFFFFFFFFF
+    return x
+
+
+def main():
+    endpoint, protocol, requests, unit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    resource = {"service.name": "llm-server", "service.instance.id": "test-1"}
+    if "--no-pid" not in sys.argv:
+        resource["process.pid"] = os.getpid()
+    provider = TracerProvider(resource=Resource.create(resource))
+    provider.add_span_processor(BatchSpanProcessor(exporter(endpoint, protocol), schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    tracer = trace.get_tracer("inference")
+    served = []
+    lock = threading.Lock()
+
+    def serve(i):
+        kind = "big" if i % 2 == 0 else "small"
+        factor = 2 if kind == "big" else 1
+        with tracer.start_as_current_span("chat tiny-llama", kind=trace.SpanKind.SERVER) as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.set_attribute("gen_ai.request.model", "tiny-llama")
+            span.set_attribute("gen_ai.usage.input_tokens", 100 * factor)
+            span.set_attribute("gen_ai.usage.output_tokens", 50 * factor)
+            span.set_attribute("thread.native_id", threading.get_native_id())
+            span.set_attribute("request.type", kind)
+            span.add_event("queued")
+            with tracer.start_as_current_span("decode", kind=trace.SpanKind.INTERNAL):
+                burn(unit * factor)
+            span_id = format(span.get_span_context().span_id, "016x")
+        with lock:
+            served.append({"span_id": span_id, "type": kind})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(serve, range(requests)))
+    provider.force_flush()
+    provider.shutdown()
+    print(json.dumps({"pid": os.getpid(), "requests": served}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

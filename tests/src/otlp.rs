@@ -1,0 +1,128 @@
+//! The Python peers of the OTLP tests (tests/py): a backend that records what it
+//! receives, an inference server using the OpenTelemetry SDK, and an abuse client.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The Python with the test peers installed (`cargo xtask test` sets it up).
+pub fn python() -> PathBuf {
+    std::env::var_os("ENERGY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// A script of tests/py.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+}
+
+/// A TCP port that was free a moment ago (and its neighbour, for OTLP/HTTP).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = a.local_addr().unwrap().port();
+        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The recording backend.
+pub struct Backend {
+    child: Child,
+    /// Its JSON-lines file.
+    pub out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts the backend on `port` and waits until it serves.
+    pub fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        Self::start_into(port, out, dir)
+    }
+
+    fn start_into(port: u16, out: PathBuf, dir: tempfile::TempDir) -> Self {
+        let mut child = Command::new(python())
+            .arg(script("backend.py"))
+            .arg(port.to_string())
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting backend.py (cargo xtask test installs its packages)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "backend did not start");
+        Self {
+            child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Everything received so far of `signal` (span, metric, log).
+    pub fn received(&self, signal: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["signal"] == signal)
+            .collect()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the inference server against `endpoint`; returns its report (pid, requests).
+pub fn inference_server(
+    endpoint: &str,
+    protocol: &str,
+    requests: u32,
+    unit_s: f64,
+    extra: &[&str],
+) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(script("inference_server.py"))
+        .args([
+            endpoint,
+            protocol,
+            &requests.to_string(),
+            &unit_s.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .expect("running inference_server.py");
+    assert!(
+        out.status.success(),
+        "inference server failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inference server report")
+}
