@@ -4,7 +4,7 @@
 //! `#[repr(C)]`, `Copy`, built from fixed-width integers with explicit padding, and
 //! has its size pinned by a compile-time assertion. The `user` feature adds
 //! `aya::Pod` so the agent can read them out of maps.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
 /// Length of a kernel task name (`TASK_COMM_LEN`).
@@ -40,6 +40,18 @@ pub mod names {
     pub const PROG_SCHED_EXEC: &str = "sched_process_exec";
     /// Raw tracepoint program on `sched_process_fork`.
     pub const PROG_SCHED_FORK: &str = "sched_process_fork";
+    /// Hash: [`TaskKey`](crate::TaskKey) → [`GpuActivity`](crate::GpuActivity).
+    pub const GPU_ACTIVITY: &str = "GPU_ACTIVITY";
+    /// Hash: tid → [`SyncEntry`](crate::SyncEntry), a synchronize call in progress.
+    pub const SYNC_ENTRY: &str = "SYNC_ENTRY";
+    /// Global: byte offset of `cmd` in the `sys_enter_ioctl` record (from tracefs).
+    pub const IOCTL_CMD_OFFSET: &str = "IOCTL_CMD_OFFSET";
+    /// Uprobe program on every CUDA driver entry point; its cookie says which call.
+    pub const PROG_CUDA_CALL: &str = "cuda_call";
+    /// Uretprobe program on the CUDA synchronize calls.
+    pub const PROG_CUDA_SYNC_RETURN: &str = "cuda_sync_return";
+    /// Tracepoint program on `syscalls/sys_enter_ioctl`.
+    pub const PROG_NVIDIA_IOCTL: &str = "nvidia_ioctl";
 }
 
 /// `TASK_DEAD`: the `__state` of a task at its final switch (include/linux/sched.h,
@@ -112,8 +124,10 @@ pub const STAT_SWITCHES: u32 = 3;
 /// Index into `STATS`: a task switched out whose switch-in the kernel did not trace (it
 /// was charged from the last traced switch on its CPU).
 pub const STAT_UNSEEN_SWITCH_IN: u32 = 4;
+/// Index into `STATS`: the GPU activity map was full (a thread's driver calls were lost).
+pub const STAT_GPU_MAP_FULL: u32 = 5;
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// Event kind: a finished thread's final on-CPU time on one CPU (`value` = ns, cumulative).
 pub const EVENT_EXIT_CPU: u32 = 1;
@@ -148,6 +162,170 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 56);
 
+/// NVIDIA's ioctl type (`NV_IOCTL_MAGIC`, the `_IOC_TYPE` byte of every command the
+/// NVIDIA device files take). The framebuffer ioctls share it.
+pub const NVIDIA_IOCTL_TYPE: u8 = b'F';
+
+/// Default capacity of the GPU activity map (threads that called the driver).
+pub const DEFAULT_MAX_GPU_TASKS: u32 = 16_384;
+
+/// One thread's use of the GPU driver, cumulative since its first call.
+///
+/// Only the thread itself updates its entry (programs run in its context, one at a
+/// time), so plain adds are safe; the agent reads the counters and takes differences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuActivity {
+    /// Kernel launches (`cuLaunchKernel*`).
+    pub launches: u64,
+    /// Memory copies (`cuMemcpy*`).
+    pub copies: u64,
+    /// Bytes copied, where the arguments give them.
+    pub copy_bytes: u64,
+    /// Memory sets (`cuMemset*`).
+    pub memsets: u64,
+    /// Bytes set, where the arguments give them.
+    pub memset_bytes: u64,
+    /// Completed synchronize calls (outermost, when they nest).
+    pub syncs: u64,
+    /// Nanoseconds blocked in synchronize calls.
+    pub sync_ns: u64,
+    /// Nanoseconds from the first submission after a completed synchronisation to the
+    /// end of the next one: how long this thread had work in flight, closed periods.
+    pub busy_ns: u64,
+    /// Start of the open busy period (`bpf_ktime_get_ns`), 0 when none is open.
+    pub busy_since_ns: u64,
+    /// Time of the thread's last driver call.
+    pub last_ns: u64,
+    /// NVIDIA-type ioctls (the driver-level signal, whatever the runtime).
+    pub ioctls: u64,
+}
+const _: () = assert!(core::mem::size_of::<GpuActivity>() == 88);
+
+/// A synchronize call in progress on a thread (entry time, nesting depth).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncEntry {
+    /// `bpf_ktime_get_ns()` at the outermost entry.
+    pub start_ns: u64,
+    /// Synchronize calls open on the thread (a driver may call one from another).
+    pub depth: u64,
+}
+const _: () = assert!(core::mem::size_of::<SyncEntry>() == 16);
+
+/// What a CUDA driver entry point does, carried in its uprobe's attach cookie so one
+/// program serves every symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaCall {
+    /// A kernel launch.
+    Launch,
+    /// A copy; its byte count is given by `bytes`.
+    Copy(ByteCount),
+    /// A memset; its byte count is given by `bytes`.
+    Memset(ByteCount),
+    /// A synchronize call (entry; the return is a separate program).
+    Sync,
+}
+
+/// Where a call's byte count is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteCount {
+    /// Not given (or not worth decoding).
+    Unknown,
+    /// Argument `index` × `unit` bytes.
+    Arg {
+        /// Argument index (0-based).
+        index: u8,
+        /// Bytes per element.
+        unit: u8,
+    },
+    /// Argument `width` × argument `height` × `unit` bytes (2D memsets).
+    Area {
+        /// Argument index of the width (elements).
+        width: u8,
+        /// Argument index of the height (rows).
+        height: u8,
+        /// Bytes per element.
+        unit: u8,
+    },
+    /// `WidthInBytes × Height` of the `CUDA_MEMCPY2D` (v2 layout) pointed to by
+    /// argument 0.
+    Memcpy2d,
+}
+
+/// Cookie kind byte: a launch.
+pub const CALL_LAUNCH: u8 = 1;
+/// Cookie kind byte: a copy.
+pub const CALL_COPY: u8 = 2;
+/// Cookie kind byte: a memset.
+pub const CALL_MEMSET: u8 = 3;
+/// Cookie kind byte: a synchronize call.
+pub const CALL_SYNC: u8 = 4;
+/// Cookie byte-count form: argument × unit.
+pub const BYTES_ARG: u8 = 1;
+/// Cookie byte-count form: argument × argument × unit.
+pub const BYTES_AREA: u8 = 2;
+/// Cookie byte-count form: the `CUDA_MEMCPY2D` at argument 0.
+pub const BYTES_MEMCPY2D: u8 = 3;
+
+/// The byte of `cookie` at bit `shift` (the eBPF side decodes cookies with this, not
+/// through the enums, whose construction the verifier may not follow).
+pub const fn cookie_field(cookie: u64, shift: u32) -> u8 {
+    ((cookie >> shift) & 0xff) as u8
+}
+
+/// Byte offset of `WidthInBytes` in `CUDA_MEMCPY2D` (v2, 64-bit); `Height` follows.
+pub const MEMCPY2D_WIDTH_OFFSET: u64 = 112;
+
+impl CudaCall {
+    /// The attach cookie: kind in bits 0–7, byte-count form in 8–15, its three
+    /// parameters in 16–23, 24–31 and 32–39.
+    pub const fn cookie(self) -> u64 {
+        let (kind, bytes) = match self {
+            CudaCall::Launch => (CALL_LAUNCH, ByteCount::Unknown),
+            CudaCall::Copy(b) => (CALL_COPY, b),
+            CudaCall::Memset(b) => (CALL_MEMSET, b),
+            CudaCall::Sync => (CALL_SYNC, ByteCount::Unknown),
+        };
+        let (form, a, b, c) = match bytes {
+            ByteCount::Unknown => (0u8, 0u8, 0u8, 0u8),
+            ByteCount::Arg { index, unit } => (BYTES_ARG, index, unit, 0),
+            ByteCount::Area {
+                width,
+                height,
+                unit,
+            } => (BYTES_AREA, width, height, unit),
+            ByteCount::Memcpy2d => (BYTES_MEMCPY2D, 0, 0, 0),
+        };
+        kind as u64 | (form as u64) << 8 | (a as u64) << 16 | (b as u64) << 24 | (c as u64) << 32
+    }
+
+    /// Decodes a cookie made by [`CudaCall::cookie`]; `None` for anything else.
+    pub const fn from_cookie(cookie: u64) -> Option<Self> {
+        let bytes = match cookie_field(cookie, 8) {
+            0 => ByteCount::Unknown,
+            BYTES_ARG => ByteCount::Arg {
+                index: cookie_field(cookie, 16),
+                unit: cookie_field(cookie, 24),
+            },
+            BYTES_AREA => ByteCount::Area {
+                width: cookie_field(cookie, 16),
+                height: cookie_field(cookie, 24),
+                unit: cookie_field(cookie, 32),
+            },
+            BYTES_MEMCPY2D => ByteCount::Memcpy2d,
+            _ => return None,
+        };
+        match cookie_field(cookie, 0) {
+            CALL_LAUNCH => Some(CudaCall::Launch),
+            CALL_COPY => Some(CudaCall::Copy(bytes)),
+            CALL_MEMSET => Some(CudaCall::Memset(bytes)),
+            CALL_SYNC => Some(CudaCall::Sync),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and have no
@@ -156,4 +334,33 @@ mod pod {
     unsafe impl aya::Pod for super::TaskTime {}
     unsafe impl aya::Pod for super::CpuState {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::GpuActivity {}
+    unsafe impl aya::Pod for super::SyncEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_round_trip() {
+        let calls = [
+            CudaCall::Launch,
+            CudaCall::Sync,
+            CudaCall::Copy(ByteCount::Unknown),
+            CudaCall::Copy(ByteCount::Arg { index: 4, unit: 1 }),
+            CudaCall::Copy(ByteCount::Memcpy2d),
+            CudaCall::Memset(ByteCount::Arg { index: 2, unit: 4 }),
+            CudaCall::Memset(ByteCount::Area {
+                width: 3,
+                height: 4,
+                unit: 2,
+            }),
+        ];
+        for call in calls {
+            assert_eq!(CudaCall::from_cookie(call.cookie()), Some(call), "{call:?}");
+        }
+        assert_eq!(CudaCall::from_cookie(0), None);
+        assert_eq!(CudaCall::from_cookie(0x0901), None);
+    }
 }

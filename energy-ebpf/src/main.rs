@@ -3,10 +3,14 @@
 //! Scheduler accounting (`sched`): exact on-CPU nanoseconds per thread and CPU, summed
 //! in the kernel, with exit/exec/fork records on a ring buffer.
 //!
+//! GPU-driver activity (`gpu`): CUDA driver calls per thread (uprobes on libcuda.so,
+//! one program for every entry point) and NVIDIA ioctls.
+//!
 //! Minimum kernel version: 5.19 (`bpf_map_lookup_percpu_elem`); ring buffers need 5.8.
 #![no_std]
 #![no_main]
 
+mod gpu;
 mod maps;
 mod sched;
 

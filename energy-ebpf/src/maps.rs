@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use energy_common::{
-    CpuState, DEFAULT_MAX_EXITING, DEFAULT_MAX_TASKS, EVENTS_BYTES, Event, STAT_COUNT,
-    STAT_EVENTS_LOST, TaskKey, TaskTime,
+    CpuState, DEFAULT_MAX_EXITING, DEFAULT_MAX_GPU_TASKS, DEFAULT_MAX_TASKS, EVENTS_BYTES, Event,
+    GpuActivity, STAT_COUNT, STAT_EVENTS_LOST, SyncEntry, TaskKey, TaskTime,
 };
 
 /// On-CPU time per thread, one value per CPU (no atomics: each CPU writes its own slot).
@@ -30,6 +30,16 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// Threads that passed `sched_process_exit` and await their final switch: tid → group_dead.
 #[map]
 pub static EXITING: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_EXITING, 0);
+
+/// GPU-driver activity per thread (one writer per entry: the thread itself).
+#[map]
+pub static GPU_ACTIVITY: HashMap<TaskKey, GpuActivity> =
+    HashMap::with_max_entries(DEFAULT_MAX_GPU_TASKS, 0);
+
+/// Synchronize calls in progress: tid → entry time and depth.
+#[map]
+pub static SYNC_ENTRY: HashMap<u32, SyncEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_GPU_TASKS, 0);
 
 /// Number of possible CPUs, set by the agent at load time.
 #[unsafe(no_mangle)]

@@ -5,9 +5,10 @@
 //! Per interval and domain (DESIGN.md "Attribution, precisely"): a package's energy
 //! (and its DRAM's) is split by on-CPU time on that package's CPUs (see [`split`]);
 //! idle power is `--idle-power` where given, else the power model's idle figure, else the
-//! lowest power observed so far on the domain. GPU energy is split by GPU activity
-//! weights when the GPU stage provides them; without them it stays in the idle bucket.
+//! lowest power observed so far on the domain. GPU energy is split by NVML's
+//! per-process view and the probe's driver activity (see [`gpu`]).
 
+pub mod gpu;
 pub mod models;
 pub mod report;
 pub mod requests;
@@ -21,7 +22,7 @@ use split::{IdlePolicy, split};
 use crate::{
     identity::Identity,
     power::{Domain, DomainClass, PowerReading, topology::Topology},
-    probe::SchedInterval,
+    probe::{GpuCalls, SchedInterval},
 };
 use models::ModelRules;
 
@@ -37,7 +38,7 @@ pub struct AttributionConfig {
     pub models: ModelRules,
 }
 
-/// Per-process activity weights for each GPU (index → pid → weight), from the GPU stage.
+/// Per-process activity weights for each GPU (index → pid → weight).
 pub type GpuWeights = BTreeMap<u32, BTreeMap<u32, u64>>;
 
 /// The stateful attribution stage (it remembers each domain's lowest power).
@@ -116,7 +117,6 @@ impl Attributor {
         sched: &SchedInterval,
         power: &PowerReading,
         sources: SourceNames,
-        gpu_weights: &GpuWeights,
         identity: &mut Identity,
     ) -> IntervalReport {
         identity.observe(&sched.lifecycle, sched.end_ns);
@@ -141,6 +141,28 @@ impl Attributor {
         }
         let all_cpus: BTreeMap<u32, u64> = cpu_ns.clone();
         let empty = BTreeMap::new();
+
+        // GPU-driver activity per process and thread, and each GPU's weights.
+        let mut gpu_calls: BTreeMap<u32, GpuCalls> = BTreeMap::new();
+        let mut gpu_threads: HashMap<u32, BTreeMap<u32, GpuCalls>> = HashMap::new();
+        for t in &sched.gpu {
+            gpu_calls.entry(t.tgid).or_default().add(&t.calls);
+            gpu_threads
+                .entry(t.tgid)
+                .or_default()
+                .entry(t.tid)
+                .or_default()
+                .add(&t.calls);
+        }
+        let gpu_ids: Vec<u32> = power
+            .energies
+            .iter()
+            .filter_map(|e| match e.domain {
+                Domain::Gpu(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let (gpu_weights, gpus) = gpu::gpu_weights(&gpu_ids, &power.gpu_processes, &gpu_calls);
 
         let mut joules: BTreeMap<u32, Joules> = BTreeMap::new();
         let mut idle = Joules::default();
@@ -174,7 +196,12 @@ impl Attributor {
             idle.add(class, parts.idle_bucket_j);
         }
 
-        let mut pids: Vec<u32> = cpu_ns.keys().chain(joules.keys()).copied().collect();
+        let mut pids: Vec<u32> = cpu_ns
+            .keys()
+            .chain(joules.keys())
+            .chain(gpu_calls.keys())
+            .copied()
+            .collect();
         pids.sort_unstable();
         pids.dedup();
         let mut processes: Vec<ProcessReport> = pids
@@ -197,6 +224,8 @@ impl Attributor {
                     exited: info.exited,
                     threads: threads.remove(&pid).unwrap_or_default(),
                     thread_timeline: ThreadTimeline::default(),
+                    gpu_activity: gpu_calls.get(&pid).copied().unwrap_or_default(),
+                    gpu_threads: gpu_threads.remove(&pid).unwrap_or_default(),
                     energy_j: j.total(),
                     joules: j,
                     watts: if seconds > 0.0 {
@@ -240,6 +269,7 @@ impl Attributor {
             power: PowerSummary::new(power, sources, seconds),
             idle_policy: self.config.idle_policy,
             idle_power,
+            gpus,
             carbon: CarbonSummary::default(),
             probe: sched.stats,
             processes,

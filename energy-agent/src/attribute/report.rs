@@ -4,10 +4,10 @@
 use crate::{
     carbon::Intensity,
     power::{Domain, DomainClass, DomainError, PowerReading},
-    probe::ProbeStats,
+    probe::{GpuCalls, ProbeStats},
 };
 
-use super::split::IdlePolicy;
+use super::{gpu::GpuSplit, split::IdlePolicy};
 
 /// Energy by domain class, joules.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -83,6 +83,12 @@ pub struct ProcessReport {
     /// per-request splits; empty without sub-interval sampling; not exported).
     #[serde(skip)]
     pub thread_timeline: ThreadTimeline,
+    /// GPU-driver activity of the process in the interval (absent when none).
+    #[serde(skip_serializing_if = "GpuCalls::is_zero")]
+    pub gpu_activity: GpuCalls,
+    /// GPU-driver activity per thread id (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub gpu_threads: std::collections::BTreeMap<u32, GpuCalls>,
     /// Energy attributed, joules (cpu + dram + gpu).
     pub energy_j: f64,
     /// By domain class.
@@ -293,6 +299,8 @@ pub struct IntervalReport {
     pub idle_policy: IdlePolicy,
     /// The idle power used per domain.
     pub idle_power: Vec<IdlePower>,
+    /// How each GPU's energy was split.
+    pub gpus: Vec<GpuSplit>,
     /// Carbon: intensity and host totals.
     pub carbon: CarbonSummary,
     /// Probe counters after the interval.

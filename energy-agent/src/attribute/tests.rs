@@ -1,8 +1,11 @@
 use super::*;
 use crate::{
     identity::cgroup::CgroupResolver,
-    power::{SourceInfo, energy},
-    probe::{Lifecycle, ProbeStats, TaskSlice},
+    power::{
+        SourceInfo, energy,
+        gpu::{GpuProcess, GpuProcesses},
+    },
+    probe::{GpuCalls, GpuThreadActivity, Lifecycle, ProbeStats, TaskSlice},
 };
 
 const S: u64 = 1_000_000_000;
@@ -23,6 +26,7 @@ fn sched(slices: Vec<TaskSlice>) -> SchedInterval {
         end_ns: 3 * S,
         slices,
         lifecycle: Vec::new(),
+        gpu: Vec::new(),
         stats: ProbeStats::default(),
     }
 }
@@ -36,6 +40,7 @@ fn reading(domains: &[(Domain, f64)]) -> PowerReading {
     PowerReading {
         energies: domains.iter().map(|&(d, j)| energy(&info, d, j)).collect(),
         errors: vec![],
+        gpu_processes: vec![],
     }
 }
 
@@ -86,7 +91,7 @@ fn conservation_per_domain_and_proportional_split() {
         (Domain::Dram(0), 8.0),
         (Domain::Psys, 200.0),
     ]);
-    let r = a.attribute(&s, &p, sources(), &GpuWeights::new(), &mut id);
+    let r = a.attribute(&s, &p, sources(), &mut id);
     // Package 0: 70 J − 5 W × 2 s idle = 60 J dynamic, split 2:1 between 10 and 20.
     let j = |pid| r.processes.iter().find(|p| p.pid == pid).unwrap().joules;
     assert!(close(j(10).cpu_j, 40.0) && close(j(20).cpu_j, 20.0));
@@ -120,7 +125,6 @@ fn share_policy_allocates_idle_and_still_conserves() {
         &s,
         &reading(&[(Domain::Package(0), 60.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     let p1 = r.processes.iter().find(|p| p.pid == 1).unwrap();
@@ -140,7 +144,6 @@ fn calibrated_idle_is_the_lowest_power_seen() {
         &busy,
         &reading(&[(Domain::Package(0), 80.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     assert_eq!(r.idle_power[0].origin, IdleOrigin::Calibrated);
@@ -150,14 +153,12 @@ fn calibrated_idle_is_the_lowest_power_seen() {
         &sched(vec![]),
         &reading(&[(Domain::Package(0), 20.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     let r = a.attribute(
         &busy,
         &reading(&[(Domain::Package(0), 80.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     assert!(close(r.idle_power[0].watts, 10.0));
@@ -176,7 +177,6 @@ fn model_idle_figures_come_before_calibration() {
         &sched(vec![slice(1, 0, S)]),
         &reading(&[(Domain::Package(0), 10.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     assert_eq!(r.idle_power[0].origin, IdleOrigin::Model);
@@ -195,7 +195,6 @@ fn psys_alone_is_attributed_as_cpu() {
         &sched(vec![slice(1, 0, S), slice(2, 1, S)]),
         &reading(&[(Domain::Psys, 10.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     assert!(close(r.power.cpu_j, 10.0));
@@ -212,27 +211,30 @@ fn gpu_energy_follows_gpu_weights_or_stays_idle() {
         vec![],
     );
     let p = reading(&[(Domain::Gpu(0), 500.0)]);
-    let r = a.attribute(
-        &sched(vec![slice(7, 0, S)]),
-        &p,
-        sources(),
-        &GpuWeights::new(),
-        &mut id,
-    );
+    let r = a.attribute(&sched(vec![slice(7, 0, S)]), &p, sources(), &mut id);
     assert!(
         close(r.idle.joules.gpu_j, 500.0),
         "no GPU activity known: all unattributed"
     );
-    let weights: GpuWeights = [(0, [(7, 3), (8, 1)].into_iter().collect())]
-        .into_iter()
-        .collect();
-    let r = a.attribute(
-        &sched(vec![slice(7, 0, S)]),
-        &p,
-        sources(),
-        &weights,
-        &mut id,
-    );
+    // NVML: both on the GPU, SM samples 3:1.
+    let mut p = p;
+    p.gpu_processes.push(GpuProcesses {
+        gpu: 0,
+        running: Some(vec![
+            GpuProcess {
+                pid: 7,
+                used_memory_bytes: None,
+            },
+            GpuProcess {
+                pid: 8,
+                used_memory_bytes: None,
+            },
+        ]),
+        sm_util: Some([(7, 300), (8, 100)].into_iter().collect()),
+        mig: false,
+    });
+    let r = a.attribute(&sched(vec![slice(7, 0, S)]), &p, sources(), &mut id);
+    assert_eq!(r.gpus[0].basis, gpu::GpuSplitBasis::SmUtilisation);
     let g = |pid| {
         r.processes
             .iter()
@@ -242,6 +244,29 @@ fn gpu_energy_follows_gpu_weights_or_stays_idle() {
             .gpu_j
     };
     assert!(close(g(7), 300.0) && close(g(8), 100.0));
+    assert!(close(attributed_total(&r, DomainClass::Gpu), 500.0));
+    // No samples: the probe's driver view, busy time 1:4 between two threads of 7 and
+    // one of 8, which ran no CPU this interval but still appears.
+    p.gpu_processes[0].sm_util = None;
+    let mut s = sched(vec![slice(7, 0, S)]);
+    let busy = |tgid, tid, busy_ns| GpuThreadActivity {
+        tgid,
+        tid,
+        calls: GpuCalls {
+            launches: 1,
+            busy_ns,
+            ..Default::default()
+        },
+    };
+    s.gpu = vec![busy(7, 7, 50), busy(7, 70, 50), busy(8, 8, 400)];
+    let r = a.attribute(&s, &p, sources(), &mut id);
+    assert_eq!(r.gpus[0].basis, gpu::GpuSplitBasis::DriverBusyTime);
+    let proc8 = r.processes.iter().find(|x| x.pid == 8).unwrap();
+    assert!(close(proc8.joules.gpu_j, 320.0) && proc8.cpu_time_ns == 0);
+    assert_eq!(proc8.gpu_activity.busy_ns, 400);
+    let proc7 = r.processes.iter().find(|x| x.pid == 7).unwrap();
+    assert_eq!(proc7.gpu_threads.len(), 2);
+    assert_eq!(proc7.gpu_activity.launches, 2);
     assert!(close(attributed_total(&r, DomainClass::Gpu), 500.0));
 }
 
@@ -270,7 +295,6 @@ fn exited_processes_keep_their_share_and_groups_add_up() {
         &s,
         &reading(&[(Domain::Package(0), 10.0)]),
         sources(),
-        &GpuWeights::new(),
         &mut id,
     );
     let gone = r.processes.iter().find(|p| p.pid == 6).unwrap();

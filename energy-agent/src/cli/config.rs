@@ -7,6 +7,7 @@
 //! source = "auto"            # --power-source
 //! powercap_root = "/sys/class/powercap"
 //! gpu = true                 # false = --no-gpu
+//! libcuda = "/usr/lib/x86_64-linux-gnu/libcuda.so.1"   # --libcuda
 //!
 //! [carbon]
 //! region = "FR"              # or: intensity = 56.0 / file = "intensity.csv"
@@ -73,6 +74,8 @@ pub struct PowerSection {
     pub powercap_root: Option<std::path::PathBuf>,
     /// Look for GPUs (false = `--no-gpu`).
     pub gpu: Option<bool>,
+    /// `--libcuda`.
+    pub libcuda: Option<std::path::PathBuf>,
 }
 
 /// `[carbon]`.
@@ -197,6 +200,11 @@ impl Config {
             && unset("no_gpu")
         {
             args.no_gpu = !gpu;
+        }
+        if let Some(l) = &p.libcuda
+            && unset("libcuda")
+        {
+            args.libcuda = Some(l.clone());
         }
         let c = &self.carbon;
         macro_rules! take {

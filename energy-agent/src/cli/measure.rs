@@ -292,7 +292,10 @@ extern "C" fn on_terminate(_: libc::c_int) {
 
 /// Runs the command and reports; returns its exit code.
 pub fn measure(args: MeasureArgs) -> anyhow::Result<i32> {
-    let mut probe = Probe::load(&ProbeConfig::default())?;
+    let mut probe = Probe::load(&ProbeConfig {
+        libcuda: args.sources.libcuda.clone(),
+        ..ProbeConfig::default()
+    })?;
     let mut pipeline = Pipeline::new(&args.sources, &mut probe, None)?;
     let otlp = args.otlp.forward_config(1)?;
     let started = Instant::now();

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use super::sources::SourceArgs;
 use crate::{
-    attribute::{Attributor, GpuWeights, IntervalReport, SourceNames},
+    attribute::{Attributor, IntervalReport, SourceNames},
     carbon::Carbon,
     clock::{WallClock, monotonic_ns},
     identity::Identity,
@@ -123,13 +123,9 @@ impl Pipeline {
                 .context("recording power")?;
         }
         let (_, sources) = self.sources();
-        let mut report = self.attributor.attribute(
-            &sched,
-            &reading,
-            sources,
-            &GpuWeights::new(),
-            &mut self.identity,
-        );
+        let mut report = self
+            .attributor
+            .attribute(&sched, &reading, sources, &mut self.identity);
         for p in &mut report.processes {
             if let Some(t) = timeline.get(&p.pid) {
                 p.thread_timeline = t.clone();

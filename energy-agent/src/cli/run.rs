@@ -87,6 +87,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
     let config = ProbeConfig {
         max_tasks: args.max_tasks,
         ebpf_log: args.ebpf_log,
+        libcuda: args.sources.libcuda.clone(),
     };
     let mut probe = Probe::load(&config)?;
     let mut pipeline = Pipeline::new(&args.sources, &mut probe, args.record_power.as_deref())?;

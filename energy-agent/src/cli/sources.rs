@@ -31,6 +31,10 @@ pub struct SourceArgs {
     /// Do not look for NVIDIA GPUs.
     #[arg(long, help_heading = "Power")]
     pub no_gpu: bool,
+    /// The CUDA driver library (libcuda.so) whose calls are traced, when it is not in
+    /// the linker cache or the usual driver directories.
+    #[arg(long, value_name = "PATH", help_heading = "Power")]
+    pub libcuda: Option<PathBuf>,
 
     /// Grid region for the bundled intensity table: ISO 3166 code (FR, FRA) or country
     /// name; without it the world average (475 g/kWh) is used.

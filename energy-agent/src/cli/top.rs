@@ -269,7 +269,10 @@ pub fn top(args: TopArgs) -> anyhow::Result<i32> {
             "top needs a terminal; use `energy-agent run` (or --output json) for a stream"
         );
     }
-    let mut probe = Probe::load(&ProbeConfig::default())?;
+    let mut probe = Probe::load(&ProbeConfig {
+        libcuda: args.sources.libcuda.clone(),
+        ..ProbeConfig::default()
+    })?;
     let mut pipeline = Pipeline::new(&args.sources, &mut probe, None)?;
     let mut terminal = ratatui::init();
     let result = (|| -> anyhow::Result<()> {

@@ -1,8 +1,36 @@
 //! GPU energy from what NVML offers: the total-energy counter (millijoules since the
 //! driver loaded; Volta and newer) when there is one, else power readings (milliwatts)
-//! integrated over time. The NVML source and the replay source share this logic.
+//! integrated over time. The NVML source and the replay source share this logic, and
+//! the plain data that says which processes use each GPU.
+
+use std::collections::BTreeMap;
 
 use super::counter::EnergyCounter;
+
+/// A process NVML lists on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GpuProcess {
+    /// Process id (as NVML sees it: the host's pid namespace).
+    pub pid: u32,
+    /// GPU memory it holds, bytes, when the driver says.
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// Who used one GPU in one interval, as far as NVML can tell.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GpuProcesses {
+    /// GPU index.
+    pub gpu: u32,
+    /// Processes on the GPU now (compute and graphics); `None` when NVML cannot list them.
+    pub running: Option<Vec<GpuProcess>>,
+    /// Per process, the sum of its SM-utilisation samples (percent) since the last read:
+    /// each sample covers one sampling period, so the sums are proportional to the SM
+    /// time each process used. `None` when the GPU gives no per-process samples
+    /// (unsupported, MIG, vGPU); empty when it does but none fell in the interval.
+    pub sm_util: Option<BTreeMap<u32, u64>>,
+    /// Whether the GPU is partitioned (MIG): processes come from its instances.
+    pub mig: bool,
+}
 
 /// One reading of a GPU, as NVML reports it.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -151,6 +151,9 @@ pub struct PowerReading {
     pub energies: Vec<DomainEnergy>,
     /// Domains that failed this time (the others are still reported).
     pub errors: Vec<DomainError>,
+    /// Per GPU: the processes on it and their SM utilisation since the last read (GPU
+    /// sources only).
+    pub gpu_processes: Vec<gpu::GpuProcesses>,
 }
 
 impl PowerReading {
@@ -210,6 +213,7 @@ impl PowerReading {
     pub fn merge(&mut self, other: PowerReading) {
         self.energies.extend(other.energies);
         self.errors.extend(other.errors);
+        self.gpu_processes.extend(other.gpu_processes);
     }
 }
 
@@ -316,7 +320,7 @@ mod tests {
                 energy(&info, Domain::Dram(0), 2.0),
                 energy(&info, Domain::Psys, 30.0),
             ],
-            errors: vec![],
+            ..Default::default()
         };
         assert_eq!(reading.total(DomainClass::Cpu), 15.0);
         assert_eq!(reading.total(DomainClass::Dram), 2.0);

@@ -2,6 +2,10 @@
 //! Per GPU the total-energy counter when the GPU has one (Volta and newer), else power
 //! readings integrated by a background sampler every 100 ms. Without the library, the
 //! driver or a GPU, opening fails with the reason and the agent runs without GPU data.
+//!
+//! Each sample also says who used each GPU: the running compute and graphics processes
+//! (from every MIG instance when the GPU is partitioned) and the per-process SM
+//! utilisation samples NVML took since the previous read.
 
 use std::{
     sync::{
@@ -12,11 +16,11 @@ use std::{
     time::Duration,
 };
 
-use nvml_wrapper::{Nvml, error::NvmlError};
+use nvml_wrapper::{Device, Nvml, enums::device::UsedGpuMemory, error::NvmlError};
 
 use super::{
     Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo, energy,
-    gpu::{GpuMeter, GpuSample},
+    gpu::{GpuMeter, GpuProcess, GpuProcesses, GpuSample},
 };
 use crate::clock::monotonic_ns;
 
@@ -50,6 +54,8 @@ struct Gpu {
     index: u32,
     has_counter: bool,
     meter: Arc<Mutex<GpuMeter>>,
+    /// Timestamp (µs) of the newest per-process sample seen.
+    last_sample_us: u64,
 }
 
 /// The host's NVIDIA GPUs.
@@ -86,6 +92,11 @@ impl NvmlSource {
                 index,
                 has_counter,
                 meter: Arc::new(Mutex::new(GpuMeter::default())),
+                // NVML stamps samples with wall-clock µs: start from now, not from
+                // whatever its buffer holds from before the agent.
+                last_sample_us: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
             });
         }
         if gpus.is_empty() {
@@ -156,6 +167,11 @@ impl PowerSource for NvmlSource {
 
     fn sample(&mut self, _ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
+        for gpu in &mut self.gpus {
+            if let Ok(device) = self.nvml.device_by_index(gpu.index) {
+                reading.gpu_processes.push(processes(&device, gpu));
+            }
+        }
         for gpu in &self.gpus {
             let domain = Domain::Gpu(gpu.index);
             if gpu.has_counter {
@@ -202,6 +218,69 @@ impl PowerSource for NvmlSource {
             })
             .collect();
         format!("nvml (measured): {}", parts.join(", "))
+    }
+}
+
+/// Who is on one GPU and how much SM time each had since the last read.
+fn processes(device: &Device<'_>, gpu: &mut Gpu) -> GpuProcesses {
+    let mig = device.mig_mode().is_ok_and(|m| m.current == 1);
+    let instances: Vec<Device<'_>> = if mig {
+        (0..device.mig_device_count().unwrap_or(0))
+            .filter_map(|i| device.mig_device_by_index(i).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let handles: Vec<&Device<'_>> = if mig {
+        instances.iter().collect()
+    } else {
+        vec![device]
+    };
+    let mut running: Option<Vec<GpuProcess>> = None;
+    for handle in handles {
+        for list in [
+            handle.running_compute_processes(),
+            handle.running_graphics_processes(),
+        ] {
+            let Ok(list) = list else { continue };
+            let all = running.get_or_insert_with(Vec::new);
+            for p in list {
+                if all.iter().any(|q| q.pid == p.pid) {
+                    continue;
+                }
+                all.push(GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                });
+            }
+        }
+    }
+    // Per-process samples do not exist under MIG; elsewhere "not found" means none
+    // were taken since the timestamp (nothing ran), anything else that they never are.
+    let sm_util = if mig {
+        None
+    } else {
+        match device.process_utilization_stats(gpu.last_sample_us) {
+            Ok(samples) => {
+                let mut sums = std::collections::BTreeMap::new();
+                for s in samples {
+                    gpu.last_sample_us = gpu.last_sample_us.max(s.timestamp);
+                    *sums.entry(s.pid).or_default() += u64::from(s.sm_util);
+                }
+                Some(sums)
+            }
+            Err(NvmlError::NotFound) => Some(Default::default()),
+            Err(_) => None,
+        }
+    };
+    GpuProcesses {
+        gpu: gpu.index,
+        running,
+        sm_util,
+        mig,
     }
 }
 

@@ -11,7 +11,13 @@
 //!   - `counter_uj`: a cumulative microjoule counter that wraps at `range`
 //!     (powercap's `energy_uj` and `max_energy_range_uj`);
 //!   - `energy_mj`: NVML's cumulative total-energy counter in millijoules;
-//!   - `power_w`: an instantaneous power reading in watts, integrated trapezoidally.
+//!   - `power_w`: an instantaneous power reading in watts, integrated trapezoidally;
+//!   - GPU domains only, with a pid as the fifth field: `process` (value: MiB of GPU
+//!     memory the process holds: the lines of one time form NVML's list of running
+//!     processes from then on) and `process_sm` (value: one per-process SM-utilisation
+//!     sample in percent, as `nvmlDeviceGetProcessUtilization` gives them). A GPU with
+//!     no `process_sm` line gives no per-process samples (like MIG or vGPU); one with
+//!     no `process` line cannot list its processes.
 //!
 //! Lines starting with `#` are comments; `# estimated` marks the figures as estimates.
 //! Playback starts at the first sample call; energy between two calls is read off the
@@ -22,16 +28,75 @@ use std::{collections::BTreeMap, io::Write, path::Path};
 
 use super::{
     Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, energy,
+    counter::EnergyCounter,
+    energy,
+    gpu::{GpuProcess, GpuProcesses},
 };
 
 /// A domain's cumulative energy at each sample time: (seconds, joules), non-decreasing.
 type Curve = Vec<(f64, f64)>;
 
+/// One recorded NVML per-process line: (seconds, pid, value).
+type ProcessLine = (f64, u32, f64);
+
+/// A GPU's recorded per-process lines.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct GpuLines {
+    running: Vec<ProcessLine>,
+    sm: Vec<ProcessLine>,
+}
+
+impl GpuLines {
+    /// What NVML would have said at `t1` about the time since `t0`: the processes on the
+    /// GPU at the latest `process` snapshot, and the SM samples after `t0` up to `t1`.
+    fn between(&self, gpu: u32, t0: f64, t1: f64) -> GpuProcesses {
+        let within = |lines: &[ProcessLine]| -> Vec<ProcessLine> {
+            lines
+                .iter()
+                .filter(|(t, _, _)| *t > t0 && *t <= t1)
+                .copied()
+                .collect()
+        };
+        // NVML's list is a snapshot: the latest one taken by `t1`.
+        let running = (!self.running.is_empty()).then(|| {
+            let latest = self
+                .running
+                .iter()
+                .map(|l| l.0)
+                .filter(|t| *t <= t1)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let mut on: BTreeMap<u32, f64> = BTreeMap::new();
+            for &(_, pid, mib) in self.running.iter().filter(|l| l.0 == latest) {
+                on.insert(pid, mib);
+            }
+            on.into_iter()
+                .map(|(pid, mib)| GpuProcess {
+                    pid,
+                    used_memory_bytes: Some((mib * 1024.0 * 1024.0) as u64),
+                })
+                .collect()
+        });
+        let sm_util = (!self.sm.is_empty()).then(|| {
+            let mut sums: BTreeMap<u32, u64> = BTreeMap::new();
+            for (_, pid, percent) in within(&self.sm) {
+                *sums.entry(pid).or_default() += percent.round() as u64;
+            }
+            sums
+        });
+        GpuProcesses {
+            gpu,
+            running,
+            sm_util,
+            mig: false,
+        }
+    }
+}
+
 /// A parsed recording.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recording {
     curves: BTreeMap<Domain, Curve>,
+    processes: BTreeMap<u32, GpuLines>,
     estimated: bool,
 }
 
@@ -61,6 +126,7 @@ impl Recording {
     /// Parses the text of a recording; `name` labels errors.
     pub fn parse(text: &str, name: &str) -> Result<Self, PowerError> {
         let mut builders: BTreeMap<Domain, Builder> = BTreeMap::new();
+        let mut processes: BTreeMap<u32, GpuLines> = BTreeMap::new();
         let mut estimated = false;
         for (index, raw) in text.lines().enumerate() {
             let line_no = index + 1;
@@ -89,6 +155,30 @@ impl Recording {
                 .filter(|t: &f64| t.is_finite() && *t >= 0.0)
                 .ok_or_else(|| bad(format!("bad time {:?}", fields[0])))?;
             let domain: Domain = fields[1].parse().map_err(bad)?;
+            if let kind @ ("process" | "process_sm") = fields[2] {
+                let Domain::Gpu(gpu) = domain else {
+                    return Err(bad(format!(
+                        "{kind} lines are for GPU domains, not {domain}"
+                    )));
+                };
+                let pid: u32 = fields
+                    .get(4)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad(format!("{kind} needs a pid as its fifth field")))?;
+                let value: f64 = fields[3]
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| bad(format!("bad value {:?}", fields[3])))?;
+                let lines = processes.entry(gpu).or_default();
+                let list = if kind == "process" {
+                    &mut lines.running
+                } else {
+                    &mut lines.sm
+                };
+                list.push((t, pid, value));
+                continue;
+            }
             let b = builders.entry(domain).or_insert_with(|| Builder {
                 curve: Vec::new(),
                 counter: None,
@@ -149,7 +239,7 @@ impl Recording {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown kind {other:?} (joules, counter_uj, energy_mj or power_w)"
+                        "unknown kind {other:?} (joules, counter_uj, energy_mj, power_w, process or process_sm)"
                     )));
                 }
             };
@@ -160,6 +250,7 @@ impl Recording {
         }
         Ok(Self {
             curves: builders.into_iter().map(|(d, b)| (d, b.curve)).collect(),
+            processes,
             estimated,
         })
     }
@@ -249,6 +340,13 @@ impl PowerSource for Replay {
             }
             let j = self.recording.energy_between(domain, self.last_t, t);
             reading.energies.push(energy(&info, domain, j));
+            if let Domain::Gpu(gpu) = domain
+                && let Some(lines) = self.recording.processes.get(&gpu)
+            {
+                reading
+                    .gpu_processes
+                    .push(lines.between(gpu, self.last_t, t));
+            }
         }
         self.last_t = t;
         reading
@@ -284,6 +382,16 @@ impl<W: Write> Recorder<W> {
         let t = now_ns.saturating_sub(start) as f64 / 1e9;
         for e in &reading.energies {
             writeln!(self.out, "{t:.9},{},joules,{}", e.domain, e.joules)?;
+        }
+        for g in &reading.gpu_processes {
+            let domain = Domain::Gpu(g.gpu);
+            for p in g.running.iter().flatten() {
+                let mib = p.used_memory_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0);
+                writeln!(self.out, "{t:.9},{domain},process,{mib},{}", p.pid)?;
+            }
+            for (pid, sum) in g.sm_util.iter().flatten() {
+                writeln!(self.out, "{t:.9},{domain},process_sm,{sum},{pid}")?;
+            }
         }
         self.out.flush()
     }
@@ -360,6 +468,61 @@ mod tests {
     }
 
     #[test]
+    fn nvml_process_lines_play_back_per_interval() {
+        let text = "\
+0,gpu-0,power_w,100
+0.5,gpu-0,process,2048,10
+0.5,gpu-0,process,1024,20
+0.5,gpu-0,process_sm,60,10
+0.5,gpu-0,process_sm,20,20
+1.5,gpu-0,process,2048,10
+1.5,gpu-0,process_sm,90,10
+1.7,gpu-0,process_sm,80,10
+2,gpu-0,power_w,100
+0,gpu-1,power_w,50
+2,gpu-1,power_w,50
+";
+        let rec = Recording::parse(text, "t").unwrap();
+        let mut r = Replay::new(rec, |_| true);
+        r.sample(&ctx(0));
+        let first = r.sample(&ctx(S));
+        let g0 = &first.gpu_processes[0];
+        assert_eq!(g0.gpu, 0);
+        let running = g0.running.as_ref().unwrap();
+        assert_eq!(running.len(), 2);
+        assert_eq!(running[0].used_memory_bytes, Some(2 << 30));
+        assert_eq!(
+            g0.sm_util.as_ref().unwrap(),
+            &[(10, 60), (20, 20)].into_iter().collect()
+        );
+        // gpu-1 has no process lines: it says nothing about processes.
+        assert_eq!(first.gpu_processes.len(), 1);
+        let second = r.sample(&ctx(2 * S));
+        let g0 = &second.gpu_processes[0];
+        assert_eq!(g0.running.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            g0.sm_util.as_ref().unwrap(),
+            &[(10, 170)].into_iter().collect()
+        );
+        // Recorded and played back, the same view.
+        let mut out = Vec::new();
+        let mut rec = Recorder::new(&mut out, false).unwrap();
+        rec.start(0, &[Domain::Gpu(0)]).unwrap();
+        rec.record(S, &second).unwrap();
+        let again = Recording::parse(std::str::from_utf8(&out).unwrap(), "r").unwrap();
+        let g = again.processes[&0].between(0, 0.0, 1.0);
+        assert_eq!(g.sm_util, second.gpu_processes[0].sm_util);
+        assert_eq!(g.running, second.gpu_processes[0].running);
+        for (line, what) in [
+            ("0,package-0,process,1,5\n", "for GPU domains"),
+            ("0,gpu-0,process_sm,10\n", "needs a pid"),
+        ] {
+            let err = Recording::parse(line, "t").unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+    }
+
+    #[test]
     fn domain_filter_splits_cpu_and_gpu() {
         let rec = Recording::parse("0,package-0,joules,0\n0,gpu-0,power_w,1\n", "t").unwrap();
         assert_eq!(
@@ -427,6 +590,7 @@ mod tests {
                     energy(&info, Domain::Gpu(0), gpu),
                 ],
                 errors: vec![],
+                gpu_processes: vec![],
             };
             rec.record(t, &reading).unwrap();
         }

@@ -6,26 +6,33 @@
 //! exit tracepoint passes.
 
 mod accounting;
+mod attach;
 pub mod btf;
+pub mod cuda;
+pub mod gpu;
 pub mod privileges;
 pub mod progstats;
 pub mod tracefs;
 
 use std::{
     os::fd::{AsFd, BorrowedFd},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 pub use accounting::{Accountant, Lifecycle, Round, Running, TaskSlice, comm_str};
+pub use attach::{CudaAttached, GpuProbeStatus};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::RawTracePoint,
 };
 use energy_common::{
-    CpuState, DEFAULT_MAX_TASKS, Event, STAT_COUNT, STAT_EVENTS_LOST, STAT_EXITING_MAP_FULL,
-    STAT_SWITCHES, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TaskKey, TaskTime, names,
+    CpuState, DEFAULT_MAX_TASKS, Event, GpuActivity, STAT_COUNT, STAT_EVENTS_LOST,
+    STAT_EXITING_MAP_FULL, STAT_GPU_MAP_FULL, STAT_SWITCHES, STAT_TASK_MAP_FULL,
+    STAT_UNSEEN_SWITCH_IN, SyncEntry, TaskKey, TaskTime, names,
 };
+use gpu::GpuTracker;
+pub use gpu::{GpuCalls, GpuThreadActivity};
 use privileges::Capabilities;
 use tracefs::{Tracefs, TracefsError};
 
@@ -108,6 +115,8 @@ pub struct ProbeConfig {
     pub max_tasks: u32,
     /// Forward the programs' diagnostics (aya-log) to the agent's log.
     pub ebpf_log: bool,
+    /// `--libcuda PATH`: the CUDA driver library (found by itself when `None`).
+    pub libcuda: Option<PathBuf>,
 }
 
 impl Default for ProbeConfig {
@@ -115,6 +124,7 @@ impl Default for ProbeConfig {
         Self {
             max_tasks: DEFAULT_MAX_TASKS,
             ebpf_log: false,
+            libcuda: None,
         }
     }
 }
@@ -137,6 +147,10 @@ pub struct ProbeStats {
     pub missed_runs: u64,
     /// Threads in the task map at the last read.
     pub tasks_tracked: u64,
+    /// GPU-driver records lost because the GPU activity map was full.
+    pub gpu_map_full: u64,
+    /// Threads in the GPU activity map at the last read.
+    pub gpu_threads_tracked: u64,
     /// Capacity of the task map.
     pub max_tasks: u64,
 }
@@ -152,6 +166,8 @@ pub struct SchedInterval {
     pub slices: Vec<TaskSlice>,
     /// Exits, execs and forks seen in the interval.
     pub lifecycle: Vec<Lifecycle>,
+    /// GPU-driver activity per thread in the interval.
+    pub gpu: Vec<GpuThreadActivity>,
     /// Counters after the interval.
     pub stats: ProbeStats,
 }
@@ -166,6 +182,7 @@ impl SchedInterval {
             merged.end_ns = p.end_ns;
             merged.slices.extend(p.slices);
             merged.lifecycle.extend(p.lifecycle);
+            merged.gpu.extend(p.gpu);
             merged.stats = p.stats;
         }
         merged
@@ -198,9 +215,14 @@ pub struct Probe {
     cpu_state: PerCpuArray<MapData, CpuState>,
     stats: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
+    gpu_activity: HashMap<MapData, TaskKey, GpuActivity>,
+    sync_entry: HashMap<MapData, u32, SyncEntry>,
+    gpu_tracker: GpuTracker,
+    gpu_status: GpuProbeStatus,
     pending: Vec<Event>,
     accountant: Accountant,
     last_read_ns: u64,
+    gpu_threads_tracked: usize,
     max_tasks: u32,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -257,15 +279,28 @@ impl Probe {
             .map_err(|e| map_type_error(names::STATS, e))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
             .map_err(|e| map_type_error(names::EVENTS, e))?;
+        let gpu_activity = HashMap::try_from(take_map(&mut ebpf, names::GPU_ACTIVITY)?)
+            .map_err(|e| map_type_error(names::GPU_ACTIVITY, e))?;
+        let sync_entry = HashMap::try_from(take_map(&mut ebpf, names::SYNC_ENTRY)?)
+            .map_err(|e| map_type_error(names::SYNC_ENTRY, e))?;
+        let gpu_status = attach::gpu_programs(&mut ebpf, &layout, config.libcuda.as_deref());
+        for line in gpu_status.lines() {
+            log::info!("{line}");
+        }
         Ok(Self {
             _ebpf: ebpf,
             tasks,
             cpu_state,
             stats,
             events,
+            gpu_activity,
+            sync_entry,
+            gpu_tracker: GpuTracker::default(),
+            gpu_status,
             pending: Vec::new(),
             accountant: Accountant::new(),
             last_read_ns: monotonic_ns(),
+            gpu_threads_tracked: 0,
             max_tasks: config.max_tasks,
             logger,
         })
@@ -346,6 +381,7 @@ impl Probe {
             })
             .collect();
         let round = self.accountant.account(&events, &snapshot, &running);
+        let gpu = self.read_gpu()?;
         let mut stats = self.stats()?;
         stats.tasks_tracked = snapshot.len() as u64;
         stats.missed_runs = self
@@ -358,10 +394,40 @@ impl Probe {
             end_ns: now,
             slices: round.slices,
             lifecycle: round.lifecycle,
+            gpu,
             stats,
         };
         self.last_read_ns = now;
         Ok(interval)
+    }
+
+    /// GPU-driver activity since the last read; forgets threads that are gone.
+    fn read_gpu(&mut self) -> Result<Vec<GpuThreadActivity>, ProbeError> {
+        let mut records = Vec::new();
+        for entry in self.gpu_activity.iter() {
+            match entry {
+                Ok(record) => records.push(record),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(ProbeError::Read {
+                        map: names::GPU_ACTIVITY,
+                        source,
+                    });
+                }
+            }
+        }
+        let round = self.gpu_tracker.round(&records, gpu::thread_alive);
+        for key in &round.gone {
+            let _ = self.gpu_activity.remove(key);
+            let _ = self.sync_entry.remove(&key.pid);
+        }
+        self.gpu_threads_tracked = records.len() - round.gone.len();
+        Ok(round.threads)
+    }
+
+    /// What the GPU-driver programs are attached to, or why not.
+    pub fn gpu_status(&self) -> &GpuProbeStatus {
+        &self.gpu_status
     }
 
     /// Number of threads in the kernel's task map now.
@@ -402,6 +468,8 @@ impl Probe {
             unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
             missed_runs: 0,
             tasks_tracked: 0,
+            gpu_map_full: sums[STAT_GPU_MAP_FULL as usize],
+            gpu_threads_tracked: self.gpu_threads_tracked as u64,
             max_tasks: u64::from(self.max_tasks),
         })
     }
@@ -434,11 +502,12 @@ pub fn try_load() -> Result<(), ProbeError> {
     for (program, _) in SCHED_TRACEPOINTS {
         load_raw_tracepoint(&mut ebpf, program)?;
     }
+    attach::load_gpu_programs(&mut ebpf)?;
     Ok(())
 }
 
 /// What the programs need to know about the running kernel, set as globals at load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelLayout {
     /// Possible CPUs.
     pub nr_cpus: u32,
@@ -450,6 +519,9 @@ pub struct KernelLayout {
     pub task_runtime_offset: u32,
     /// 1 when `sched_process_exit` passes `group_dead` (recent kernels), else 0.
     pub exit_has_group_dead: u32,
+    /// Offset of `cmd` in the `sys_enter_ioctl` record, or why that tracepoint is
+    /// unusable (kernels without syscall tracepoints).
+    pub ioctl_cmd_offset: Result<u32, String>,
 }
 
 impl KernelLayout {
@@ -464,6 +536,14 @@ impl KernelLayout {
             task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
             task_runtime_offset: btf.member_offset("task_struct", "se.sum_exec_runtime")?,
             exit_has_group_dead: u32::from(exit.offset("group_dead").is_some()),
+            ioctl_cmd_offset: tracefs
+                .format("syscalls", "sys_enter_ioctl")
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    f.offset("cmd")
+                        .map(|o| o as u32)
+                        .ok_or_else(|| "sys_enter_ioctl has no cmd field".to_string())
+                }),
         })
     }
 
@@ -475,6 +555,9 @@ impl KernelLayout {
             .override_global(names::TASK_TGID_OFFSET, &self.task_tgid_offset, true)
             .override_global(names::TASK_RUNTIME_OFFSET, &self.task_runtime_offset, true)
             .override_global(names::EXIT_HAS_GROUP_DEAD, &self.exit_has_group_dead, true);
+        if let Ok(offset) = &self.ioctl_cmd_offset {
+            loader.override_global(names::IOCTL_CMD_OFFSET, offset, true);
+        }
         loader
     }
 }
@@ -535,6 +618,15 @@ fn map_type_error(map: &'static str, e: aya::maps::MapError) -> ProbeError {
 
 /// Maps a permission failure from the kernel to the one-line privileges error.
 fn privileged(err: ProbeError) -> ProbeError {
+    // EACCES from a program load is the verifier saying no, whatever the privileges.
+    if let ProbeError::Program {
+        source: aya::programs::ProgramError::LoadError { io_error, .. },
+        ..
+    } = &err
+        && io_error.raw_os_error() != Some(libc::EPERM)
+    {
+        return err;
+    }
     let text = format!("{err:?}");
     if text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("os error 1)") {
         ProbeError::Privileges {

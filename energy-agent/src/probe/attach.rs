@@ -1,0 +1,199 @@
+//! Attaching the GPU-driver programs: the CUDA uprobes (to the library file, so every
+//! process that maps it is covered, those started later included) and the NVIDIA ioctl
+//! tracepoint. Neither is required: without libcuda or syscall tracepoints the agent
+//! runs on, and [`GpuProbeStatus`] says what is missing and why.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf,
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use energy_common::{CudaCall, names};
+
+use super::{
+    KernelLayout, ProbeError,
+    cuda::{self, ProbePoint},
+    privileged,
+};
+
+/// What the GPU-driver programs are attached to.
+#[derive(Clone, Debug)]
+pub struct GpuProbeStatus {
+    /// The CUDA driver library and the entry points probed, or why none are.
+    pub cuda: Result<CudaAttached, String>,
+    /// Whether the NVIDIA ioctl tracepoint is attached, or why not.
+    pub ioctl: Result<(), String>,
+}
+
+/// The CUDA probes in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaAttached {
+    /// The library file.
+    pub library: PathBuf,
+    /// Entry points probed.
+    pub symbols: Vec<String>,
+    /// Entry points whose probe failed, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+impl GpuProbeStatus {
+    /// One line per part, for the log and `check`.
+    pub fn lines(&self) -> Vec<String> {
+        let cuda = match &self.cuda {
+            Ok(a) => {
+                let mut line = format!(
+                    "CUDA driver calls traced: {} entry points of {}",
+                    a.symbols.len(),
+                    a.library.display()
+                );
+                if let Some((symbol, why)) = a.failed.first() {
+                    line.push_str(&format!(
+                        " ({} failed, first {symbol}: {why})",
+                        a.failed.len()
+                    ));
+                }
+                line
+            }
+            Err(why) => format!("CUDA driver calls not traced: {why}"),
+        };
+        let ioctl = match &self.ioctl {
+            Ok(()) => "NVIDIA ioctls counted (syscalls/sys_enter_ioctl, type 'F')".to_string(),
+            Err(why) => format!("NVIDIA ioctls not counted: {why}"),
+        };
+        vec![cuda, ioctl]
+    }
+}
+
+/// Loads the GPU-driver programs without attaching them (for `check`).
+pub fn load_gpu_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    uprobe(ebpf, names::PROG_CUDA_CALL)?;
+    uprobe(ebpf, names::PROG_CUDA_SYNC_RETURN)?;
+    tracepoint(ebpf)?;
+    Ok(())
+}
+
+/// Attaches what can be attached; never fails the agent.
+pub fn gpu_programs(
+    ebpf: &mut Ebpf,
+    layout: &KernelLayout,
+    libcuda: Option<&Path>,
+) -> GpuProbeStatus {
+    let ioctl = layout.ioctl_cmd_offset.clone().and_then(|_| {
+        tracepoint(ebpf)
+            .map_err(|e| e.to_string())?
+            .attach("syscalls", "sys_enter_ioctl")
+            .map(drop)
+            .map_err(|e| format!("attaching sys_enter_ioctl: {e}"))
+    });
+    let cuda = cuda::find_libcuda(libcuda, Path::new("/"))
+        .and_then(|library| Ok((cuda::probe_points(&library)?, library)))
+        .map_err(|e| e.to_string())
+        .and_then(|(points, library)| attach_cuda(ebpf, library, &points));
+    GpuProbeStatus { cuda, ioctl }
+}
+
+fn attach_cuda(
+    ebpf: &mut Ebpf,
+    library: PathBuf,
+    points: &[ProbePoint],
+) -> Result<CudaAttached, String> {
+    let mut attached = CudaAttached {
+        library,
+        symbols: Vec::new(),
+        failed: Vec::new(),
+    };
+    let at = |point: &ProbePoint, cookie| UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+        cookie,
+    };
+    let call = uprobe(ebpf, names::PROG_CUDA_CALL).map_err(|e| e.to_string())?;
+    let mut syncs = Vec::new();
+    for point in points {
+        match call.attach(
+            at(point, Some(point.call.cookie())),
+            &attached.library,
+            UProbeScope::AllProcesses,
+        ) {
+            Ok(_) => {
+                attached.symbols.push(point.symbol.clone());
+                if point.call == CudaCall::Sync {
+                    syncs.push(point);
+                }
+            }
+            Err(e) => attached.failed.push((point.symbol.clone(), e.to_string())),
+        }
+    }
+    let ret = uprobe(ebpf, names::PROG_CUDA_SYNC_RETURN).map_err(|e| e.to_string())?;
+    for point in syncs {
+        if let Err(e) = ret.attach(
+            at(point, None),
+            &attached.library,
+            UProbeScope::AllProcesses,
+        ) {
+            attached
+                .failed
+                .push((format!("{} (return)", point.symbol), e.to_string()));
+        }
+    }
+    if attached.symbols.is_empty() {
+        let (symbol, why) = attached.failed.first().cloned().unwrap_or_default();
+        return Err(format!(
+            "no uprobe attached to {} (first failure, {symbol}: {why})",
+            attached.library.display()
+        ));
+    }
+    Ok(attached)
+}
+
+/// The named uprobe program, loaded.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
+    let program: &mut UProbe = program(ebpf, name)?
+        .try_into()
+        .map_err(|e| program_error(name, "load", e))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| privileged(program_error(name, "load", e)))?;
+    }
+    Ok(program)
+}
+
+/// The ioctl tracepoint program, loaded.
+fn tracepoint(ebpf: &mut Ebpf) -> Result<&mut TracePoint, ProbeError> {
+    let name = names::PROG_NVIDIA_IOCTL;
+    let program: &mut TracePoint = program(ebpf, name)?
+        .try_into()
+        .map_err(|e| program_error(name, "load", e))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| privileged(program_error(name, "load", e)))?;
+    }
+    Ok(program)
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program, ProbeError> {
+    ebpf.program_mut(name).ok_or_else(|| ProbeError::Map {
+        map: "programs",
+        reason: format!("program {name} missing from the object"),
+    })
+}
+
+fn program_error(
+    name: &str,
+    action: &'static str,
+    source: aya::programs::ProgramError,
+) -> ProbeError {
+    ProbeError::Program {
+        program: name.to_string(),
+        action,
+        source,
+    }
+}

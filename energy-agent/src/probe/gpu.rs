@@ -1,0 +1,241 @@
+//! GPU-driver activity per thread and interval, from the kernel's cumulative counters.
+//!
+//! The programs keep one cumulative [`GpuActivity`] per thread; each read turns them
+//! into per-interval [`GpuCalls`] with high-water marks (a counter never goes back, so a
+//! difference is never negative) and forgets threads that are gone, in the kernel map
+//! too, so it stays bounded without relying on exit records.
+
+use std::collections::HashMap;
+
+use energy_common::{GpuActivity, TaskKey};
+
+/// One thread's (or process's) GPU-driver activity in an interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GpuCalls {
+    /// Kernel launches.
+    pub launches: u64,
+    /// Memory copies.
+    pub copies: u64,
+    /// Bytes copied (where the call's arguments give them).
+    pub copy_bytes: u64,
+    /// Memsets.
+    pub memsets: u64,
+    /// Bytes set.
+    pub memset_bytes: u64,
+    /// Completed synchronize calls.
+    pub syncs: u64,
+    /// Nanoseconds blocked in synchronize calls.
+    pub sync_ns: u64,
+    /// Nanoseconds with submitted work not yet synchronised.
+    pub busy_ns: u64,
+    /// NVIDIA ioctls.
+    pub ioctls: u64,
+}
+
+impl GpuCalls {
+    /// Whether nothing happened.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Submissions: launches, copies and memsets.
+    pub fn submissions(&self) -> u64 {
+        self.launches + self.copies + self.memsets
+    }
+
+    /// Adds another thread's or interval's activity.
+    pub fn add(&mut self, o: &GpuCalls) {
+        self.launches += o.launches;
+        self.copies += o.copies;
+        self.copy_bytes += o.copy_bytes;
+        self.memsets += o.memsets;
+        self.memset_bytes += o.memset_bytes;
+        self.syncs += o.syncs;
+        self.sync_ns += o.sync_ns;
+        self.busy_ns += o.busy_ns;
+        self.ioctls += o.ioctls;
+    }
+
+    /// The cumulative figures of a kernel record; an open busy period counts up to the
+    /// thread's last driver call (a thread that stopped calling stops being busy).
+    pub fn from_kernel(a: &GpuActivity) -> Self {
+        let open = if a.busy_since_ns != 0 {
+            a.last_ns.saturating_sub(a.busy_since_ns)
+        } else {
+            0
+        };
+        Self {
+            launches: a.launches,
+            copies: a.copies,
+            copy_bytes: a.copy_bytes,
+            memsets: a.memsets,
+            memset_bytes: a.memset_bytes,
+            syncs: a.syncs,
+            sync_ns: a.sync_ns,
+            busy_ns: a.busy_ns + open,
+            ioctls: a.ioctls,
+        }
+    }
+
+    /// Field-wise `self − before`, never negative; `before` becomes the high-water mark.
+    fn advance(&self, mark: &mut GpuCalls) -> GpuCalls {
+        let step = |now: u64, mark: &mut u64| {
+            let d = now.saturating_sub(*mark);
+            *mark = (*mark).max(now);
+            d
+        };
+        GpuCalls {
+            launches: step(self.launches, &mut mark.launches),
+            copies: step(self.copies, &mut mark.copies),
+            copy_bytes: step(self.copy_bytes, &mut mark.copy_bytes),
+            memsets: step(self.memsets, &mut mark.memsets),
+            memset_bytes: step(self.memset_bytes, &mut mark.memset_bytes),
+            syncs: step(self.syncs, &mut mark.syncs),
+            sync_ns: step(self.sync_ns, &mut mark.sync_ns),
+            busy_ns: step(self.busy_ns, &mut mark.busy_ns),
+            ioctls: step(self.ioctls, &mut mark.ioctls),
+        }
+    }
+}
+
+/// One thread's activity in an interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuThreadActivity {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// What it did.
+    pub calls: GpuCalls,
+}
+
+/// What one read of the kernel map produced.
+#[derive(Debug, Default)]
+pub struct GpuRound {
+    /// Threads with activity in the interval.
+    pub threads: Vec<GpuThreadActivity>,
+    /// Threads that are gone: remove them from the kernel map.
+    pub gone: Vec<TaskKey>,
+}
+
+/// Turns cumulative per-thread records into per-interval activity.
+#[derive(Debug, Default)]
+pub struct GpuTracker {
+    marks: HashMap<TaskKey, GpuCalls>,
+}
+
+impl GpuTracker {
+    /// One read: the map's records now; `alive(key)` says whether a thread still exists
+    /// (asked only of threads with nothing new, so the common case costs nothing).
+    pub fn round(
+        &mut self,
+        records: &[(TaskKey, GpuActivity)],
+        alive: impl Fn(&TaskKey) -> bool,
+    ) -> GpuRound {
+        let mut round = GpuRound::default();
+        let mut present = std::collections::HashSet::new();
+        for (key, record) in records {
+            present.insert(*key);
+            let mark = self.marks.entry(*key).or_default();
+            let calls = GpuCalls::from_kernel(record).advance(mark);
+            if !calls.is_zero() {
+                round.threads.push(GpuThreadActivity {
+                    tgid: key.tgid,
+                    tid: key.pid,
+                    calls,
+                });
+            } else if !alive(key) {
+                round.gone.push(*key);
+            }
+        }
+        for key in &round.gone {
+            self.marks.remove(key);
+        }
+        // Entries someone else removed (or a reloaded program): forget their marks.
+        self.marks.retain(|k, _| present.contains(k));
+        round
+    }
+}
+
+/// Whether thread `key` still exists (its /proc entry is there).
+pub fn thread_alive(key: &TaskKey) -> bool {
+    std::path::Path::new(&format!("/proc/{}/task/{}", key.tgid, key.pid)).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tid: u32) -> TaskKey {
+        TaskKey { tgid: 1, pid: tid }
+    }
+
+    #[test]
+    fn intervals_get_differences_and_gone_threads_are_dropped() {
+        let mut t = GpuTracker::default();
+        let mut a = GpuActivity {
+            launches: 3,
+            syncs: 1,
+            sync_ns: 500,
+            busy_ns: 900,
+            ..Default::default()
+        };
+        let r = t.round(&[(key(7), a)], |_| true);
+        assert_eq!(r.threads[0].calls.launches, 3);
+        assert_eq!(r.threads[0].calls.busy_ns, 900);
+        a.launches = 5;
+        let r = t.round(&[(key(7), a)], |_| true);
+        assert_eq!(r.threads.len(), 1);
+        assert_eq!(r.threads[0].calls.launches, 2);
+        assert_eq!(r.threads[0].calls.sync_ns, 0);
+        // Nothing new and still alive: kept, not reported.
+        let r = t.round(&[(key(7), a)], |_| true);
+        assert!(r.threads.is_empty() && r.gone.is_empty());
+        // Nothing new and gone: removed.
+        let r = t.round(&[(key(7), a)], |_| false);
+        assert_eq!(r.gone, [key(7)]);
+        assert!(t.marks.is_empty());
+    }
+
+    #[test]
+    fn an_open_busy_period_counts_to_the_last_call_and_never_twice() {
+        let mut t = GpuTracker::default();
+        let mut a = GpuActivity {
+            launches: 1,
+            busy_since_ns: 1_000,
+            last_ns: 1_400,
+            ..Default::default()
+        };
+        let r = t.round(&[(key(1), a)], |_| true);
+        assert_eq!(r.threads[0].calls.busy_ns, 400);
+        // The period closes at 2_000: 1_000 ns in all, 600 more.
+        a.busy_since_ns = 0;
+        a.busy_ns = 1_000;
+        a.last_ns = 2_000;
+        let r = t.round(&[(key(1), a)], |_| true);
+        assert_eq!(r.threads[0].calls.busy_ns, 600);
+    }
+
+    #[test]
+    fn a_counter_going_back_never_gives_a_negative() {
+        let mut t = GpuTracker::default();
+        let a = GpuActivity {
+            launches: 10,
+            ..Default::default()
+        };
+        t.round(&[(key(1), a)], |_| true);
+        // A reused tid restarted its record at 4: nothing until it passes 10.
+        let b = GpuActivity {
+            launches: 4,
+            ..Default::default()
+        };
+        let r = t.round(&[(key(1), b)], |_| true);
+        assert!(r.threads.is_empty());
+        let c = GpuActivity {
+            launches: 12,
+            ..Default::default()
+        };
+        let r = t.round(&[(key(1), c)], |_| true);
+        assert_eq!(r.threads[0].calls.launches, 2);
+    }
+}
