@@ -46,9 +46,7 @@ fn activity(key: &TaskKey) -> Option<&'static mut GpuActivity> {
     }
     // BPF_NOEXIST: another CPU cannot have created it (only this thread does), but be
     // safe against a stale entry of a reused tid.
-    if GPU_ACTIVITY
-        .insert(key, GpuActivity::default(), 1)
-        .is_err()
+    if GPU_ACTIVITY.insert(key, GpuActivity::default(), 1).is_err()
         && GPU_ACTIVITY.get_ptr_mut(key).is_none()
     {
         bump(STAT_GPU_MAP_FULL);

@@ -6,9 +6,15 @@ request is a SERVER span "chat tiny-llama" with gen_ai attributes, token counts 
 same 2:1 ratio, and the worker's OS thread id (thread.native_id); each has an INTERNAL
 child span ("decode") that must not be enriched. Spans go to the agent over OTLP.
 
-usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid]
+With --cuda LIB (a CUDA driver library: the tests' stand-in), each request drives the
+"GPU" from its worker thread instead of burning CPU: 10 x factor kernel launches, then
+a stream synchronisation that blocks UNIT x factor seconds, so GPU-driver activity is
+2:1 instead.
+
+usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid] [--cuda LIB]
 Prints one JSON object: pid and the requests (span id, type).
 """
+import ctypes
 import json
 import os
 import sys
@@ -39,8 +45,19 @@ def burn(seconds):
     return x
 
 
+def gpu_work(cuda, launches, seconds):
+    for _ in range(launches):
+        cuda.cuLaunchKernel(None, 1, 1, 1, 1, 1, 1, 0, None, None, None)
+    # The stand-in blocks for as many microseconds as the stream handle says.
+    cuda.cuStreamSynchronize(ctypes.c_void_p(int(seconds * 1e6)))
+
+
 def main():
     endpoint, protocol, requests, unit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    cuda = None
+    if "--cuda" in sys.argv:
+        cuda = ctypes.CDLL(sys.argv[sys.argv.index("--cuda") + 1])
+        cuda.cuInit(0)
     resource = {"service.name": "llm-server", "service.instance.id": "test-1"}
     if "--no-pid" not in sys.argv:
         resource["process.pid"] = os.getpid()
@@ -63,7 +80,10 @@ def main():
             span.set_attribute("request.type", kind)
             span.add_event("queued")
             with tracer.start_as_current_span("decode", kind=trace.SpanKind.INTERNAL):
-                burn(unit * factor)
+                if cuda is not None:
+                    gpu_work(cuda, 10 * factor, unit * factor)
+                else:
+                    burn(unit * factor)
             span_id = format(span.get_span_context().span_id, "016x")
         with lock:
             served.append({"span_id": span_id, "type": kind})

@@ -133,11 +133,11 @@ fn replay(per_tick: impl Fn(f64) -> String) -> tempfile::NamedTempFile {
     file
 }
 
-fn replay_agent(file: &tempfile::NamedTempFile, extra: &[&str]) -> AgentRun {
+fn replay_agent(file: &tempfile::NamedTempFile, interval: &str, extra: &[&str]) -> AgentRun {
     let source = format!("replay:{}", file.path().display());
     let mut args = vec![
         "--interval",
-        "500ms",
+        interval,
         "--power-source",
         &source,
         "--idle-power",
@@ -193,7 +193,7 @@ fn nvml_sm_samples_split_a_gpu_3_to_1_and_a_lone_process_gets_it_all() {
              {t},gpu-0,process_sm,60,{px}\n{t},gpu-0,process_sm,20,{py}\n"
         )
     });
-    let mut agent = replay_agent(&both, &[]);
+    let mut agent = replay_agent(&both, "500ms", &[]);
     agent.wait_intervals(4, Duration::from_secs(10));
     let (_, intervals) = agent.stop();
     let mut checked = 0;
@@ -216,7 +216,7 @@ fn nvml_sm_samples_split_a_gpu_3_to_1_and_a_lone_process_gets_it_all() {
     assert!(checked >= 3, "intervals with both: {checked}");
 
     let alone = replay(|t| format!("{t},gpu-0,process,4096,{px}\n{t},gpu-0,process_sm,35,{px}\n"));
-    let mut agent = replay_agent(&alone, &[]);
+    let mut agent = replay_agent(&alone, "500ms", &[]);
     agent.wait_intervals(3, Duration::from_secs(10));
     let (_, intervals) = agent.stop();
     let mut checked = 0;
@@ -243,7 +243,7 @@ fn without_per_process_samples_the_driver_activity_decides() {
     // NVML lists both on the GPU but gives no per-process samples (like MIG or vGPU).
     let file = replay(|t| format!("{t},gpu-0,process,2048,{pc}\n{t},gpu-0,process,2048,{po}\n"));
     let lib = standin.library.to_str().unwrap().to_string();
-    let mut agent = replay_agent(&file, &["--libcuda", &lib]);
+    let mut agent = replay_agent(&file, "500ms", &["--libcuda", &lib]);
     caller.go();
     caller.wait();
     agent.wait_intervals(2, Duration::from_secs(10));
@@ -272,4 +272,204 @@ fn without_per_process_samples_the_driver_activity_decides() {
         "intervals with the caller's activity: {active}"
     );
     let _ = (other.kill(), other.wait());
+}
+
+/// `check` names what is missing for GPU-driver tracing, and what it finds.
+#[test]
+fn check_reports_libcuda_absent_with_the_reason_or_found_with_its_entry_points() {
+    require_root();
+    let check = |extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(energy_tests::agent_bin())
+            .args(["check", "--json"])
+            .args(extra)
+            .output()
+            .expect("check");
+        assert_eq!(out.status.code(), Some(0), "GPU parts never fail check");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "libcuda")
+            .cloned()
+            .expect("a libcuda line")
+    };
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        let line = check(&[]);
+        assert_eq!(line["status"], "warn");
+        let detail = line["detail"].as_str().unwrap();
+        assert!(detail.contains("no libcuda.so") && detail.contains("no NVIDIA driver"));
+    }
+    let standin = StandIn::build();
+    let line = check(&["--libcuda", standin.library.to_str().unwrap()]);
+    assert_eq!(line["status"], "pass");
+    // 18 exported entry points, one of them an alias: 17 to trace.
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("17 CUDA driver entry points"),
+        "{line}"
+    );
+    let missing = check(&["--libcuda", "/nonexistent/libcuda.so.1"]);
+    assert_eq!(missing["status"], "warn");
+    assert!(missing["detail"].as_str().unwrap().contains("no such file"));
+}
+
+/// `measure` carries GPU joules, launches and time in sync per process.
+#[test]
+fn measure_reports_gpu_energy_launches_and_sync_time() {
+    require_root();
+    let standin = StandIn::build();
+    // NVML cannot list processes here: the driver view among active processes decides.
+    let file = replay(|_| String::new());
+    let source = format!("replay:{}", file.path().display());
+    let out = Command::new(energy_tests::agent_bin())
+        .args([
+            "measure",
+            "--json",
+            "--interval",
+            "100ms",
+            "--power-source",
+            &source,
+        ])
+        .args([
+            "--idle-power",
+            "gpu=100",
+            "--libcuda",
+            standin.library.to_str().unwrap(),
+        ])
+        .arg("--")
+        .arg(&standin.caller)
+        .args(["40", "60", "300000"])
+        .output()
+        .expect("measure");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stderr).expect("report on stderr");
+    let p = &r["processes"][0];
+    assert_eq!(p["comm"], "cuda_caller");
+    assert_eq!(p["gpu_launches"], 105);
+    // Two 300 ms stream syncs and one 20 ms context sync.
+    let sync = f(&p["gpu_sync_s"]);
+    assert!((0.62..0.75).contains(&sync), "sync {sync} s");
+    // The only process driving the GPU: the dynamic GPU energy (150 W) of the reads in
+    // which it did is its own — at least while it waited in sync.
+    let gpu = f(&p["gpu_energy_j"]);
+    assert!(
+        gpu >= 150.0 * 0.3 && gpu <= 150.0 * f(&r["window_s"]),
+        "gpu {gpu} J"
+    );
+    assert_eq!(r["sources"]["gpu"], "replay");
+    assert!((f(&r["energy_j"]["gpu"]) - gpu).abs() < 1e-9);
+}
+
+/// Carbon per inference includes the GPU: request spans get their threads' share of
+/// the process's GPU energy, by the threads' driver activity.
+#[test]
+fn request_spans_get_their_threads_share_of_gpu_energy() {
+    use energy_tests::otlp::{Backend, free_port_pair, inference_server, wait_for};
+    require_root();
+    let standin = StandIn::build();
+    let lib = standin.library.to_str().unwrap();
+    let (port, backend_port) = (free_port_pair(), free_port_pair());
+    let backend = Backend::start(backend_port);
+    let file = replay(|_| String::new());
+    let receive = format!("127.0.0.1:{port}");
+    let endpoint = format!("http://127.0.0.1:{backend_port}");
+    let mut agent = replay_agent(
+        &file,
+        "250ms",
+        &[
+            "--libcuda",
+            lib,
+            "--receive",
+            &receive,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    // Two workers, each waiting on the "GPU" for 0.2 s (big) or 0.1 s (small) per
+    // request, back to back.
+    let report = inference_server(
+        &format!("http://127.0.0.1:{port}"),
+        "grpc",
+        24,
+        0.1,
+        &["--cuda", lib],
+    );
+    let pid = report["pid"].as_u64().unwrap();
+    let spans = wait_for(Duration::from_secs(20), || {
+        let s = backend.received("span");
+        (s.len() >= 48).then_some(s)
+    })
+    .expect("every span arrives");
+    agent.wait_intervals(1, Duration::from_secs(10));
+    let (_, intervals) = agent.stop();
+    let mut process_gpu = 0.0;
+    // The reads in which both workers drove the GPU nearly all along: there the GPU's
+    // dynamic energy is theirs to share; at the edges, one drove it for part of a read
+    // and is given all of that read's energy (the replayed GPU draws the same power
+    // busy or not), which says nothing about the split between requests.
+    let mut steady: Vec<(u64, u64)> = Vec::new();
+    for i in &intervals {
+        let Some(p) = i["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+        else {
+            continue;
+        };
+        process_gpu += f(&p["gpu_j"]);
+        let busy: Vec<f64> = p["gpu_threads"]
+            .as_object()
+            .map(|t| {
+                t.values()
+                    .map(|c| c["busy_ns"].as_f64().unwrap() / 1e9)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secs = f(&i["duration_s"]);
+        if busy.len() == 2 && busy.iter().all(|b| *b > 0.8 * secs) {
+            let bound = |k: &str| i[k].as_u64().unwrap();
+            steady.push((bound("start_unix_ns"), bound("end_unix_ns")));
+        }
+    }
+    let within = |s: &serde_json::Value| {
+        let (a, b) = (s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap());
+        steady.iter().any(|&(x, _)| x <= a) && steady.iter().any(|&(_, y)| b <= y)
+    };
+    let (mut big, mut small, mut requests_gpu) = (Vec::new(), Vec::new(), 0.0);
+    for s in spans.iter().filter(|s| s["name"] != "decode") {
+        let a = &s["attributes"];
+        assert_eq!(a["energy.source"], "replay+replay", "{s}");
+        let gpu = f(&a["energy.gpu.joules"]);
+        assert!(gpu > 0.0, "{s}");
+        requests_gpu += gpu;
+        if within(s) {
+            match a["request.type"].as_str() {
+                Some("big") => big.push(gpu),
+                _ => small.push(gpu),
+            }
+        }
+    }
+    assert!(
+        requests_gpu <= process_gpu * 1.0001 && requests_gpu > process_gpu * 0.5,
+        "requests {requests_gpu} J of the process's {process_gpu} J"
+    );
+    assert!(
+        big.len() >= 2 && small.len() >= 2,
+        "steady requests: {big:?} {small:?}"
+    );
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let ratio = mean(&big) / mean(&small);
+    eprintln!("gpu per request: big {big:?}, small {small:?}, ratio {ratio:.3}");
+    assert!(
+        (ratio - 2.0).abs() <= 0.2,
+        "2× the GPU work, 2× the GPU energy (±10%): {ratio}"
+    );
 }

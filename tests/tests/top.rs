@@ -70,6 +70,7 @@ fn top_shows_the_header_and_a_burning_process_and_q_quits_cleanly() {
     );
     assert!(screen.contains("table:FRA"), "{screen}");
     assert!(screen.contains("gCO2e/h"), "{screen}");
+    assert!(screen.contains("GPU W"), "a GPU column: {screen}");
     let row = screen.lines().find(|l| l.contains("burner")).unwrap();
     assert!(
         row.trim_start().starts_with(&burner.id().to_string()),

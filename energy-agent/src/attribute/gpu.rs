@@ -97,31 +97,12 @@ fn split_one(
         Some(list) if !list.is_empty() => list.contains(pid),
         _ => true,
     };
-    let active: Vec<(u32, &GpuCalls)> = activity
+    let active = activity
         .iter()
         .filter(|(p, _)| on_gpu(p))
-        .map(|(&p, c)| (p, c))
-        .collect();
-    let by = |f: fn(&GpuCalls) -> u64| -> BTreeMap<u32, u64> {
-        active
-            .iter()
-            .map(|(p, c)| (*p, f(c)))
-            .filter(|&(_, v)| v > 0)
-            .collect()
-    };
-    let submitters = by(GpuCalls::submissions);
-    let busy = by(|c| c.busy_ns);
-    // Busy time only when every submitter has some (else the ones without would get
-    // nothing for work they did submit).
-    if !busy.is_empty() && submitters.keys().all(|p| busy.contains_key(p)) {
-        return (GpuSplitBasis::DriverBusyTime, busy);
-    }
-    if !submitters.is_empty() {
-        return (GpuSplitBasis::DriverSubmissions, submitters);
-    }
-    let ioctls = by(|c| c.ioctls);
-    if !ioctls.is_empty() {
-        return (GpuSplitBasis::DriverIoctls, ioctls);
+        .map(|(&p, c)| (p, c));
+    if let Some(found) = activity_weights(active) {
+        return found;
     }
     match running {
         Some(list) if !list.is_empty() => (
@@ -130,6 +111,32 @@ fn split_one(
         ),
         _ => (GpuSplitBasis::None, BTreeMap::new()),
     }
+}
+
+/// Weights from driver activity, by id (process or thread): time with work in flight
+/// when every submitter has some (else the ones without would get nothing for work
+/// they did submit), else submissions, else NVIDIA ioctls; `None` without activity.
+pub fn activity_weights<'a>(
+    calls: impl Iterator<Item = (u32, &'a GpuCalls)>,
+) -> Option<(GpuSplitBasis, BTreeMap<u32, u64>)> {
+    let calls: Vec<(u32, &GpuCalls)> = calls.collect();
+    let by = |f: fn(&GpuCalls) -> u64| -> BTreeMap<u32, u64> {
+        calls
+            .iter()
+            .map(|(id, c)| (*id, f(c)))
+            .filter(|&(_, v)| v > 0)
+            .collect()
+    };
+    let submitters = by(GpuCalls::submissions);
+    let busy = by(|c| c.busy_ns);
+    if !busy.is_empty() && submitters.keys().all(|id| busy.contains_key(id)) {
+        return Some((GpuSplitBasis::DriverBusyTime, busy));
+    }
+    if !submitters.is_empty() {
+        return Some((GpuSplitBasis::DriverSubmissions, submitters));
+    }
+    let ioctls = by(|c| c.ioctls);
+    (!ioctls.is_empty()).then_some((GpuSplitBasis::DriverIoctls, ioctls))
 }
 
 #[cfg(test)]

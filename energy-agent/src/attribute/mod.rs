@@ -226,6 +226,7 @@ impl Attributor {
                     thread_timeline: ThreadTimeline::default(),
                     gpu_activity: gpu_calls.get(&pid).copied().unwrap_or_default(),
                     gpu_threads: gpu_threads.remove(&pid).unwrap_or_default(),
+                    gpu_timeline: GpuTimeline::default(),
                     energy_j: j.total(),
                     joules: j,
                     watts: if seconds > 0.0 {

@@ -50,6 +50,9 @@ impl Joules {
 /// Per thread: its on-CPU ns in each sub-interval read, (start, end, ns) in monotonic ns.
 pub type ThreadTimeline = std::collections::BTreeMap<u32, Vec<(u64, u64, u64)>>;
 
+/// Per thread: its GPU-driver activity in each sub-interval read, (start, end, calls).
+pub type GpuTimeline = std::collections::BTreeMap<u32, Vec<(u64, u64, GpuCalls)>>;
+
 /// One process's use of the machine in one interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ProcessReport {
@@ -89,6 +92,10 @@ pub struct ProcessReport {
     /// GPU-driver activity per thread id (absent when none).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub gpu_threads: std::collections::BTreeMap<u32, GpuCalls>,
+    /// When each thread drove the GPU, at the sub-interval resolution (for per-request
+    /// splits; not exported).
+    #[serde(skip)]
+    pub gpu_timeline: GpuTimeline,
     /// Energy attributed, joules (cpu + dram + gpu).
     pub energy_j: f64,
     /// By domain class.

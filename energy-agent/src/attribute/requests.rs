@@ -4,15 +4,17 @@
 //! them, else equally. When the spans carry live kernel thread ids, each span instead
 //! gets its thread's own part of P's energy in the interval (the thread's CPU time over
 //! P's), shared among that thread's spans in the interval by overlap: the thread's CPU
-//! is where the work happened, however short the span is within the interval. What no
-//! span claims stays with the process (unattributed to requests).
+//! is where the work happened, however short the span is within the interval. GPU
+//! energy follows the same rules with the threads' GPU-driver activity in place of
+//! their CPU time. What no span claims stays with the process (unattributed to
+//! requests).
 //!
 //! Pure: the caller keeps a [`History`] of recent intervals and asks [`enrich`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::{IntervalReport, Joules};
-use crate::clock::WallClock;
+use crate::{clock::WallClock, probe::GpuCalls};
 
 /// One process in one interval, as the span split needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,7 +31,45 @@ pub struct ProcessInterval {
     pub threads: BTreeMap<u32, u64>,
     /// When each thread ran: (start, end, ns) per sub-interval read, Unix ns; absent
     /// threads count as running evenly over the interval.
-    pub timeline: BTreeMap<u32, Vec<(u64, u64, u64)>>,
+    pub timeline: Buckets,
+    /// GPU-driver activity weight per thread id (one measure for every thread of the
+    /// process: busy time, else submissions, else ioctls).
+    pub gpu_threads: BTreeMap<u32, u64>,
+    /// When each thread drove the GPU: (start, end, weight) per sub-interval read, Unix
+    /// ns, in the same measure; absent threads count as evenly spread.
+    pub gpu_timeline: Buckets,
+}
+
+/// Per thread: (start, end, amount) per sub-interval read, Unix ns.
+type Buckets = BTreeMap<u32, Vec<(u64, u64, u64)>>;
+
+/// Per-thread GPU weights of a process and their timeline in Unix ns, on the same
+/// basis as the process's share of the GPU ([`super::gpu::activity_weights`]).
+fn gpu_thread_weights(
+    threads: &BTreeMap<u32, GpuCalls>,
+    timeline: &super::GpuTimeline,
+    clock: &WallClock,
+) -> (BTreeMap<u32, u64>, Buckets) {
+    let Some((basis, weights)) = super::gpu::activity_weights(threads.iter().map(|(&t, c)| (t, c)))
+    else {
+        return Default::default();
+    };
+    let measure: fn(&GpuCalls) -> u64 = match basis {
+        super::gpu::GpuSplitBasis::DriverBusyTime => |c| c.busy_ns,
+        super::gpu::GpuSplitBasis::DriverIoctls => |c| c.ioctls,
+        _ => GpuCalls::submissions,
+    };
+    let timeline = timeline
+        .iter()
+        .map(|(tid, parts)| {
+            let unix = parts
+                .iter()
+                .map(|(a, b, calls)| (clock.unix_ns(*a), clock.unix_ns(*b), measure(calls)))
+                .collect();
+            (*tid, unix)
+        })
+        .collect();
+    (weights, timeline)
 }
 
 /// One attributed interval in wall-clock time.
@@ -68,6 +108,8 @@ impl IntervalRecord {
                 .processes
                 .iter()
                 .map(|p| {
+                    let (gpu_threads, gpu_timeline) =
+                        gpu_thread_weights(&p.gpu_threads, &p.gpu_timeline, clock);
                     (
                         p.pid,
                         ProcessInterval {
@@ -87,6 +129,8 @@ impl IntervalRecord {
                                     (*tid, unix)
                                 })
                                 .collect(),
+                            gpu_threads,
+                            gpu_timeline,
                         },
                     )
                 })
@@ -193,18 +237,32 @@ pub struct SpanEnergy {
 }
 
 impl SpanEnergy {
-    /// Adds `share` of a segment's energy `j`; returns the joules added.
-    fn add(&mut self, j: &Joules, share: f64, record: &IntervalRecord, embodied_g: f64) -> f64 {
-        let part = Joules {
-            cpu_j: j.cpu_j * share,
-            dram_j: j.dram_j * share,
-            gpu_j: j.gpu_j * share,
-            idle_j: j.idle_j * share,
+    /// Adds a share of an interval's energy `j`: `share.cpu` of its CPU and DRAM parts
+    /// (and of the embodied carbon), `share.gpu` of its GPU part; returns the joules
+    /// added.
+    fn add(&mut self, j: &Joules, share: Share, record: &IntervalRecord, embodied_g: f64) -> f64 {
+        // The allocated idle part (`--idle share`) sits inside the classes; taken as
+        // spread over them by their size.
+        let total = j.total();
+        let (cpu_idle, gpu_idle) = if total > 0.0 {
+            (
+                j.idle_j * (j.cpu_j + j.dram_j) / total,
+                j.idle_j * j.gpu_j / total,
+            )
+        } else {
+            (0.0, 0.0)
         };
+        let part = Joules {
+            cpu_j: j.cpu_j * share.cpu,
+            dram_j: j.dram_j * share.cpu,
+            gpu_j: j.gpu_j * share.gpu,
+            idle_j: cpu_idle * share.cpu + gpu_idle * share.gpu,
+        };
+        let embodied_share = share.cpu;
         let carbon = part.total() / crate::carbon::J_PER_KWH * record.g_per_kwh * record.pue;
         self.joules.merge(&part);
         self.carbon_g += carbon;
-        self.embodied_g += embodied_g * share;
+        self.embodied_g += embodied_g * embodied_share;
         self.estimated |= record.estimated;
         self.source.clone_from(&record.source);
         self.intensity_source.clone_from(&record.intensity_source);
@@ -216,76 +274,134 @@ impl SpanEnergy {
 /// that spans arriving later can never make the requests claim more than the process.
 #[derive(Clone, Debug, Default)]
 pub struct Claims {
-    given: HashMap<(u32, u64), f64>,
+    /// (pid, interval start, part: 0 CPU and DRAM, 1 GPU) → fraction given.
+    given: HashMap<(u32, u64, u8), f64>,
 }
 
 impl Claims {
     /// Forgets intervals that ended before `before` (Unix ns).
     pub fn prune(&mut self, before: u64) {
-        self.given.retain(|&(_, start), _| start >= before);
+        self.given.retain(|&(_, start, _), _| start >= before);
+    }
+
+    /// Scales `wanted` (the fractions spans ask of one part of one interval) so the
+    /// total given never passes 1, and records it; returns the scale.
+    fn grant(&mut self, key: (u32, u64, u8), wanted: f64) -> f64 {
+        if wanted <= 0.0 {
+            return 0.0;
+        }
+        let given = self.given.entry(key).or_default();
+        let scale = ((1.0 - *given).max(0.0) / wanted).min(1.0);
+        *given += wanted * scale;
+        scale
     }
 }
 
-/// Each overlapping span's fraction of `proc`'s energy in `record` (indices into
-/// `all`), before any cap.
+/// A span's fraction of one interval's CPU/DRAM and GPU energy.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Share {
+    cpu: f64,
+    gpu: f64,
+}
+
+/// Each overlapping span's fraction of `proc`'s CPU/DRAM and GPU energy in `record`
+/// (indices into `all`), before any cap.
 fn fractions(
     record: &IntervalRecord,
     proc: &ProcessInterval,
     all: &[RequestSpan],
     indices: &[usize],
-) -> Vec<(usize, f64)> {
+) -> Vec<(usize, Share)> {
     let len = record.end_ns.saturating_sub(record.start_ns);
-    let overlap = |i: usize| {
-        all[i]
-            .end_ns
-            .min(record.end_ns)
-            .saturating_sub(all[i].start_ns.max(record.start_ns))
-    };
     let here: Vec<usize> = indices
         .iter()
         .copied()
-        .filter(|&i| overlap(i) > 0)
+        .filter(|&i| overlap(&all[i], record.start_ns, record.end_ns) > 0)
         .collect();
     if here.is_empty() || len == 0 {
         return Vec::new();
     }
-    if here.iter().all(|&i| all[i].tid.is_some()) && proc.cpu_ns > 0 {
-        // Each span takes its thread's CPU time within the span (from the thread's
-        // timeline), over the process's CPU in the interval. Spans that overlap on one
-        // thread (async runtimes) share the thread's time in the overlap.
-        let overlap_with =
-            |i: usize, a: u64, b: u64| all[i].end_ns.min(b).saturating_sub(all[i].start_ns.max(a));
-        return here
-            .iter()
-            .map(|&i| {
-                let tid = all[i].tid.unwrap_or(0);
-                let even = [(
-                    record.start_ns,
-                    record.end_ns,
-                    proc.threads.get(&tid).copied().unwrap_or(0),
-                )];
-                let buckets = proc.timeline.get(&tid).map_or(&even[..], |t| &t[..]);
-                let mut ns = 0.0;
-                for &(a, b, thread_ns) in buckets {
-                    let mine = overlap_with(i, a, b) as f64;
-                    if mine == 0.0 || b <= a {
-                        continue;
-                    }
-                    let on_thread: f64 = here
-                        .iter()
-                        .filter(|&&j| all[j].tid == Some(tid))
-                        .map(|&j| overlap_with(j, a, b) as f64)
-                        .sum();
-                    ns += thread_ns as f64 * mine / on_thread.max((b - a) as f64);
+    let on_threads = here.iter().all(|&i| all[i].tid.is_some());
+    let even = |ns: u64| vec![(record.start_ns, record.end_ns, ns)];
+    let segments = segment_fractions(record, &here, all);
+    let cpu = if on_threads && proc.cpu_ns > 0 {
+        thread_fractions(&here, all, proc.cpu_ns, |tid| {
+            proc.timeline
+                .get(&tid)
+                .cloned()
+                .unwrap_or_else(|| even(proc.threads.get(&tid).copied().unwrap_or(0)))
+        })
+    } else {
+        segments.clone()
+    };
+    let gpu_total: u64 = proc.gpu_threads.values().sum();
+    let gpu = if on_threads && gpu_total > 0 {
+        thread_fractions(&here, all, gpu_total, |tid| {
+            proc.gpu_timeline
+                .get(&tid)
+                .cloned()
+                .unwrap_or_else(|| even(proc.gpu_threads.get(&tid).copied().unwrap_or(0)))
+        })
+    } else {
+        segments
+    };
+    here.iter()
+        .map(|i| {
+            let share = Share {
+                cpu: cpu.get(i).copied().unwrap_or(0.0),
+                gpu: gpu.get(i).copied().unwrap_or(0.0),
+            };
+            (*i, share)
+        })
+        .collect()
+}
+
+/// How long `span` overlaps [a, b).
+fn overlap(span: &RequestSpan, a: u64, b: u64) -> u64 {
+    span.end_ns.min(b).saturating_sub(span.start_ns.max(a))
+}
+
+/// Thread mode: each span takes its thread's activity within the span (from the
+/// thread's `buckets`: (start, end, amount)), over the process's `total`. Spans that
+/// overlap on one thread (async runtimes) share the thread's activity in the overlap.
+fn thread_fractions(
+    here: &[usize],
+    all: &[RequestSpan],
+    total: u64,
+    buckets: impl Fn(u32) -> Vec<(u64, u64, u64)>,
+) -> HashMap<usize, f64> {
+    here.iter()
+        .map(|&i| {
+            let tid = all[i].tid.unwrap_or(0);
+            let mut amount = 0.0;
+            for (a, b, thread_amount) in buckets(tid) {
+                let mine = overlap(&all[i], a, b) as f64;
+                if mine == 0.0 || b <= a {
+                    continue;
                 }
-                (i, ns / proc.cpu_ns as f64)
-            })
-            .collect();
-    }
-    // Segment the interval at every span boundary inside it; in each segment the
-    // process's energy goes to the spans active then.
+                let on_thread: f64 = here
+                    .iter()
+                    .filter(|&&j| all[j].tid == Some(tid))
+                    .map(|&j| overlap(&all[j], a, b) as f64)
+                    .sum();
+                amount += thread_amount as f64 * mine / on_thread.max((b - a) as f64);
+            }
+            (i, amount / total as f64)
+        })
+        .collect()
+}
+
+/// Segment mode: the interval is cut at every span boundary inside it; in each
+/// segment the process's energy goes to the spans active then (by tokens, else
+/// equally).
+fn segment_fractions(
+    record: &IntervalRecord,
+    here: &[usize],
+    all: &[RequestSpan],
+) -> HashMap<usize, f64> {
+    let len = record.end_ns.saturating_sub(record.start_ns);
     let mut cuts: BTreeSet<u64> = [record.start_ns, record.end_ns].into();
-    for &i in &here {
+    for &i in here {
         for t in [all[i].start_ns, all[i].end_ns] {
             if t > record.start_ns && t < record.end_ns {
                 cuts.insert(t);
@@ -309,7 +425,7 @@ fn fractions(
             *out.entry(i).or_default() += fraction * share;
         }
     }
-    out.into_iter().collect()
+    out
 }
 
 /// Energy for the spans `targets` (indices into `all`, every request span known of
@@ -334,21 +450,26 @@ pub fn enrich(
             let Some(proc) = record.processes.get(pid) else {
                 continue;
             };
-            let mine: Vec<(usize, f64)> = fractions(record, proc, all, &by_pid[pid])
+            let mine: Vec<(usize, Share)> = fractions(record, proc, all, &by_pid[pid])
                 .into_iter()
                 .filter(|(i, _)| slot.contains_key(i))
                 .collect();
-            let wanted: f64 = mine.iter().map(|(_, f)| f).sum();
-            if wanted <= 0.0 {
-                continue;
-            }
-            let given = claims.given.entry((*pid, record.start_ns)).or_default();
-            let scale = ((1.0 - *given).max(0.0) / wanted).min(1.0);
-            *given += wanted * scale;
+            let cpu_scale = claims.grant(
+                (*pid, record.start_ns, 0),
+                mine.iter().map(|(_, f)| f.cpu).sum(),
+            );
+            let gpu_scale = claims.grant(
+                (*pid, record.start_ns, 1),
+                mine.iter().map(|(_, f)| f.gpu).sum(),
+            );
             for (i, f) in mine {
+                let share = Share {
+                    cpu: f.cpu * cpu_scale,
+                    gpu: f.gpu * gpu_scale,
+                };
                 let k = slot[&i];
                 weighted[k] +=
-                    out[k].add(&proc.joules, f * scale, record, proc.embodied_g) * record.g_per_kwh;
+                    out[k].add(&proc.joules, share, record, proc.embodied_g) * record.g_per_kwh;
             }
         }
     }
@@ -377,218 +498,4 @@ fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: u64 = 1_000_000_000;
-
-    fn record(start: u64, pid: u32, cpu_j: f64, threads: &[(u32, u64)]) -> IntervalRecord {
-        let cpu_ns: u64 = threads.iter().map(|t| t.1).sum();
-        IntervalRecord {
-            start_ns: start,
-            end_ns: start + S,
-            processes: [(
-                pid,
-                ProcessInterval {
-                    model: "m".into(),
-                    joules: Joules {
-                        cpu_j,
-                        dram_j: cpu_j / 10.0,
-                        gpu_j: 0.0,
-                        idle_j: 0.0,
-                    },
-                    embodied_g: 1.0,
-                    cpu_ns,
-                    threads: threads.iter().copied().collect(),
-                    timeline: BTreeMap::new(),
-                },
-            )]
-            .into(),
-            g_per_kwh: 360.0,
-            intensity_source: "fixed".into(),
-            pue: 1.5,
-            estimated: false,
-            source: "rapl-powercap".into(),
-        }
-    }
-
-    fn span(start: u64, end: u64, tid: Option<u32>, tokens: Option<u64>) -> RequestSpan {
-        RequestSpan {
-            pid: 7,
-            start_ns: start,
-            end_ns: end,
-            tid,
-            tokens,
-        }
-    }
-
-    /// Every span a target, nothing claimed before.
-    fn enrich_all(spans: &[RequestSpan], h: &History) -> Vec<SpanEnergy> {
-        enrich(
-            &(0..spans.len()).collect::<Vec<_>>(),
-            spans,
-            h,
-            &mut Claims::default(),
-        )
-    }
-
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * b.abs().max(1.0)
-    }
-
-    #[test]
-    fn a_lone_span_gets_its_overlap_with_each_interval() {
-        let mut h = History::new(8);
-        h.push(record(0, 7, 10.0, &[(7, S)]));
-        h.push(record(S, 7, 20.0, &[(7, S)]));
-        // 0.5 s of the first interval and 0.25 s of the second: 5 + 5 J of CPU.
-        let e = enrich_all(&[span(S / 2, S + S / 4, None, None)], &h);
-        assert!(close(e[0].joules.cpu_j, 10.0));
-        assert!(close(e[0].joules.dram_j, 1.0));
-        // Carbon = 11 J / 3.6e6 × 360 × 1.5.
-        assert!(close(e[0].carbon_g, 11.0 / 3.6e6 * 360.0 * 1.5));
-        assert!(
-            close(e[0].g_per_kwh, 360.0),
-            "the grid's intensity, PUE apart"
-        );
-        assert!(close(e[0].embodied_g, 0.75));
-        assert_eq!(e[0].source, "rapl-powercap");
-    }
-
-    #[test]
-    fn concurrent_spans_on_threads_split_by_thread_cpu_and_leave_the_rest() {
-        let mut h = History::new(8);
-        // Threads 71 and 72 served requests; 73 did other work.
-        h.push(record(
-            0,
-            7,
-            30.0,
-            &[(71, 2 * S / 3), (72, S / 3), (73, S / 3)],
-        ));
-        let e = enrich_all(
-            &[span(0, S, Some(71), None), span(0, S, Some(72), None)],
-            &h,
-        );
-        let cpu = 30.0;
-        assert!(close(e[0].joules.cpu_j, cpu * 0.5), "{:?}", e[0].joules);
-        assert!(close(e[1].joules.cpu_j, cpu * 0.25));
-        // A quarter stays with the process: the requests claim ≤ the process.
-        assert!(e[0].joules.total() + e[1].joules.total() < 33.0);
-    }
-
-    #[test]
-    fn tokens_then_equal_split() {
-        let mut h = History::new(8);
-        h.push(record(0, 7, 12.0, &[(7, S)]));
-        let by_tokens = enrich_all(
-            &[span(0, S, None, Some(300)), span(0, S, None, Some(100))],
-            &h,
-        );
-        assert!(close(by_tokens[0].joules.cpu_j, 9.0) && close(by_tokens[1].joules.cpu_j, 3.0));
-        let equal = enrich_all(&[span(0, S, None, Some(300)), span(0, S, None, None)], &h);
-        assert!(close(equal[0].joules.cpu_j, 6.0) && close(equal[1].joules.cpu_j, 6.0));
-    }
-
-    #[test]
-    fn overlapping_spans_share_only_while_they_overlap() {
-        let mut h = History::new(8);
-        h.push(record(0, 7, 10.0, &[(7, S)]));
-        // A covers [0, 0.6), B [0.4, 1.0): alone 0.4 s each, together 0.2 s.
-        let e = enrich_all(
-            &[
-                span(0, 6 * S / 10, None, None),
-                span(4 * S / 10, S, None, None),
-            ],
-            &h,
-        );
-        assert!(close(e[0].joules.cpu_j, 4.0 + 1.0));
-        assert!(close(e[1].joules.cpu_j, 4.0 + 1.0));
-        assert!(
-            close(e[0].joules.cpu_j + e[1].joules.cpu_j, 10.0),
-            "nothing counted twice"
-        );
-    }
-
-    #[test]
-    fn the_threads_timeline_says_when_its_time_was_spent() {
-        let mut h = History::new(8);
-        // Worker 71 ran 0.1 s, all of it in [0.5, 0.6); the main thread 0.1 s elsewhere.
-        let mut r = record(0, 7, 10.0, &[(71, S / 10), (70, S / 10)]);
-        let p = r.processes.get_mut(&7).unwrap();
-        let buckets = (0..10).map(|k| {
-            (
-                k * S / 10,
-                (k + 1) * S / 10,
-                if k == 5 { S / 10 } else { 0 },
-            )
-        });
-        p.timeline.insert(71, buckets.collect());
-        h.push(r);
-        let e = enrich_all(&[span(S / 2, S / 2 + S / 10, Some(71), None)], &h);
-        assert!(
-            close(e[0].joules.cpu_j, 5.0),
-            "its thread's whole part: {:?}",
-            e[0].joules
-        );
-        // Without a timeline the thread's time is taken as even over the interval.
-        let mut h2 = History::new(8);
-        h2.push(record(0, 7, 10.0, &[(71, S / 10), (70, S / 10)]));
-        let e = enrich_all(&[span(S / 2, S / 2 + S / 10, Some(71), None)], &h2);
-        assert!(close(e[0].joules.cpu_j, 0.5), "{:?}", e[0].joules);
-        // Two requests overlapping on one thread share its time where they overlap.
-        let e = enrich_all(
-            &[span(0, S, Some(71), None), span(0, S, Some(71), None)],
-            &h,
-        );
-        assert!(close(e[0].joules.cpu_j, 2.5) && close(e[1].joules.cpu_j, 2.5));
-    }
-
-    #[test]
-    fn twice_the_work_on_its_thread_is_twice_the_energy() {
-        let mut h = History::new(8);
-        h.push(record(0, 7, 9.0, &[(71, 2 * S / 3), (72, S / 3)]));
-        let e = enrich_all(
-            &[span(0, S, Some(71), None), span(0, S, Some(72), None)],
-            &h,
-        );
-        assert!(close(e[0].joules.total() / e[1].joules.total(), 2.0));
-    }
-
-    #[test]
-    fn batches_see_each_others_spans_and_never_claim_more_than_the_process() {
-        let mut h = History::new(8);
-        h.push(record(0, 7, 12.0, &[(7, S)]));
-        let all = [
-            span(0, S, None, None),
-            span(0, S, None, None),
-            span(0, S, None, None),
-        ];
-        let mut claims = Claims::default();
-        // First batch: span 0, while spans 0 and 1 are known: half each.
-        let first = enrich(&[0], &all[..2], &h, &mut claims);
-        assert!(close(first[0].joules.cpu_j, 6.0));
-        // A later batch knows all three: a third each, but only 6 J are left for 1 and 2.
-        let later = enrich(&[1, 2], &all, &h, &mut claims);
-        assert!(close(later[0].joules.cpu_j, 3.0) && close(later[1].joules.cpu_j, 3.0));
-        let total = first[0].joules.cpu_j + later[0].joules.cpu_j + later[1].joules.cpu_j;
-        assert!(close(total, 12.0), "{total}");
-        claims.prune(S);
-        assert!(claims.given.is_empty());
-    }
-
-    #[test]
-    fn history_is_bounded_and_knows_threads() {
-        let mut h = History::new(2);
-        for i in 0..5 {
-            h.push(record(i * S, 7, 1.0, &[(70 + i as u32, S)]));
-        }
-        assert_eq!(h.covered_from(), 3 * S);
-        assert_eq!(h.covered_until(), 5 * S);
-        assert!(h.is_thread_of(7, 74) && !h.is_thread_of(7, 70));
-        assert!(h.knows(7) && !h.knows(8));
-        assert!(
-            enrich_all(&[span(0, S, None, None)], &h)[0].joules.total() == 0.0,
-            "outside the history"
-        );
-    }
-}
+mod tests;

@@ -79,6 +79,7 @@ pub struct Report {
 /// Runs every check and prints the report; exit code 1 when the agent cannot run.
 pub fn check(args: CheckArgs) -> anyhow::Result<i32> {
     let mut checks = run_checks();
+    check_libcuda(&mut checks, &args.sources);
     check_power(&mut checks, &args.sources);
     check_carbon(&mut checks, &args.sources);
     let report = Report {
@@ -274,6 +275,35 @@ fn check_tracepoints(checks: &mut Vec<Check>, tracefs: &Tracefs) {
             ),
         }
     }
+    let name = "tracepoint syscalls:sys_enter_ioctl";
+    checks.push(match tracefs.format("syscalls", "sys_enter_ioctl") {
+        Ok(_) => Check::new(name, Status::Pass, "present (NVIDIA ioctls are counted)"),
+        Err(e) => Check::new(
+            name,
+            Status::Warn,
+            format!("{e}; NVIDIA ioctls are not counted"),
+        )
+        .fix("use a kernel with CONFIG_FTRACE_SYSCALLS for the driver-level GPU signal"),
+    });
+}
+
+/// The CUDA driver library whose entry points the uprobes attach to.
+fn check_libcuda(checks: &mut Vec<Check>, sources: &SourceArgs) {
+    let found = probe::cuda::find_libcuda(sources.libcuda.as_deref(), Path::new("/"))
+        .and_then(|lib| Ok((probe::cuda::probe_points(&lib)?, lib)));
+    checks.push(match found {
+        Ok((points, lib)) => Check::new(
+            "libcuda",
+            Status::Pass,
+            format!(
+                "{}: {} CUDA driver entry points to trace",
+                lib.display(),
+                points.len()
+            ),
+        ),
+        Err(e) => Check::new("libcuda", Status::Warn, e.to_string())
+            .fix("only needed on GPU hosts: install the NVIDIA driver, or pass --libcuda PATH"),
+    });
 }
 
 fn check_bpf_load(checks: &mut Vec<Check>, privileged: bool) {
@@ -287,7 +317,7 @@ fn check_bpf_load(checks: &mut Vec<Check>, privileged: bool) {
             checks.push(Check::new(
                 "bpf load",
                 Status::Pass,
-                "scheduler programs (raw tracepoints) pass the verifier",
+                "scheduler (raw tracepoints) and GPU-driver (uprobes, ioctl tracepoint) programs pass the verifier",
             ));
             checks.push(Check::new(
                 "ring buffer",

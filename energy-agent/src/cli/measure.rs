@@ -195,6 +195,8 @@ impl Accumulator {
             m.cpu_time_s += p.cpu_time_s;
             m.energy_j += p.energy_j;
             m.gpu_energy_j += p.joules.gpu_j;
+            m.gpu_launches += p.gpu_activity.launches;
+            m.gpu_sync_s += p.gpu_activity.sync_ns as f64 / 1e9;
             self.tree_j.merge(&p.joules);
             self.report.carbon_g += p.carbon_g;
             self.report.embodied_g += p.embodied_g;
@@ -264,6 +266,13 @@ pub fn render(r: &MeasureReport) -> String {
         r.sources.cpu,
         r.sources.gpu
     ));
+    let launches: u64 = r.processes.iter().map(|p| p.gpu_launches).sum();
+    if launches > 0 {
+        let sync_s: f64 = r.processes.iter().map(|p| p.gpu_sync_s).sum();
+        s.push_str(&format!(
+            "{launches:>16}      CUDA kernel launches, {sync_s:.3} s blocked in synchronisation\n"
+        ));
+    }
     s.push_str(&format!(
         "{:>16.6} g    CO2e at {:.1} g/kWh ({}), PUE {}\n",
         r.carbon_g, r.intensity_g_per_kwh, r.intensity_source, r.pue

@@ -1,11 +1,13 @@
 //! The stages after the probe, wired once for `run`, `top` and `measure`: identities,
 //! power sources, attribution and carbon, each interval turned into one report.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 
 use super::sources::SourceArgs;
 use crate::{
-    attribute::{Attributor, IntervalReport, SourceNames},
+    attribute::{Attributor, GpuTimeline, IntervalReport, SourceNames, ThreadTimeline},
     carbon::Carbon,
     clock::{WallClock, monotonic_ns},
     identity::Identity,
@@ -110,7 +112,7 @@ impl Pipeline {
         self.pending.push(probe.read_interval()?);
         probe.flush_log();
         let parts = std::mem::take(&mut self.pending);
-        let timeline = thread_timeline(&parts);
+        let (timeline, mut gpu_timeline) = thread_timelines(&parts);
         let sched = crate::probe::SchedInterval::merge(parts);
         let ctx = SampleContext {
             now_ns: sched.end_ns,
@@ -130,6 +132,9 @@ impl Pipeline {
             if let Some(t) = timeline.get(&p.pid) {
                 p.thread_timeline = t.clone();
             }
+            if let Some(t) = gpu_timeline.remove(&p.pid) {
+                p.gpu_timeline = t;
+            }
         }
         self.carbon
             .annotate(&mut report, self.clock.wall(sched.end_ns));
@@ -144,24 +149,32 @@ impl Pipeline {
     }
 }
 
-/// Per process, per thread: its on-CPU ns in each of the reads (start, end, ns).
-fn thread_timeline(
+/// Per process, per thread: its on-CPU ns and its GPU-driver activity in each of the
+/// reads (start, end, amount).
+fn thread_timelines(
     parts: &[crate::probe::SchedInterval],
-) -> std::collections::HashMap<u32, crate::attribute::ThreadTimeline> {
-    let mut out: std::collections::HashMap<u32, crate::attribute::ThreadTimeline> =
-        std::collections::HashMap::new();
+) -> (HashMap<u32, ThreadTimeline>, HashMap<u32, GpuTimeline>) {
+    let mut cpu: HashMap<u32, ThreadTimeline> = HashMap::new();
+    let mut gpu: HashMap<u32, GpuTimeline> = HashMap::new();
     for part in parts {
-        let mut sums: std::collections::HashMap<(u32, u32), u64> = std::collections::HashMap::new();
+        let mut sums: HashMap<(u32, u32), u64> = HashMap::new();
         for s in &part.slices {
             *sums.entry((s.tgid, s.tid)).or_default() += s.on_cpu_ns;
         }
         for ((tgid, tid), ns) in sums {
-            out.entry(tgid).or_default().entry(tid).or_default().push((
+            cpu.entry(tgid).or_default().entry(tid).or_default().push((
                 part.start_ns,
                 part.end_ns,
                 ns,
             ));
         }
+        for t in &part.gpu {
+            gpu.entry(t.tgid)
+                .or_default()
+                .entry(t.tid)
+                .or_default()
+                .push((part.start_ns, part.end_ns, t.calls));
+        }
     }
-    out
+    (cpu, gpu)
 }

@@ -83,6 +83,8 @@ pub struct Entry {
     pub cpu_pct: f64,
     /// Watts now.
     pub watts: f64,
+    /// Of which GPU watts now.
+    pub gpu_watts: f64,
     /// Joules so far.
     pub joules: f64,
     /// Grams CO2e so far.
@@ -123,6 +125,7 @@ impl View {
         let secs = r.duration_s.max(1e-9);
         for e in self.processes.values_mut().chain(self.models.values_mut()) {
             e.watts = 0.0;
+            e.gpu_watts = 0.0;
             e.cpu_pct = 0.0;
             e.grams_per_hour = 0.0;
         }
@@ -132,14 +135,28 @@ impl View {
                 ..Default::default()
             });
             e.name = p.comm.clone();
-            fold(e, p.cpu_time_s, p.energy_j, p.carbon_g, secs);
+            fold(
+                e,
+                p.cpu_time_s,
+                p.energy_j,
+                p.joules.gpu_j,
+                p.carbon_g,
+                secs,
+            );
         }
         for m in &r.models {
             let e = self.models.entry(m.name.clone()).or_insert_with(|| Entry {
                 name: m.name.clone(),
                 ..Default::default()
             });
-            fold(e, m.cpu_time_s, m.energy_j, m.carbon_g, secs);
+            fold(
+                e,
+                m.cpu_time_s,
+                m.energy_j,
+                m.joules.gpu_j,
+                m.carbon_g,
+                secs,
+            );
         }
         // Processes gone for a while drop out of the view.
         let live: std::collections::HashSet<u32> = r.processes.iter().map(|p| p.pid).collect();
@@ -223,7 +240,7 @@ impl View {
         let lines: Vec<Line> = header.into_iter().map(Line::from).collect();
         frame.render_widget(Paragraph::new(lines), areas[0]);
         let title = if self.by_model { "MODEL" } else { "PROCESS" };
-        let head = Row::new(["PID", title, "CPU%", "W", "J", "gCO2e", "gCO2e/h"])
+        let head = Row::new(["PID", title, "CPU%", "W", "GPU W", "J", "gCO2e", "gCO2e/h"])
             .style(Style::default().add_modifier(Modifier::REVERSED));
         let rows: Vec<Row> = self
             .rows()
@@ -235,6 +252,7 @@ impl View {
                     e.name,
                     format!("{:.1}", e.cpu_pct),
                     format!("{:.2}", e.watts),
+                    format!("{:.2}", e.gpu_watts),
                     format!("{:.1}", e.joules),
                     format!("{:.4}", e.grams),
                     format!("{:.3}", e.grams_per_hour),
@@ -246,6 +264,7 @@ impl View {
             Constraint::Min(16),
             Constraint::Length(7),
             Constraint::Length(9),
+            Constraint::Length(9),
             Constraint::Length(10),
             Constraint::Length(10),
             Constraint::Length(10),
@@ -254,9 +273,10 @@ impl View {
     }
 }
 
-fn fold(e: &mut Entry, cpu_s: f64, joules: f64, grams: f64, secs: f64) {
+fn fold(e: &mut Entry, cpu_s: f64, joules: f64, gpu_j: f64, grams: f64, secs: f64) {
     e.cpu_pct = 100.0 * cpu_s / secs;
     e.watts = joules / secs;
+    e.gpu_watts = gpu_j / secs;
     e.joules += joules;
     e.grams += grams;
     e.grams_per_hour = grams / secs * 3600.0;
@@ -347,6 +367,10 @@ mod tests {
         assert_eq!(rows[0].watts, 5.0);
         assert_eq!(rows[0].cpu_pct, 50.0);
         assert!((rows[0].grams_per_hour - 5e-4 * 3600.0).abs() < 1e-9);
+        let mut r = report(1, "a", 5.0);
+        r.processes[0].joules.gpu_j = 4.0;
+        v.update(r);
+        assert_eq!(v.rows()[0].gpu_watts, 4.0);
     }
 
     #[test]

@@ -56,11 +56,18 @@ impl GpuCalls {
         self.ioctls += o.ioctls;
     }
 
-    /// The cumulative figures of a kernel record; an open busy period counts up to the
-    /// thread's last driver call (a thread that stopped calling stops being busy).
-    pub fn from_kernel(a: &GpuActivity) -> Self {
+    /// The cumulative figures of a kernel record. An open busy period counts up to
+    /// `now_ns` while the thread is blocked in a synchronize call (waiting for the GPU
+    /// to finish its work), else up to its last driver call (a thread that stopped
+    /// calling and is not waiting stops being busy).
+    pub fn from_kernel(a: &GpuActivity, in_sync: bool, now_ns: u64) -> Self {
+        let until = if in_sync {
+            now_ns.max(a.last_ns)
+        } else {
+            a.last_ns
+        };
         let open = if a.busy_since_ns != 0 {
-            a.last_ns.saturating_sub(a.busy_since_ns)
+            until.saturating_sub(a.busy_since_ns)
         } else {
             0
         };
@@ -125,11 +132,14 @@ pub struct GpuTracker {
 }
 
 impl GpuTracker {
-    /// One read: the map's records now; `alive(key)` says whether a thread still exists
-    /// (asked only of threads with nothing new, so the common case costs nothing).
+    /// One read at `now_ns`: the map's records, the threads blocked in a synchronize
+    /// call, and `alive(key)`, whether a thread still exists (asked only of threads
+    /// with nothing new, so the common case costs nothing).
     pub fn round(
         &mut self,
         records: &[(TaskKey, GpuActivity)],
+        in_sync: &std::collections::HashSet<u32>,
+        now_ns: u64,
         alive: impl Fn(&TaskKey) -> bool,
     ) -> GpuRound {
         let mut round = GpuRound::default();
@@ -137,7 +147,8 @@ impl GpuTracker {
         for (key, record) in records {
             present.insert(*key);
             let mark = self.marks.entry(*key).or_default();
-            let calls = GpuCalls::from_kernel(record).advance(mark);
+            let calls =
+                GpuCalls::from_kernel(record, in_sync.contains(&key.pid), now_ns).advance(mark);
             if !calls.is_zero() {
                 round.threads.push(GpuThreadActivity {
                     tgid: key.tgid,
@@ -170,6 +181,10 @@ mod tests {
         TaskKey { tgid: 1, pid: tid }
     }
 
+    fn none() -> std::collections::HashSet<u32> {
+        Default::default()
+    }
+
     #[test]
     fn intervals_get_differences_and_gone_threads_are_dropped() {
         let mut t = GpuTracker::default();
@@ -180,19 +195,19 @@ mod tests {
             busy_ns: 900,
             ..Default::default()
         };
-        let r = t.round(&[(key(7), a)], |_| true);
+        let r = t.round(&[(key(7), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.launches, 3);
         assert_eq!(r.threads[0].calls.busy_ns, 900);
         a.launches = 5;
-        let r = t.round(&[(key(7), a)], |_| true);
+        let r = t.round(&[(key(7), a)], &none(), 0, |_| true);
         assert_eq!(r.threads.len(), 1);
         assert_eq!(r.threads[0].calls.launches, 2);
         assert_eq!(r.threads[0].calls.sync_ns, 0);
         // Nothing new and still alive: kept, not reported.
-        let r = t.round(&[(key(7), a)], |_| true);
+        let r = t.round(&[(key(7), a)], &none(), 0, |_| true);
         assert!(r.threads.is_empty() && r.gone.is_empty());
         // Nothing new and gone: removed.
-        let r = t.round(&[(key(7), a)], |_| false);
+        let r = t.round(&[(key(7), a)], &none(), 0, |_| false);
         assert_eq!(r.gone, [key(7)]);
         assert!(t.marks.is_empty());
     }
@@ -206,14 +221,36 @@ mod tests {
             last_ns: 1_400,
             ..Default::default()
         };
-        let r = t.round(&[(key(1), a)], |_| true);
+        let r = t.round(&[(key(1), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.busy_ns, 400);
         // The period closes at 2_000: 1_000 ns in all, 600 more.
         a.busy_since_ns = 0;
         a.busy_ns = 1_000;
         a.last_ns = 2_000;
-        let r = t.round(&[(key(1), a)], |_| true);
+        let r = t.round(&[(key(1), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.busy_ns, 600);
+    }
+
+    #[test]
+    fn a_thread_waiting_in_sync_is_busy_until_now() {
+        let mut t = GpuTracker::default();
+        let mut a = GpuActivity {
+            launches: 1,
+            busy_since_ns: 1_000,
+            last_ns: 1_000,
+            ..Default::default()
+        };
+        let waiting: std::collections::HashSet<u32> = [1].into();
+        let r = t.round(&[(key(1), a)], &waiting, 5_000, |_| true);
+        assert_eq!(r.threads[0].calls.busy_ns, 4_000);
+        let r = t.round(&[(key(1), a)], &waiting, 9_000, |_| true);
+        assert_eq!(r.threads[0].calls.busy_ns, 4_000);
+        // The sync returns at 9_500: 500 ns more, never the first 8_000 twice.
+        a.busy_since_ns = 0;
+        a.busy_ns = 8_500;
+        a.last_ns = 9_500;
+        let r = t.round(&[(key(1), a)], &none(), 10_000, |_| true);
+        assert_eq!(r.threads[0].calls.busy_ns, 500);
     }
 
     #[test]
@@ -223,19 +260,19 @@ mod tests {
             launches: 10,
             ..Default::default()
         };
-        t.round(&[(key(1), a)], |_| true);
+        t.round(&[(key(1), a)], &none(), 0, |_| true);
         // A reused tid restarted its record at 4: nothing until it passes 10.
         let b = GpuActivity {
             launches: 4,
             ..Default::default()
         };
-        let r = t.round(&[(key(1), b)], |_| true);
+        let r = t.round(&[(key(1), b)], &none(), 0, |_| true);
         assert!(r.threads.is_empty());
         let c = GpuActivity {
             launches: 12,
             ..Default::default()
         };
-        let r = t.round(&[(key(1), c)], |_| true);
+        let r = t.round(&[(key(1), c)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.launches, 2);
     }
 }

@@ -74,6 +74,8 @@ fn record(start: u64, pid: u32, cpu_j: f64) -> IntervalRecord {
                 cpu_ns: S,
                 threads: [(pid, S)].into(),
                 timeline: Default::default(),
+                gpu_threads: Default::default(),
+                gpu_timeline: Default::default(),
             },
         )]
         .into(),

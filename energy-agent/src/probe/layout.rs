@@ -1,0 +1,65 @@
+//! What the programs need to know about the running kernel: structure offsets from its
+//! BTF and tracepoint record layouts from tracefs, set as globals when loading.
+
+use std::path::Path;
+
+use aya::EbpfLoader;
+use energy_common::names;
+
+use super::{KERNEL_BTF, ProbeError, btf, possible_cpus, tracefs::Tracefs};
+
+/// What the programs need to know about the running kernel, set as globals at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Possible CPUs.
+    pub nr_cpus: u32,
+    /// Byte offset of `task_struct.pid`.
+    pub task_pid_offset: u32,
+    /// Byte offset of `task_struct.tgid`.
+    pub task_tgid_offset: u32,
+    /// Byte offset of `task_struct.se.sum_exec_runtime`.
+    pub task_runtime_offset: u32,
+    /// 1 when `sched_process_exit` passes `group_dead` (recent kernels), else 0.
+    pub exit_has_group_dead: u32,
+    /// Offset of `cmd` in the `sys_enter_ioctl` record, or why that tracepoint is
+    /// unusable (kernels without syscall tracepoints).
+    pub ioctl_cmd_offset: Result<u32, String>,
+}
+
+impl KernelLayout {
+    /// Reads the layout from the kernel's BTF and tracefs (mounting it when missing).
+    pub fn read() -> Result<Self, ProbeError> {
+        let btf = btf::Btf::from_file(Path::new(KERNEL_BTF))?;
+        let tracefs = Tracefs::find_or_mount()?;
+        let exit = tracefs.format("sched", "sched_process_exit")?;
+        Ok(Self {
+            nr_cpus: possible_cpus(),
+            task_pid_offset: btf.member_offset("task_struct", "pid")?,
+            task_tgid_offset: btf.member_offset("task_struct", "tgid")?,
+            task_runtime_offset: btf.member_offset("task_struct", "se.sum_exec_runtime")?,
+            exit_has_group_dead: u32::from(exit.offset("group_dead").is_some()),
+            ioctl_cmd_offset: tracefs
+                .format("syscalls", "sys_enter_ioctl")
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    f.offset("cmd")
+                        .map(|o| o as u32)
+                        .ok_or_else(|| "sys_enter_ioctl has no cmd field".to_string())
+                }),
+        })
+    }
+
+    pub(super) fn loader(&self) -> EbpfLoader<'_> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::NR_CPUS, &self.nr_cpus, true)
+            .override_global(names::TASK_PID_OFFSET, &self.task_pid_offset, true)
+            .override_global(names::TASK_TGID_OFFSET, &self.task_tgid_offset, true)
+            .override_global(names::TASK_RUNTIME_OFFSET, &self.task_runtime_offset, true)
+            .override_global(names::EXIT_HAS_GROUP_DEAD, &self.exit_has_group_dead, true);
+        if let Ok(offset) = &self.ioctl_cmd_offset {
+            loader.override_global(names::IOCTL_CMD_OFFSET, offset, true);
+        }
+        loader
+    }
+}
