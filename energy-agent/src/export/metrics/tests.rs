@@ -143,3 +143,23 @@ fn gone_processes_series_are_evicted_eventually() {
     }
     assert_eq!(key(&s), 0);
 }
+
+#[test]
+fn gpu_joules_get_their_own_domain_series() {
+    let mut s = MetricsState::new(5);
+    let mut p = process(9, "vllm", 1.0, true);
+    p.joules.gpu_j = 40.0;
+    p.energy_j = 41.0;
+    s.observe(&report(vec![p]));
+    let labels = |domain| {
+        [
+            ("process.pid", "9"),
+            ("process.executable.name", "vllm"),
+            ("model", "llama"),
+            ("container.id", ""),
+            ("energy.domain", domain),
+        ]
+    };
+    assert_eq!(value(&s, ENERGY_PROCESS, &labels("gpu")), 40.0);
+    assert_eq!(value(&s, ENERGY_PROCESS, &labels("cpu")), 1.0);
+}
