@@ -4,29 +4,9 @@
  * microseconds as their stream/event handle says, so a test knows the time spent in
  * them. Built with -O0 so that every function keeps its own code; `cuGraphLaunch_ptsz`
  * is deliberately an alias of `cuGraphLaunch` (one function, two names). */
-#include <stddef.h>
-#include <stdint.h>
 #include <time.h>
 
-typedef int CUresult;
-typedef uint64_t CUdeviceptr;
-typedef struct CUDA_MEMCPY2D_st {
-    size_t srcXInBytes, srcY;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    size_t srcPitch;
-    size_t dstXInBytes, dstY;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    size_t dstPitch;
-    size_t WidthInBytes, Height;
-} CUDA_MEMCPY2D;
-
-_Static_assert(offsetof(CUDA_MEMCPY2D, WidthInBytes) == 112, "CUDA_MEMCPY2D v2 layout");
+#include "cuda_standin.h"
 
 #define API __attribute__((visibility("default"), noinline))
 

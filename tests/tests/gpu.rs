@@ -40,17 +40,22 @@ fn ids(c: &energy_tests::cuda::Caller) -> (u32, u32, u32, u32) {
     (c.pid, c.a, c.b, c.main)
 }
 
-#[test]
-fn cuda_calls_are_counted_per_thread_with_the_time_blocked_in_sync() {
-    require_root();
-    let standin = StandIn::build();
-    let mut agent = AgentRun::start(&[
+/// The agent, tracing the stand-in library's calls (no GPU power source).
+fn tracing_agent(standin: &StandIn) -> AgentRun {
+    AgentRun::start(&[
         "--interval",
         "500ms",
         "--no-gpu",
         "--libcuda",
         standin.library.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn cuda_calls_are_counted_per_thread_with_the_time_blocked_in_sync() {
+    require_root();
+    let standin = StandIn::build();
+    let mut agent = tracing_agent(&standin);
     let caller = standin.start(1000, 3000, 100_000, false);
     let c = ids(&caller);
     caller.wait();
@@ -83,13 +88,7 @@ fn a_process_that_mapped_libcuda_before_the_agent_started_is_traced_too() {
     let standin = StandIn::build();
     let mut caller = standin.start(500, 700, 10_000, true);
     let c = ids(&caller);
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--libcuda",
-        standin.library.to_str().unwrap(),
-    ]);
+    let mut agent = tracing_agent(&standin);
     caller.go();
     caller.wait();
     agent.wait_intervals(2, Duration::from_secs(10));

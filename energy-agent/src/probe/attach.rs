@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf,
     programs::{
-        TracePoint, UProbe,
+        Program, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -151,46 +151,43 @@ fn attach_cuda(
 
 /// The named uprobe program, loaded.
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeError> {
-    let program: &mut UProbe = program(ebpf, name)?
-        .try_into()
-        .map_err(|e| program_error(name, "load", e))?;
-    if program.fd().is_err() {
-        program
-            .load()
-            .map_err(|e| privileged(program_error(name, "load", e)))?;
-    }
-    Ok(program)
+    loaded(ebpf, name, UProbe::load, |p| p.fd().is_ok())
 }
 
 /// The ioctl tracepoint program, loaded.
 fn tracepoint(ebpf: &mut Ebpf) -> Result<&mut TracePoint, ProbeError> {
-    let name = names::PROG_NVIDIA_IOCTL;
-    let program: &mut TracePoint = program(ebpf, name)?
+    loaded(ebpf, names::PROG_NVIDIA_IOCTL, TracePoint::load, |p| {
+        p.fd().is_ok()
+    })
+}
+
+/// Program `name` of type `T`, loaded into the kernel unless it already is.
+fn loaded<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    load: fn(&mut T) -> Result<(), ProgramError>,
+    is_loaded: fn(&T) -> bool,
+) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program: &mut T = program(ebpf, name)?
         .try_into()
         .map_err(|e| program_error(name, "load", e))?;
-    if program.fd().is_err() {
-        program
-            .load()
-            .map_err(|e| privileged(program_error(name, "load", e)))?;
+    if !is_loaded(program) {
+        load(program).map_err(|e| privileged(program_error(name, "load", e)))?;
     }
     Ok(program)
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> Result<&'a mut aya::programs::Program, ProbeError> {
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program, ProbeError> {
     ebpf.program_mut(name).ok_or_else(|| ProbeError::Map {
         map: "programs",
         reason: format!("program {name} missing from the object"),
     })
 }
 
-fn program_error(
-    name: &str,
-    action: &'static str,
-    source: aya::programs::ProgramError,
-) -> ProbeError {
+fn program_error(name: &str, action: &'static str, source: ProgramError) -> ProbeError {
     ProbeError::Program {
         program: name.to_string(),
         action,
