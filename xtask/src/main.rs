@@ -3,7 +3,9 @@
 //! - `setup`: rust-src for nightly, bpf-linker built against nightly's LLVM, tracefs.
 //! - `build [--release]`: setup, then build the workspace (with the eBPF object).
 //! - `run [-- ARGS]`: build (release) and run the agent; no ARGS = `run` on defaults.
-//! - `test [-- FILTER]`: setup, build, then every test (unit, then end-to-end as root).
+//! - `test [-- FILTER]`: setup, build, then every test (unit, then end-to-end as root),
+//!   then a smoke run of each benchmark.
+//! - `bench [NAME…] [--smoke]`: the benchmarks on a release build (BENCHMARKS.md).
 
 mod setup;
 mod tasks;
@@ -26,6 +28,7 @@ fn dispatch() -> Result<()> {
         "build" => tasks::build(rest.iter().any(|a| a == "--release")),
         "run" => tasks::run(&rest),
         "test" => tasks::test(&rest),
+        "bench" => tasks::bench(&rest),
         "help" | "--help" | "-h" => {
             println!("{}", HELP);
             Ok(())
@@ -40,4 +43,6 @@ commands:
   setup              install rust-src for nightly, build bpf-linker, mount tracefs
   build [--release]  setup, then build the agent with its eBPF programs
   run [-- ARGS]      build (release) and run `energy-agent ARGS` (default: run)
-  test [-- FILTER]   setup, build and run every test (needs root for eBPF)";
+  test [-- FILTER]   setup, build and run every test (needs root for eBPF)
+  bench [NAME…]      run the benchmarks (probe, slowdown, agent, enrich, accuracy) on a
+                     release build and update BENCHMARKS.md; --smoke for a quick check";

@@ -127,6 +127,87 @@ fn run_tests(name: &str, cmd: &mut Command, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// Commands the tests and benchmarks need, with the Debian package of each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("tmux", "tmux"),
+    ("setpriv", "util-linux"),
+    ("prometheus", "prometheus"),
+    ("perf", "linux-perf"),
+    ("taskset", "util-linux"),
+];
+
+/// The benchmarks.
+const BENCHMARKS: [&str; 5] = ["probe", "slowdown", "agent", "enrich", "accuracy"];
+
+/// A short run of every benchmark on the debug build: it proves the harness works (the
+/// numbers mean nothing); each counts as a test.
+fn bench_smoke(tally: &mut Tally) -> Result<()> {
+    eprintln!("[xtask] benchmark smoke runs (harness only; numbers in BENCHMARKS.md)");
+    let mut failed = Vec::new();
+    for name in BENCHMARKS {
+        let status = Command::new(target_dir().join("debug/bench"))
+            .args([name, "--smoke", "--out"])
+            .arg(target_dir().join("bench/smoke"))
+            .env("ENERGY_AGENT_BIN", target_dir().join("debug/energy-agent"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running the {name} benchmark"))?;
+        println!(
+            "bench smoke {name} ... {}",
+            if status.success() { "ok" } else { "FAILED" }
+        );
+        if status.success() {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+        bail!("benchmark smoke runs failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench [NAME…] [--smoke]`: the benchmarks on a release build; a full run
+/// updates BENCHMARKS.md's tables and the plots in docs/bench.
+pub fn bench(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and read their statistics: run as root");
+    }
+    let tools = setup::setup()?;
+    setup::ensure_test_tools(TEST_TOOLS)?;
+    run_step(
+        "building the agent and the benchmarks (release)",
+        cargo(&tools).args([
+            "build",
+            "--release",
+            "-p",
+            "energy-agent",
+            "-p",
+            "energy-tests",
+            "--bins",
+        ]),
+    )?;
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--").collect();
+    let mut cmd = Command::new(target_dir().join("release/bench"));
+    cmd.args(&args)
+        .arg("--out")
+        .arg(target_dir().join("bench"))
+        .env(
+            "ENERGY_AGENT_BIN",
+            target_dir().join("release/energy-agent"),
+        );
+    if !args.iter().any(|a| *a == "--smoke") {
+        cmd.arg("--markdown")
+            .arg(workspace_root().join("BENCHMARKS.md"))
+            .arg("--plots")
+            .arg(workspace_root().join("docs/bench"));
+    }
+    run_step("running the benchmarks", &mut cmd)
+}
+
 /// `cargo xtask test [-- FILTER]`: unit tests, then end-to-end tests one at a time
 /// (they load eBPF programs and measure CPU time, so they share the kernel and CPUs).
 /// Ends with one `tests: N passed, N failed, N skipped` line over everything.
@@ -138,11 +219,7 @@ pub fn test(args: &[String]) -> Result<()> {
         );
     }
     let tools = setup::setup()?;
-    setup::ensure_test_tools(&[
-        ("tmux", "tmux"),
-        ("setpriv", "util-linux"),
-        ("prometheus", "prometheus"),
-    ])?;
+    setup::ensure_test_tools(TEST_TOOLS)?;
     let python = setup::ensure_python_peers(
         &target_dir(),
         &workspace_root().join("tests/py/requirements.txt"),
@@ -182,6 +259,9 @@ pub fn test(args: &[String]) -> Result<()> {
         &mut e2e,
         &mut tally,
     )?;
+    if filter.is_empty() {
+        bench_smoke(&mut tally)?;
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.ignored

@@ -273,6 +273,7 @@ impl Attributor {
             gpus,
             carbon: CarbonSummary::default(),
             probe: sched.stats,
+            probe_programs: sched.programs.clone(),
             processes,
         };
         regroup(&mut report);

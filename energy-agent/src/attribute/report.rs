@@ -312,4 +312,7 @@ pub struct IntervalReport {
     pub carbon: CarbonSummary,
     /// Probe counters after the interval.
     pub probe: ProbeStats,
+    /// Each eBPF program's counters after the interval: runs, run time (both counted only
+    /// with `kernel.bpf_stats_enabled=1`) and runs the kernel skipped.
+    pub probe_programs: Vec<crate::probe::progstats::NamedProgramStats>,
 }

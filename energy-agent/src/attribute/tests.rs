@@ -27,6 +27,7 @@ fn sched(slices: Vec<TaskSlice>) -> SchedInterval {
         slices,
         lifecycle: Vec::new(),
         gpu: Vec::new(),
+        programs: Vec::new(),
         stats: ProbeStats::default(),
     }
 }

@@ -170,6 +170,9 @@ pub struct SchedInterval {
     pub lifecycle: Vec<Lifecycle>,
     /// GPU-driver activity per thread in the interval.
     pub gpu: Vec<GpuThreadActivity>,
+    /// Each program's counters after the interval (run time with
+    /// `kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<progstats::NamedProgramStats>,
     /// Counters after the interval.
     pub stats: ProbeStats,
 }
@@ -185,6 +188,7 @@ impl SchedInterval {
             merged.slices.extend(p.slices);
             merged.lifecycle.extend(p.lifecycle);
             merged.gpu.extend(p.gpu);
+            merged.programs = p.programs;
             merged.stats = p.stats;
         }
         merged
@@ -386,17 +390,19 @@ impl Probe {
         let gpu = self.read_gpu()?;
         let mut stats = self.stats()?;
         stats.tasks_tracked = snapshot.len() as u64;
-        stats.missed_runs = self
+        let programs: Vec<progstats::NamedProgramStats> = self
             .program_stats()
-            .iter()
-            .map(|(_, s)| s.recursion_misses)
-            .sum();
+            .into_iter()
+            .map(|(name, stats)| progstats::NamedProgramStats { name, stats })
+            .collect();
+        stats.missed_runs = programs.iter().map(|p| p.stats.recursion_misses).sum();
         let interval = SchedInterval {
             start_ns: self.last_read_ns,
             end_ns: now,
             slices: round.slices,
             lifecycle: round.lifecycle,
             gpu,
+            programs,
             stats,
         };
         self.last_read_ns = now;

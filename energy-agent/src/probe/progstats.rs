@@ -19,6 +19,16 @@ pub struct ProgramRunStats {
     pub recursion_misses: u64,
 }
 
+/// One program's counters, by name (the agent reports them each interval).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NamedProgramStats {
+    /// Program name in the object.
+    pub name: String,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: ProgramRunStats,
+}
+
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 #[repr(C)]

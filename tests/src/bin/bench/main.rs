@@ -1,0 +1,206 @@
+//! The benchmarks (`cargo xtask bench`): per-probe cost, workload slowdown, agent cost,
+//! enrichment throughput and delay, and accuracy against procfs sampling. Method and
+//! latest numbers: BENCHMARKS.md.
+//!
+//! usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] [--out DIR]
+//!              [--markdown FILE --plots DIR]
+//!
+//! Each benchmark writes DIR/NAME.json (default target/bench) and prints its table;
+//! with --markdown, the table between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`
+//! in FILE is replaced, and the plots go to --plots. Needs root, perf and the agent
+//! (ENERGY_AGENT_BIN, else the one built beside this program).
+
+mod accuracy;
+mod agent_cost;
+mod common;
+mod enrich;
+mod otlp;
+mod plot;
+mod probe_cost;
+mod slowdown;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use common::Settings;
+
+/// A benchmark: name, what it measures, run, table, plot.
+struct Bench {
+    name: &'static str,
+    title: &'static str,
+    run: fn(&Settings) -> Value,
+    table: fn(&Value) -> String,
+    plot: Option<plot::Plot>,
+}
+
+const BENCHES: [Bench; 5] = [
+    Bench {
+        name: "probe",
+        title: "per-probe cost",
+        run: probe_cost::run,
+        table: probe_cost::table,
+        plot: Some(plot::probe),
+    },
+    Bench {
+        name: "slowdown",
+        title: "workload slowdown",
+        run: slowdown::run,
+        table: slowdown::table,
+        plot: Some(plot::slowdown),
+    },
+    Bench {
+        name: "agent",
+        title: "agent cost",
+        run: agent_cost::run,
+        table: agent_cost::table,
+        plot: None,
+    },
+    Bench {
+        name: "enrich",
+        title: "enrichment throughput and delay",
+        run: enrich::run,
+        table: enrich::table,
+        plot: Some(plot::enrich),
+    },
+    Bench {
+        name: "accuracy",
+        title: "accuracy against procfs sampling",
+        run: accuracy::run,
+        table: accuracy::table,
+        plot: Some(plot::accuracy),
+    },
+];
+
+fn agent_path() -> PathBuf {
+    std::env::var_os("ENERGY_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::sibling("energy-agent"))
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces the text between the benchmark's markers in `file`.
+fn update_markdown(file: &Path, name: &str, body: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+        eprintln!("bench: no {open} … {close} in {}", file.display());
+        return Ok(());
+    };
+    let updated = format!("{}{open}\n{body}\n{}", &text[..a], &text[b..]);
+    std::fs::write(file, updated)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let values: Vec<&String> = ["--out", "--markdown", "--plots"]
+        .iter()
+        .filter_map(|f| {
+            args.iter()
+                .position(|a| a == f)
+                .and_then(|i| args.get(i + 1))
+        })
+        .collect();
+    let names: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && !values.contains(a))
+        .map(String::as_str)
+        .collect();
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !BENCHES.iter().any(|b| b.name == **n))
+    {
+        eprintln!("bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy)");
+        std::process::exit(2);
+    }
+    let settings = Settings {
+        smoke: flag("--smoke"),
+        agent: agent_path(),
+    };
+    let out = value("--out")
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
+    std::fs::create_dir_all(&out).expect("creating the results directory");
+    let markdown = value("--markdown");
+    let plots = value("--plots").unwrap_or_else(|| out.clone());
+    std::fs::create_dir_all(&plots).expect("creating the plots directory");
+    let machine = common::machine();
+    for b in BENCHES
+        .iter()
+        .filter(|b| names.is_empty() || names.contains(&b.name))
+    {
+        eprintln!(
+            "bench: {} ({}){}",
+            b.name,
+            b.title,
+            if settings.smoke { ", smoke" } else { "" }
+        );
+        let started = std::time::Instant::now();
+        let result = (b.run)(&settings);
+        let record = json!({
+            "benchmark": b.name,
+            "date": now_utc(),
+            "machine": machine,
+            "smoke": settings.smoke,
+            "agent": settings.agent,
+            "seconds": started.elapsed().as_secs_f64(),
+            "result": result,
+        });
+        let json_path = out.join(format!("{}.json", b.name));
+        std::fs::write(&json_path, serde_json::to_string_pretty(&record).unwrap())
+            .expect("writing results");
+        let table = (b.table)(&result);
+        println!("\n## {} — {}\n\n{table}", b.name, b.title);
+        let mut plotted = None;
+        if let Some(plot) = b.plot {
+            let svg = plots.join(format!("{}.svg", b.name));
+            match plot(&result, &svg) {
+                Ok(()) => plotted = Some(svg),
+                Err(e) => eprintln!("bench: plot {}: {e}", b.name),
+            }
+        }
+        if let Some(md) = &markdown {
+            let mut body = format!(
+                "Latest: {} on {} CPUs ({}), kernel {}{}.\n\n{table}",
+                record["date"].as_str().unwrap_or(""),
+                machine["cpus"],
+                machine["cpu_model"].as_str().unwrap_or("?"),
+                machine["kernel"].as_str().unwrap_or("?"),
+                if machine["virtualized"] == true {
+                    ", a VM"
+                } else {
+                    ""
+                },
+            );
+            if let Some(svg) = &plotted {
+                let rel = svg
+                    .strip_prefix(md.parent().unwrap_or(Path::new(".")))
+                    .unwrap_or(svg);
+                body.push_str(&format!("\n![{}]({})\n", b.title, rel.display()));
+            }
+            update_markdown(md, b.name, &body).expect("updating the markdown");
+        }
+        eprintln!(
+            "bench: {} done in {:.1} s → {}",
+            b.name,
+            started.elapsed().as_secs_f64(),
+            json_path.display()
+        );
+    }
+}
