@@ -178,9 +178,18 @@ impl History {
         self.records.front().map_or(0, |r| r.start_ns)
     }
 
-    /// Whether `tid` ran as a thread of `pid` in any kept interval.
+    /// The kept intervals that overlap `[from, to]` (Unix ns), oldest first.
+    fn overlapping(&self, from: u64, to: u64) -> impl Iterator<Item = &IntervalRecord> {
+        let first = self.records.partition_point(|r| r.end_ns < from);
+        self.records
+            .range(first..)
+            .take_while(move |r| r.start_ns <= to)
+    }
+
+    /// Whether `tid` ran as a thread of `pid` in any kept interval (newest first: a live
+    /// thread is found at once).
     pub fn is_thread_of(&self, pid: u32, tid: u32) -> bool {
-        self.records.iter().any(|r| {
+        self.records.iter().rev().any(|r| {
             r.processes
                 .get(&pid)
                 .is_some_and(|p| p.threads.contains_key(&tid))
@@ -445,7 +454,10 @@ pub fn enrich(
         by_pid.entry(s.pid).or_default().push(i);
     }
     let pids: BTreeSet<u32> = targets.iter().map(|&i| all[i].pid).collect();
-    for record in &history.records {
+    // Only the intervals the targets overlap can give them anything.
+    let from = targets.iter().map(|&i| all[i].start_ns).min().unwrap_or(0);
+    let to = targets.iter().map(|&i| all[i].end_ns).max().unwrap_or(0);
+    for record in history.overlapping(from, to) {
         for pid in &pids {
             let Some(proc) = record.processes.get(pid) else {
                 continue;

@@ -5,7 +5,7 @@
 //! unenriched and counted; nothing is dropped here.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -15,6 +15,8 @@ use regex::Regex;
 
 use super::spans::{self, Selection, attr_int, attr_str, names};
 use crate::attribute::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+use known::{Known, KnownSpans};
+use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
 
 /// `--service NAME=REGEX`: spans of service NAME come from the process whose command
 /// line matches REGEX.
@@ -79,14 +81,6 @@ pub struct EnrichStats {
     pub held: u64,
 }
 
-#[derive(Default)]
-struct TraceEntry {
-    parent: HashMap<Vec<u8>, Vec<u8>>,
-    candidates: HashSet<Vec<u8>>,
-    enriched: HashSet<Vec<u8>>,
-    seen: Option<Instant>,
-}
-
 struct Held {
     request: ExportTraceServiceRequest,
     /// Per resource: the process that produced its spans, or why it is not known.
@@ -94,15 +88,6 @@ struct Held {
     arrived: Instant,
     last_end_ns: u64,
     spans: usize,
-}
-
-/// A request span seen (held or released), so concurrent spans from other batches are
-/// part of each split.
-#[derive(Clone)]
-struct Known {
-    trace: Vec<u8>,
-    span: Vec<u8>,
-    request: RequestSpan,
 }
 
 /// Most request spans remembered for splits.
@@ -114,16 +99,20 @@ pub struct Enricher {
     history: History,
     held: VecDeque<Held>,
     held_spans: usize,
-    traces: HashMap<Vec<u8>, TraceEntry>,
+    traces: TraceIndex,
     cmdlines: (Option<Instant>, Vec<(u32, String)>),
     requests: Vec<(String, f64)>,
-    known: HashMap<u32, Vec<Known>>,
+    /// Request spans seen, so concurrent spans from other batches take part in each
+    /// split.
+    known: KnownSpans,
     claims: Claims,
     /// Counters.
     pub stats: EnrichStats,
 }
 
-const MAX_TRACES: usize = 20_000;
+/// Spans per generation of the trace index, and how long a generation lasts: enough
+/// to cover every held span and the history behind them.
+const TRACE_GENERATION: (usize, Duration) = (100_000, Duration::from_secs(60));
 
 fn count_spans(r: &ExportTraceServiceRequest) -> usize {
     r.resource_spans
@@ -141,10 +130,10 @@ impl Enricher {
             history: History::new(history_intervals),
             held: VecDeque::new(),
             held_spans: 0,
-            traces: HashMap::new(),
+            traces: TraceIndex::new(TRACE_GENERATION.0, TRACE_GENERATION.1),
             cmdlines: (None, Vec::new()),
             requests: Vec::new(),
-            known: HashMap::new(),
+            known: KnownSpans::default(),
             claims: Claims::default(),
             stats: EnrichStats::default(),
         }
@@ -172,9 +161,9 @@ impl Enricher {
                 if let Ok(pid) = &pid
                     && self.config.selection.matches(s)
                 {
-                    self.known.entry(*pid).or_default().push(Known {
-                        trace: s.trace_id.clone(),
-                        span: s.span_id.clone(),
+                    self.known.insert(Known {
+                        trace: trace_id(&s.trace_id),
+                        span: span_id(&s.span_id),
                         request: RequestSpan {
                             pid: *pid,
                             start_ns: s.start_time_unix_nano,
@@ -188,17 +177,14 @@ impl Enricher {
             pids.push(pid);
             for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                 last_end_ns = last_end_ns.max(s.end_time_unix_nano);
-                let t = self.traces.entry(s.trace_id.clone()).or_default();
-                t.seen = Some(now);
-                if !s.parent_span_id.is_empty() {
-                    t.parent.insert(s.span_id.clone(), s.parent_span_id.clone());
-                }
-                if self.config.selection.matches(s) {
-                    t.candidates.insert(s.span_id.clone());
-                }
+                self.traces.insert(
+                    trace_id(&s.trace_id),
+                    span_id(&s.span_id),
+                    span_id(&s.parent_span_id),
+                    self.config.selection.matches(s),
+                );
             }
         }
-        self.evict_traces(now);
         if self.held_spans + n > self.config.max_held_spans {
             let mut request = request;
             let mut marked = 0;
@@ -252,7 +238,8 @@ impl Enricher {
             }
         }
         self.held = waiting;
-        self.prune_known();
+        self.claims.prune(self.history.covered_from());
+        self.known.prune(self.history.covered_from(), MAX_KNOWN);
         let mut out = Vec::with_capacity(ready.len());
         for h in ready {
             self.held_spans -= h.spans;
@@ -260,77 +247,6 @@ impl Enricher {
         }
         self.stats.held = self.held_spans as u64;
         out
-    }
-
-    /// Forgets request spans and claims older than the history, and the oldest spans
-    /// past the bound.
-    fn prune_known(&mut self) {
-        let from = self.history.covered_from();
-        self.claims.prune(from);
-        let mut count = 0;
-        for list in self.known.values_mut() {
-            list.retain(|k| k.request.end_ns >= from);
-            count += list.len();
-        }
-        self.known.retain(|_, l| !l.is_empty());
-        if count > MAX_KNOWN {
-            let mut ends: Vec<u64> = self
-                .known
-                .values()
-                .flatten()
-                .map(|k| k.request.end_ns)
-                .collect();
-            ends.sort_unstable();
-            let cut = ends[count - MAX_KNOWN];
-            for list in self.known.values_mut() {
-                list.retain(|k| k.request.end_ns >= cut);
-            }
-        }
-    }
-
-    fn evict_traces(&mut self, now: Instant) {
-        if self.traces.len() <= MAX_TRACES {
-            return;
-        }
-        let horizon = Duration::from_secs(300);
-        self.traces
-            .retain(|_, t| t.seen.is_some_and(|s| now.duration_since(s) < horizon));
-        if self.traces.len() > MAX_TRACES {
-            let mut by_age: Vec<(Instant, Vec<u8>)> = self
-                .traces
-                .iter()
-                .filter_map(|(k, t)| Some((t.seen?, k.clone())))
-                .collect();
-            by_age.sort();
-            for (_, k) in by_age.into_iter().take(self.traces.len() - MAX_TRACES / 2) {
-                self.traces.remove(&k);
-            }
-        }
-    }
-
-    /// Whether the span has a request ancestor, or an already enriched descendant.
-    fn is_nested(&self, trace: &[u8], span: &[u8]) -> bool {
-        let Some(t) = self.traces.get(trace) else {
-            return false;
-        };
-        let ancestors = |start: &[u8]| {
-            let mut chain = Vec::new();
-            let mut cur = t.parent.get(start);
-            while let Some(p) = cur {
-                if chain.len() > 64 || chain.contains(p) {
-                    break;
-                }
-                chain.push(p.clone());
-                cur = t.parent.get(p);
-            }
-            chain
-        };
-        if ancestors(span).iter().any(|a| t.candidates.contains(a)) {
-            return true;
-        }
-        t.enriched
-            .iter()
-            .any(|e| ancestors(e).iter().any(|a| a == span))
     }
 
     fn service_pid(&mut self, service: &str) -> Option<u32> {
@@ -420,7 +336,10 @@ impl Enricher {
                     if !self.config.selection.matches(s) {
                         continue;
                     }
-                    if self.is_nested(&s.trace_id, &s.span_id) {
+                    if self
+                        .traces
+                        .is_nested(trace_id(&s.trace_id), span_id(&s.span_id))
+                    {
                         self.stats.nested += 1;
                         continue;
                     }
@@ -437,19 +356,26 @@ impl Enricher {
                 }
             }
         }
-        // Every known request span of those processes takes part in the split; thread
-        // ids count only when they are live kernel threads of the process.
+        // The known request spans of those processes that overlap a target take part in
+        // the split (the others cannot change a target's share); thread ids count only
+        // when they are live kernel threads of the process.
+        let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
+        for (ri, si, pi, pid) in &targets {
+            let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
+            let w = window.entry(*pid).or_insert((u64::MAX, 0));
+            w.0 = w.0.min(s.start_time_unix_nano);
+            w.1 = w.1.max(s.end_time_unix_nano);
+        }
         let mut all: Vec<RequestSpan> = Vec::new();
-        let mut index: HashMap<(Vec<u8>, Vec<u8>), usize> = HashMap::new();
-        let pids: HashSet<u32> = targets.iter().map(|t| t.3).collect();
-        for pid in pids {
-            for k in self.known.get(&pid).into_iter().flatten() {
-                if self.is_nested(&k.trace, &k.span) {
+        let mut index: foldhash::HashMap<(TraceId, SpanId), usize> = Default::default();
+        for (pid, (from, to)) in window {
+            for k in self.known.overlapping(pid, from, to) {
+                if self.traces.is_nested(k.trace, k.span) {
                     continue;
                 }
                 let mut r = k.request;
                 r.tid = r.tid.filter(|&t| self.history.is_thread_of(pid, t));
-                index.insert((k.trace.clone(), k.span.clone()), all.len());
+                index.insert((k.trace, k.span), all.len());
                 all.push(r);
             }
         }
@@ -457,7 +383,7 @@ impl Enricher {
         let mut slots = Vec::new();
         for (ri, si, pi, _) in &targets {
             let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
-            if let Some(&i) = index.get(&(s.trace_id.clone(), s.span_id.clone())) {
+            if let Some(&i) = index.get(&(trace_id(&s.trace_id), span_id(&s.span_id))) {
                 chosen.push(i);
                 slots.push((*ri, *si, *pi));
             }
@@ -472,9 +398,8 @@ impl Enricher {
             self.requests.push((model, energy.joules.total()));
             let span = &mut request.resource_spans[*ri].scope_spans[*si].spans[*pi];
             spans::add_energy(span, energy);
-            if let Some(t) = self.traces.get_mut(&span.trace_id) {
-                t.enriched.insert(span.span_id.clone());
-            }
+            self.traces
+                .mark_enriched(trace_id(&span.trace_id), span_id(&span.span_id));
             self.stats.enriched += 1;
         }
         for (ri, si, pi, reason) in &unattributed {
@@ -488,5 +413,7 @@ impl Enricher {
     }
 }
 
+mod known;
 #[cfg(test)]
 mod tests;
+mod traces;

@@ -166,6 +166,7 @@ pub fn claimed_tid(span: &Span) -> Option<u32> {
 /// Adds the energy attributes to a request span.
 pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     let a = &mut span.attributes;
+    a.reserve(11);
     a.push(kv(
         names::ENERGY_JOULES,
         Value::DoubleValue(e.joules.total()),
