@@ -13,13 +13,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
-    metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
-    trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+    trace::v1::ExportTraceServiceRequest,
 };
 use prost::Message;
 use tokio::sync::mpsc;
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
 
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,20 +134,93 @@ impl Payload {
         .max(1)
     }
 
-    fn path(&self) -> &'static str {
+    /// Encodes it once; retries resend the same bytes.
+    fn encode(&self) -> Encoded {
+        let (signal, body) = match self {
+            Payload::Traces(r) => (Signal::Traces, r.encode_to_vec()),
+            Payload::Metrics(r) => (Signal::Metrics, r.encode_to_vec()),
+            Payload::Logs(r) => (Signal::Logs, r.encode_to_vec()),
+        };
+        Encoded {
+            signal,
+            items: self.items(),
+            body: body.into(),
+        }
+    }
+}
+
+/// The OTLP signal of a payload, which picks the HTTP path and the gRPC method.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    fn http_path(self) -> &'static str {
         match self {
-            Payload::Traces(_) => "/v1/traces",
-            Payload::Metrics(_) => "/v1/metrics",
-            Payload::Logs(_) => "/v1/logs",
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+            Signal::Logs => "/v1/logs",
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    fn grpc_method(self) -> &'static str {
         match self {
-            Payload::Traces(r) => r.encode_to_vec(),
-            Payload::Metrics(r) => r.encode_to_vec(),
-            Payload::Logs(r) => r.encode_to_vec(),
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
         }
+    }
+}
+
+/// A payload as it waits in the queue: encoded, so that sending (and resending) it
+/// neither clones nor re-encodes the message tree.
+#[derive(Debug)]
+struct Encoded {
+    signal: Signal,
+    items: usize,
+    body: Bytes,
+}
+
+/// A gRPC codec for bodies that are already protobuf-encoded. The response (an
+/// `Export*ServiceResponse`) is read and discarded, as the typed clients did.
+#[derive(Clone, Copy, Debug, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ();
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
     }
 }
 
@@ -165,17 +242,20 @@ pub struct ForwardStats {
 /// The sending end of the forwarder.
 #[derive(Clone)]
 pub struct Forwarder {
-    tx: mpsc::UnboundedSender<Payload>,
+    tx: mpsc::UnboundedSender<Encoded>,
     /// Counters.
     pub stats: Arc<ForwardStats>,
 }
 
 impl Forwarder {
-    /// Queues a payload (never blocks; the queue bound is enforced by the task).
+    /// Encodes and queues a payload (never blocks; the queue bound is enforced by the
+    /// task).
     pub fn send(&self, payload: Payload) {
-        let items = payload.items() as u64;
+        let encoded = payload.encode();
+        drop(payload);
+        let items = encoded.items as u64;
         self.stats.queued.fetch_add(items, Ordering::Relaxed);
-        if self.tx.send(payload).is_err() {
+        if self.tx.send(encoded).is_err() {
             self.stats.queued.fetch_sub(items, Ordering::Relaxed);
             self.stats.dropped.fetch_add(items, Ordering::Relaxed);
         }
@@ -201,15 +281,9 @@ pub fn spawn(config: ForwardConfig) -> Forwarder {
     Forwarder { tx, stats }
 }
 
-struct Clients {
-    traces: TraceServiceClient<tonic::transport::Channel>,
-    metrics: MetricsServiceClient<tonic::transport::Channel>,
-    logs: LogsServiceClient<tonic::transport::Channel>,
-}
-
 async fn run(
     config: ForwardConfig,
-    mut rx: mpsc::UnboundedReceiver<Payload>,
+    mut rx: mpsc::UnboundedReceiver<Encoded>,
     stats: Arc<ForwardStats>,
 ) {
     let grpc = if config.protocol == Protocol::Grpc {
@@ -219,11 +293,7 @@ async fn run(
                     .timeout(config.timeout)
                     .connect_timeout(config.timeout)
                     .connect_lazy();
-                Some(Clients {
-                    traces: TraceServiceClient::new(channel.clone()),
-                    metrics: MetricsServiceClient::new(channel.clone()),
-                    logs: LogsServiceClient::new(channel),
-                })
+                Some(tonic::client::Grpc::new(channel))
             }
             Err(e) => {
                 log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
@@ -238,7 +308,7 @@ async fn run(
         .http_status_as_error(false)
         .build()
         .into();
-    let mut queue: VecDeque<Payload> = VecDeque::new();
+    let mut queue: VecDeque<Encoded> = VecDeque::new();
     let mut queued_items = 0usize;
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
@@ -252,11 +322,11 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(p) = msg else { break };
-                queued_items += p.items();
+                queued_items += p.items;
                 queue.push_back(p);
                 while queued_items > config.max_queued_items && queue.len() > 1 {
                     let old = queue.pop_front().expect("non-empty");
-                    let n = old.items();
+                    let n = old.items;
                     queued_items -= n;
                     stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
                     stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
@@ -269,17 +339,17 @@ async fn run(
             }
             _ = tokio::time::sleep(wait) => {}
         }
-        let Some(front) = queue.front().cloned() else {
+        let Some(front) = queue.front() else {
             continue;
         };
         let result = match &grpc {
-            Some(c) => send_grpc(c, &config, front.clone()).await,
+            Some(c) => send_grpc(c.clone(), &config, front).await,
             None if config.protocol == Protocol::Grpc => Err("no usable gRPC endpoint".into()),
-            None => send_http(&agent, &config, &front).await,
+            None => send_http(&agent, &config, front).await,
         };
         match result {
             Ok(()) => {
-                let n = front.items();
+                let n = front.items;
                 queue.pop_front();
                 queued_items -= n;
                 stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
@@ -319,37 +389,34 @@ fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
     req
 }
 
-async fn send_grpc(c: &Clients, config: &ForwardConfig, payload: Payload) -> Result<(), String> {
-    let result = match payload {
-        Payload::Traces(r) => c
-            .traces
-            .clone()
-            .export(with_headers(config, r))
-            .await
-            .map(|_| ()),
-        Payload::Metrics(r) => c
-            .metrics
-            .clone()
-            .export(with_headers(config, r))
-            .await
-            .map(|_| ()),
-        Payload::Logs(r) => c
-            .logs
-            .clone()
-            .export(with_headers(config, r))
-            .await
-            .map(|_| ()),
-    };
-    result.map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
+async fn send_grpc(
+    mut client: tonic::client::Grpc<tonic::transport::Channel>,
+    config: &ForwardConfig,
+    payload: &Encoded,
+) -> Result<(), String> {
+    client
+        .ready()
+        .await
+        .map_err(|e| format!("gRPC connection: {e}"))?;
+    let method = tonic::codegen::http::uri::PathAndQuery::from_static(payload.signal.grpc_method());
+    client
+        .unary(
+            with_headers(config, payload.body.clone()),
+            method,
+            PreEncoded,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
 }
 
 async fn send_http(
     agent: &ureq::Agent,
     config: &ForwardConfig,
-    payload: &Payload,
+    payload: &Encoded,
 ) -> Result<(), String> {
-    let url = http_url(&config.endpoint, payload.path());
-    let body = payload.encode();
+    let url = http_url(&config.endpoint, payload.signal.http_path());
+    let body = payload.body.clone();
     let headers = config.headers.clone();
     let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
