@@ -54,10 +54,24 @@ pub fn bump(index: u32) {
     }
 }
 
+/// Bytes waiting in `EVENTS` before the agent is woken. The agent drains the ring
+/// buffer at every interval anyway; a wakeup per event (about three per short-lived
+/// process) would cost it a context switch each and buy nothing. Past a quarter of the
+/// buffer it is woken so that a burst cannot fill it.
+const WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 4;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 /// Sends `event` to the agent, counting it as lost when the ring buffer is full.
 #[inline(always)]
 pub fn send(event: &Event) {
-    if EVENTS.output::<Event>(event, 0).is_err() {
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(event, wakeup).is_err() {
         bump(STAT_EVENTS_LOST);
     }
 }
