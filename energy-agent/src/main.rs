@@ -1,6 +1,11 @@
 //! The `energy-agent` binary: errors become one clear line and a non-zero exit code.
 
 fn main() {
+    // Large buffers (the kernel BTF that aya parses at load, ~5 MB) stay mmap-backed and
+    // go back to the kernel when freed. Without a fixed threshold glibc raises it after
+    // the first such free and the next ones stay in the heap for good.
+    // SAFETY: called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();

@@ -6,7 +6,7 @@
 //! Format: linux/Documentation/bpf/btf.rst — a header, a type section of
 //! `struct btf_type` records (each followed by kind-specific data), a string section.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 /// Errors reading BTF.
 #[derive(Debug, thiserror::Error)]
@@ -37,25 +37,22 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Member {
     name: u32,
     type_id: u32,
     bit_offset: u32,
 }
 
-#[derive(Clone, Debug)]
-struct Composite {
-    members: Vec<Member>,
-}
-
-/// Structs and unions of a BTF blob, indexed by type id.
+/// A BTF blob with an index of where each type's record starts. Members are read from
+/// the blob when asked for, so parsing the kernel's 5 MB of BTF costs little more
+/// memory than the blob itself.
 pub struct Btf {
-    strings: Vec<u8>,
-    composites: HashMap<u32, Composite>,
-    by_name: HashMap<String, Vec<u32>>,
-    /// Type id → the type it refers to, for typedef/const/volatile chains.
-    aliases: HashMap<u32, u32>,
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// Type id − 1 → offset of its record in the type section.
+    offsets: Vec<u32>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -66,6 +63,17 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// A type record's fixed part.
+struct TypeHeader {
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+    /// Where its kind-specific data starts, in the type section.
+    rest: usize,
+}
+
 impl Btf {
     /// Reads and parses a BTF file.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
@@ -73,96 +81,118 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::parse(data)
     }
 
     /// Parses little-endian BTF bytes.
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         let bad = BtfError::Malformed;
-        if u16_at(data, 0) != Some(MAGIC) {
+        if u16_at(&data, 0) != Some(MAGIC) {
             return Err(bad("bad magic"));
         }
-        let hdr_len = u32_at(data, 4).ok_or(bad("short header"))? as usize;
-        let type_off = u32_at(data, 8).ok_or(bad("short header"))? as usize;
-        let type_len = u32_at(data, 12).ok_or(bad("short header"))? as usize;
-        let str_off = u32_at(data, 16).ok_or(bad("short header"))? as usize;
-        let str_len = u32_at(data, 20).ok_or(bad("short header"))? as usize;
-        let types = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or(bad("type section out of bounds"))?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(bad("string section out of bounds"))?
-            .to_vec();
-
+        let word = |at| {
+            u32_at(&data, at)
+                .map(|w| w as usize)
+                .ok_or(bad("short header"))
+        };
+        let (hdr_len, type_off, type_len) = (word(4)?, word(8)?, word(12)?);
+        let (str_off, str_len) = (word(16)?, word(20)?);
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if types.end > data.len() {
+            return Err(bad("type section out of bounds"));
+        }
+        if strings.end > data.len() {
+            return Err(bad("string section out of bounds"));
+        }
         let mut btf = Self {
+            data,
+            types,
             strings,
-            composites: HashMap::new(),
-            by_name: HashMap::new(),
-            aliases: HashMap::new(),
+            offsets: Vec::new(),
         };
         let mut at = 0;
-        let mut id = 1u32;
-        while at < types.len() {
-            let name = u32_at(types, at).ok_or(bad("truncated type"))?;
-            let info = u32_at(types, at + 4).ok_or(bad("truncated type"))?;
-            let size_or_type = u32_at(types, at + 8).ok_or(bad("truncated type"))?;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            at += 12;
-            let extra = match kind {
+        while at < btf.types.len() {
+            let header = btf.header_at(at).ok_or(bad("truncated type"))?;
+            let extra = match header.kind {
                 1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
                 3 => 12,          // ARRAY
-                KIND_STRUCT | KIND_UNION => 12 * vlen,
-                6 | 13 => 8 * vlen,        // ENUM, FUNC_PROTO
-                15 | 19 => 12 * vlen,      // DATASEC, ENUM64
+                KIND_STRUCT | KIND_UNION => 12 * header.vlen,
+                6 | 13 => 8 * header.vlen,   // ENUM, FUNC_PROTO
+                15 | 19 => 12 * header.vlen, // DATASEC, ENUM64
                 2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
                 _ => return Err(bad("unknown BTF kind")),
             };
-            if kind == KIND_STRUCT || kind == KIND_UNION {
-                let mut members = Vec::with_capacity(vlen);
-                for m in 0..vlen {
-                    let base = at + 12 * m;
-                    let offset = u32_at(types, base + 8).ok_or(bad("truncated member"))?;
-                    members.push(Member {
-                        name: u32_at(types, base).ok_or(bad("truncated member"))?,
-                        type_id: u32_at(types, base + 4).ok_or(bad("truncated member"))?,
-                        bit_offset: if kind_flag {
-                            offset & 0x00ff_ffff
-                        } else {
-                            offset
-                        },
-                    });
-                }
-                if name != 0 {
-                    let text = btf.string(name).to_string();
-                    btf.by_name.entry(text).or_default().push(id);
-                }
-                btf.composites.insert(id, Composite { members });
-            } else if matches!(kind, 8..=11 | 18) {
-                btf.aliases.insert(id, size_or_type);
+            if header.rest + extra > btf.types.len() {
+                return Err(bad("truncated type"));
             }
-            at += extra;
-            id += 1;
+            btf.offsets.push(at as u32);
+            at = header.rest + extra;
         }
         Ok(btf)
     }
 
+    fn type_section(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    fn header_at(&self, at: usize) -> Option<TypeHeader> {
+        let types = self.type_section();
+        let info = u32_at(types, at + 4)?;
+        Some(TypeHeader {
+            name: u32_at(types, at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(types, at + 8)?,
+            rest: at + 12,
+        })
+    }
+
+    fn header(&self, id: u32) -> Option<TypeHeader> {
+        let at = *self.offsets.get((id as usize).checked_sub(1)?)?;
+        self.header_at(at as usize)
+    }
+
     fn string(&self, offset: u32) -> &str {
-        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let strings = &self.data[self.strings.clone()];
+        let rest = strings.get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// Follows typedef/volatile/const/restrict/type-tag chains.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..16 {
-            match self.aliases.get(&id) {
-                Some(&next) => id = next,
-                None => break,
+            match self.header(id) {
+                Some(h) if matches!(h.kind, 8..=11 | 18) => id = h.size_or_type,
+                _ => break,
             }
         }
         id
+    }
+
+    /// The members of struct or union `id` (none for other kinds).
+    fn members(&self, id: u32) -> impl Iterator<Item = Member> + '_ {
+        let header = self
+            .header(id)
+            .filter(|h| h.kind == KIND_STRUCT || h.kind == KIND_UNION);
+        let (rest, vlen, kind_flag) =
+            header.map_or((0, 0, false), |h| (h.rest, h.vlen, h.kind_flag));
+        let types = self.type_section();
+        (0..vlen).filter_map(move |m| {
+            let base = rest + 12 * m;
+            let offset = u32_at(types, base + 8)?;
+            Some(Member {
+                name: u32_at(types, base)?,
+                type_id: u32_at(types, base + 4)?,
+                bit_offset: if kind_flag {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                },
+            })
+        })
     }
 
     /// Byte offset of `path` (`member` or `member.sub.field`) in struct `name`, looking
@@ -173,8 +203,14 @@ impl Btf {
             name: name.into(),
             member: path.into(),
         };
-        let ids = self.by_name.get(name).ok_or_else(not_found)?;
-        'candidates: for &id in ids {
+        let candidates = (1..=self.offsets.len() as u32).filter(|&id| {
+            self.header(id).is_some_and(|h| {
+                (h.kind == KIND_STRUCT || h.kind == KIND_UNION)
+                    && h.name != 0
+                    && self.string(h.name) == name
+            })
+        });
+        'candidates: for id in candidates {
             let mut type_id = id;
             let mut bits = 0;
             for part in path.split('.') {
@@ -196,8 +232,7 @@ impl Btf {
         if depth > 8 {
             return None;
         }
-        let composite = self.composites.get(&self.resolve(id))?;
-        for m in &composite.members {
+        for m in self.members(self.resolve(id)) {
             if m.name == 0 {
                 if let Some((inner, type_id)) = self.find(m.type_id, member, depth + 1) {
                     return Some((m.bit_offset + inner, type_id));
@@ -258,7 +293,7 @@ mod tests {
 
     #[test]
     fn finds_direct_and_nested_members() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = Btf::parse(sample()).unwrap();
         assert_eq!(btf.member_offset("task_struct", "state").unwrap(), 0);
         assert_eq!(btf.member_offset("task_struct", "pid").unwrap(), 8);
         assert_eq!(btf.member_offset("task_struct", "tgid").unwrap(), 12);
@@ -271,7 +306,7 @@ mod tests {
 
     #[test]
     fn follows_dotted_paths_through_named_members() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = Btf::parse(sample()).unwrap();
         // se is a named member whose type is a typedef of a struct: se.tgid = 16 + 4.
         assert_eq!(btf.member_offset("task_struct", "se").unwrap(), 16);
         assert_eq!(btf.member_offset("task_struct", "se.tgid").unwrap(), 20);
@@ -281,10 +316,13 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(Btf::parse(b"nope"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(b"nope".to_vec()),
+            Err(BtfError::Malformed(_))
+        ));
         let mut truncated = sample();
         truncated.truncate(40);
-        assert!(Btf::parse(&truncated).is_err());
+        assert!(Btf::parse(truncated).is_err());
     }
 
     #[test]

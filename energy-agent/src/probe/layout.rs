@@ -51,7 +51,12 @@ impl KernelLayout {
 
     pub(super) fn loader(&self) -> EbpfLoader<'_> {
         let mut loader = EbpfLoader::new();
+        // The programs read kernel structures at the offsets above, not through CO-RE
+        // relocations: the kernel BTF aya parsed on creating the loader (the largest
+        // allocation of the agent's life) is dropped here instead of kept through the
+        // load, and no relocation pass runs.
         loader
+            .btf(None)
             .override_global(names::NR_CPUS, &self.nr_cpus, true)
             .override_global(names::TASK_PID_OFFSET, &self.task_pid_offset, true)
             .override_global(names::TASK_TGID_OFFSET, &self.task_tgid_offset, true)
