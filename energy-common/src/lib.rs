@@ -119,7 +119,9 @@ pub const STAT_TASK_MAP_FULL: u32 = 0;
 pub const STAT_EVENTS_LOST: u32 = 1;
 /// Index into `STATS`: the exiting map was full (the exit flag was lost, not the time).
 pub const STAT_EXITING_MAP_FULL: u32 = 2;
-/// Index into `STATS`: number of `sched_switch` runs.
+/// Index into `STATS`: no longer written (kept so the indices stay stable). The agent
+/// counts switches from `CpuState::seq`, which every switch advances by two, and so
+/// saves the hottest program a counter update.
 pub const STAT_SWITCHES: u32 = 3;
 /// Index into `STATS`: a task switched out whose switch-in the kernel did not trace (it
 /// was charged from the last traced switch on its CPU).

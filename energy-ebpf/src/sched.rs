@@ -31,7 +31,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use energy_common::{
     COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, STAT_EXITING_MAP_FULL,
-    STAT_SWITCHES, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
+    STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
 };
 
 use crate::maps::{CPU_STATE, EXITING, NR_CPUS, TASKS, bump, send};
@@ -77,7 +77,6 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let prev_state = ctx.arg::<u64>(3) as u32;
     // SAFETY: BPF helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    bump(STAT_SWITCHES);
     let Some(state) = CPU_STATE.get_ptr_mut(0) else {
         return 0;
     };
@@ -117,8 +116,16 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             flush_exited(&key, now);
         }
     }
-    let next_pid = task_field(next, TASK_PID_OFFSET.load());
-    let next_tgid = task_field(next, TASK_TGID_OFFSET.load());
+    let (pid_offset, tgid_offset) = (TASK_PID_OFFSET.load(), TASK_TGID_OFFSET.load());
+    let (next_pid, next_tgid) = if tgid_offset == pid_offset + 4 {
+        // Adjacent, as in every kernel since 2.6: one read instead of two.
+        // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
+        let both = unsafe { bpf_probe_read_kernel((next + u64::from(pid_offset)) as *const u64) }
+            .unwrap_or(0);
+        (both as u32, (both >> 32) as u32)
+    } else {
+        (task_field(next, pid_offset), task_field(next, tgid_offset))
+    };
     let next_runtime = task_runtime(next);
     // SAFETY: as above.
     unsafe {

@@ -29,8 +29,8 @@ use aya::{
 };
 use energy_common::{
     CpuState, DEFAULT_MAX_TASKS, Event, GpuActivity, STAT_COUNT, STAT_EVENTS_LOST,
-    STAT_EXITING_MAP_FULL, STAT_GPU_MAP_FULL, STAT_SWITCHES, STAT_TASK_MAP_FULL,
-    STAT_UNSEEN_SWITCH_IN, SyncEntry, TaskKey, TaskTime, names,
+    STAT_EXITING_MAP_FULL, STAT_GPU_MAP_FULL, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, SyncEntry,
+    TaskKey, TaskTime, names,
 };
 use gpu::GpuTracker;
 pub use gpu::{GpuCalls, GpuThreadActivity};
@@ -482,7 +482,12 @@ impl Probe {
             task_map_full: sums[STAT_TASK_MAP_FULL as usize],
             events_lost: sums[STAT_EVENTS_LOST as usize],
             exiting_map_full: sums[STAT_EXITING_MAP_FULL as usize],
-            switches: sums[STAT_SWITCHES as usize],
+            // Every switch advances its CPU's seq by two.
+            switches: self
+                .read_cpu_state()?
+                .iter()
+                .map(|s| s.seq / 2)
+                .sum(),
             unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
             missed_runs: 0,
             tasks_tracked: 0,
