@@ -107,23 +107,32 @@ pub fn run(s: &Settings) -> Value {
     }
     drop(runtime);
     agent.stop();
-    let sustained = steps
-        .iter()
-        .filter(|s| {
-            s["lost"] == 0
-                && s["failed_batches"] == 0
-                && s["accepted_per_s"].as_f64().unwrap_or(0.0)
-                    >= 0.95 * s["offered_per_s"].as_f64().unwrap_or(f64::MAX)
-        })
-        .filter_map(|s| s["offered_per_s"].as_f64())
-        .fold(0.0, f64::max);
+    let no_loss = |s: &&Value| {
+        s["lost"] == 0
+            && s["failed_batches"] == 0
+            && s["accepted_per_s"].as_f64().unwrap_or(0.0)
+                >= 0.95 * s["offered_per_s"].as_f64().unwrap_or(f64::MAX)
+    };
+    let highest = |ok: &dyn Fn(&&Value) -> bool| {
+        steps
+            .iter()
+            .filter(|s| ok(s))
+            .filter_map(|s| s["offered_per_s"].as_f64())
+            .fold(0.0, f64::max)
+    };
+    let target_p99 = 1000.0 + TARGET_EXTRA_MS;
+    let sustained = highest(&no_loss);
+    let within_delay = highest(&|s| {
+        no_loss(s) && s["delay_p99_ms"].as_f64().is_some_and(|d| d <= target_p99)
+    });
     json!({
         "steps": steps,
         "step_seconds": step_s,
         "sustained_per_s": sustained,
+        "sustained_within_delay_per_s": within_delay,
         "interval_ms": 1000,
         "target_per_s": TARGET_RATE,
-        "target_p99_ms": 1000.0 + TARGET_EXTRA_MS,
+        "target_p99_ms": target_p99,
     })
 }
 
@@ -144,8 +153,10 @@ pub fn table(r: &Value) -> String {
         ));
     }
     t.push_str(&format!(
-        "\nSustained with no loss on one core: **{:.0} spans/s** (target ≥ {TARGET_RATE:.0}); p99 delay target ≤ interval + {TARGET_EXTRA_MS:.0} ms.\n",
-        r["sustained_per_s"].as_f64().unwrap_or(0.0)
+        "\nSustained with no loss on one core: **{:.0} spans/s** (target ≥ {TARGET_RATE:.0}); \
+         with no loss and p99 delay ≤ interval + {TARGET_EXTRA_MS:.0} ms as well: **{:.0} spans/s**.\n",
+        r["sustained_per_s"].as_f64().unwrap_or(0.0),
+        r["sustained_within_delay_per_s"].as_f64().unwrap_or(0.0),
     ));
     t
 }

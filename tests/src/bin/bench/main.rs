@@ -103,6 +103,18 @@ fn update_markdown(file: &Path, name: &str, body: &str) -> std::io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] \
+                         [--out DIR] [--markdown FILE --plots DIR]";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    if let Some(bad) = args.iter().find(|a| {
+        a.starts_with('-') && !["--smoke", "--out", "--markdown", "--plots"].contains(&a.as_str())
+    }) {
+        eprintln!("bench: unknown option {bad:?}\n{USAGE}");
+        std::process::exit(2);
+    }
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| {
         args.iter()
