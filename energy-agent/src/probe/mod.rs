@@ -483,11 +483,7 @@ impl Probe {
             events_lost: sums[STAT_EVENTS_LOST as usize],
             exiting_map_full: sums[STAT_EXITING_MAP_FULL as usize],
             // Every switch advances its CPU's seq by two.
-            switches: self
-                .read_cpu_state()?
-                .iter()
-                .map(|s| s.seq / 2)
-                .sum(),
+            switches: self.read_cpu_state()?.iter().map(|s| s.seq / 2).sum(),
             unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
             missed_runs: 0,
             tasks_tracked: 0,

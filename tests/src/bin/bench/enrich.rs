@@ -122,9 +122,8 @@ pub fn run(s: &Settings) -> Value {
     };
     let target_p99 = 1000.0 + TARGET_EXTRA_MS;
     let sustained = highest(&no_loss);
-    let within_delay = highest(&|s| {
-        no_loss(s) && s["delay_p99_ms"].as_f64().is_some_and(|d| d <= target_p99)
-    });
+    let within_delay =
+        highest(&|s| no_loss(s) && s["delay_p99_ms"].as_f64().is_some_and(|d| d <= target_p99));
     json!({
         "steps": steps,
         "step_seconds": step_s,
