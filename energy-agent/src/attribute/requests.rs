@@ -186,6 +186,13 @@ impl History {
             .take_while(move |r| r.start_ns <= to)
     }
 
+    /// `[from, to]` widened to the bounds of the kept intervals it overlaps: every span
+    /// that shares an interval with something in the window overlaps the result.
+    pub fn widen_to_intervals(&self, from: u64, to: u64) -> (u64, u64) {
+        self.overlapping(from, to)
+            .fold((from, to), |(a, b), r| (a.min(r.start_ns), b.max(r.end_ns)))
+    }
+
     /// Whether `tid` ran as a thread of `pid` in any kept interval (newest first: a live
     /// thread is found at once).
     pub fn is_thread_of(&self, pid: u32, tid: u32) -> bool {

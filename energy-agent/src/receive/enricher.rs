@@ -356,9 +356,11 @@ impl Enricher {
                 }
             }
         }
-        // The known request spans of those processes that overlap a target take part in
-        // the split (the others cannot change a target's share); thread ids count only
-        // when they are live kernel threads of the process.
+        // The known request spans of those processes that share an interval with a
+        // target take part in the split (the others cannot change a target's share, but
+        // these can, even without overlapping it: one without a thread id makes the whole
+        // interval split by concurrency); thread ids count only when they are live kernel
+        // threads of the process.
         let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
         for (ri, si, pi, pid) in &targets {
             let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
@@ -369,6 +371,7 @@ impl Enricher {
         let mut all: Vec<RequestSpan> = Vec::new();
         let mut index: foldhash::HashMap<(TraceId, SpanId), usize> = Default::default();
         for (pid, (from, to)) in window {
+            let (from, to) = self.history.widen_to_intervals(from, to);
             for k in self.known.overlapping(pid, from, to) {
                 if self.traces.is_nested(k.trace, k.span) {
                     continue;

@@ -305,3 +305,43 @@ fn service_rules_parse() {
     assert_eq!(r.service, "svc");
     assert!("noequals".parse::<ServiceRule>().is_err());
 }
+
+#[test]
+fn a_span_of_another_batch_in_the_same_interval_still_decides_the_split_mode() {
+    // X (no thread id) and Y (thread 42) share one interval but not a moment, and come
+    // in separate batches. Because X names no thread, the interval is split by
+    // concurrency, not by thread activity (which here all falls within Y), whichever
+    // batch is processed: Y gets the half of the interval it spans.
+    let mut e = enricher(1000);
+    let gen_ai = vec![kv("gen_ai.request.model", Value::StringValue("m".into()))];
+    let mut y_attrs = gen_ai.clone();
+    y_attrs.push(kv(names::THREAD_ID, Value::IntValue(42)));
+    e.accept(
+        batch(
+            Some(42),
+            vec![span(1, None, SpanKind::Internal, T0, T0 + S / 4, gen_ai)],
+        ),
+        Origin::default(),
+    );
+    e.accept(
+        batch(
+            Some(42),
+            vec![span(
+                2,
+                None,
+                SpanKind::Internal,
+                T0 + S / 2,
+                T0 + S,
+                y_attrs,
+            )],
+        ),
+        Origin::default(),
+    );
+    let mut r = record(T0, 42, 8.0);
+    let p = r.processes.get_mut(&42).unwrap();
+    p.timeline = [(42, vec![(T0 + S / 2, T0 + S, S)])].into();
+    let out = e.on_interval(r);
+    assert_eq!(out.len(), 2);
+    assert_eq!(joules(&attrs_of(&out[0])[0]), Some(2.0));
+    assert_eq!(joules(&attrs_of(&out[1])[0]), Some(4.0));
+}
