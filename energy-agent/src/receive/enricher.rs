@@ -182,6 +182,7 @@ impl Enricher {
                     span_id(&s.span_id),
                     span_id(&s.parent_span_id),
                     self.config.selection.matches(s),
+                    now,
                 );
             }
         }

@@ -80,9 +80,15 @@ impl TraceIndex {
         self.current.get_mut(&key).expect("just inserted")
     }
 
-    /// Records a received span.
-    pub fn insert(&mut self, trace: TraceId, span: SpanId, parent: SpanId, request: bool) {
-        let now = Instant::now();
+    /// Records a span received at `now`.
+    pub fn insert(
+        &mut self,
+        trace: TraceId,
+        span: SpanId,
+        parent: SpanId,
+        request: bool,
+        now: Instant,
+    ) {
         if self.current.len() >= self.capacity || now.duration_since(self.started) >= self.max_age {
             self.previous = std::mem::take(&mut self.current);
             self.started = now;
@@ -179,10 +185,10 @@ mod tests {
     fn a_request_under_a_request_is_nested() {
         let mut ix = index();
         // root 1 (request) ← 2 ← 3 (request), in arrival order child first.
-        ix.insert(T, 3, 2, true);
+        ix.insert(T, 3, 2, true, Instant::now());
         assert!(!ix.is_nested(T, 3), "its ancestors have not arrived");
-        ix.insert(T, 2, 1, false);
-        ix.insert(T, 1, 0, true);
+        ix.insert(T, 2, 1, false, Instant::now());
+        ix.insert(T, 1, 0, true, Instant::now());
         assert!(ix.is_nested(T, 3));
         assert!(!ix.is_nested(T, 1));
         assert!(!ix.is_nested(T + 1, 3), "another trace");
@@ -192,25 +198,25 @@ mod tests {
     fn an_enriched_descendant_makes_ancestors_nested_whenever_they_arrive() {
         let mut ix = index();
         // 4 ← 3 ← 2 ← 1: 4 is enriched before anything above it arrives.
-        ix.insert(T, 4, 3, true);
+        ix.insert(T, 4, 3, true, Instant::now());
         ix.mark_enriched(T, 4);
         assert!(!ix.is_nested(T, 4), "being enriched does not nest a span");
-        ix.insert(T, 2, 1, true);
+        ix.insert(T, 2, 1, true, Instant::now());
         assert!(!ix.is_nested(T, 2), "the link 3 → 2 is not known yet");
-        ix.insert(T, 3, 2, false);
+        ix.insert(T, 3, 2, false, Instant::now());
         assert!(ix.is_nested(T, 2) && ix.is_nested(T, 3));
-        ix.insert(T, 1, 0, true);
+        ix.insert(T, 1, 0, true, Instant::now());
         assert!(ix.is_nested(T, 1));
         // A sibling branch is unaffected.
-        ix.insert(T, 9, 8, true);
+        ix.insert(T, 9, 8, true, Instant::now());
         assert!(!ix.is_nested(T, 9));
     }
 
     #[test]
     fn a_parent_loop_ends() {
         let mut ix = index();
-        ix.insert(T, 1, 2, false);
-        ix.insert(T, 2, 1, false);
+        ix.insert(T, 1, 2, false, Instant::now());
+        ix.insert(T, 2, 1, false, Instant::now());
         assert!(!ix.is_nested(T, 1));
         ix.mark_enriched(T, 1);
         assert!(ix.is_nested(T, 2));
@@ -219,12 +225,12 @@ mod tests {
     #[test]
     fn old_generations_are_forgotten_but_touched_spans_stay() {
         let mut ix = TraceIndex::new(2, Duration::from_secs(60));
-        ix.insert(T, 1, 0, true);
-        ix.insert(T, 2, 1, true);
-        ix.insert(T, 3, 0, false); // rotates: 1 and 2 are the previous generation
+        ix.insert(T, 1, 0, true, Instant::now());
+        ix.insert(T, 2, 1, true, Instant::now());
+        ix.insert(T, 3, 0, false, Instant::now()); // rotates: 1 and 2 are the previous generation
         assert!(ix.is_nested(T, 2));
-        ix.insert(T, 1, 0, true); // brought forward
-        ix.insert(T, 4, 0, false); // rotates again: 2 is gone, 1 and 4 remain
+        ix.insert(T, 1, 0, true, Instant::now()); // brought forward
+        ix.insert(T, 4, 0, false, Instant::now()); // rotates again: 2 is gone, 1 and 4 remain
         assert!(ix.len() <= 4);
         assert!(ix.get((T, 1)).is_some() && ix.get((T, 2)).is_none());
     }
