@@ -119,17 +119,13 @@ pub const STAT_TASK_MAP_FULL: u32 = 0;
 pub const STAT_EVENTS_LOST: u32 = 1;
 /// Index into `STATS`: the exiting map was full (the exit flag was lost, not the time).
 pub const STAT_EXITING_MAP_FULL: u32 = 2;
-/// Index into `STATS`: no longer written (kept so the indices stay stable). The agent
-/// counts switches from `CpuState::seq`, which every switch advances by two, and so
-/// saves the hottest program a counter update.
-pub const STAT_SWITCHES: u32 = 3;
 /// Index into `STATS`: a task switched out whose switch-in the kernel did not trace (it
 /// was charged from the last traced switch on its CPU).
-pub const STAT_UNSEEN_SWITCH_IN: u32 = 4;
+pub const STAT_UNSEEN_SWITCH_IN: u32 = 3;
 /// Index into `STATS`: the GPU activity map was full (a thread's driver calls were lost).
-pub const STAT_GPU_MAP_FULL: u32 = 5;
+pub const STAT_GPU_MAP_FULL: u32 = 4;
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 5;
 
 /// Event kind: a finished thread's final on-CPU time on one CPU (`value` = ns, cumulative).
 pub const EVENT_EXIT_CPU: u32 = 1;
