@@ -134,16 +134,17 @@ impl Payload {
         .max(1)
     }
 
-    /// Encodes it once; retries resend the same bytes.
-    fn encode(&self) -> Encoded {
-        let (signal, body) = match self {
+    /// Encodes it once (freeing the message); retries resend the same bytes.
+    fn encode(self) -> Encoded {
+        let items = self.items();
+        let (signal, body) = match &self {
             Payload::Traces(r) => (Signal::Traces, r.encode_to_vec()),
             Payload::Metrics(r) => (Signal::Metrics, r.encode_to_vec()),
             Payload::Logs(r) => (Signal::Logs, r.encode_to_vec()),
         };
         Encoded {
             signal,
-            items: self.items(),
+            items,
             body: body.into(),
         }
     }
@@ -252,7 +253,6 @@ impl Forwarder {
     /// task).
     pub fn send(&self, payload: Payload) {
         let encoded = payload.encode();
-        drop(payload);
         let items = encoded.items as u64;
         self.stats.queued.fetch_add(items, Ordering::Relaxed);
         if self.tx.send(encoded).is_err() {
