@@ -178,17 +178,10 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     let tools = setup::setup()?;
     setup::ensure_test_tools(TEST_TOOLS)?;
-    run_step(
+    build_agent_and_test_programs(
+        &tools,
+        true,
         "building the agent and the benchmarks (release)",
-        cargo(&tools).args([
-            "build",
-            "--release",
-            "-p",
-            "energy-agent",
-            "-p",
-            "energy-tests",
-            "--bins",
-        ]),
     )?;
     let args: Vec<&String> = args.iter().filter(|a| *a != "--").collect();
     let mut cmd = Command::new(target_dir().join("release/bench"));
@@ -208,6 +201,17 @@ pub fn bench(args: &[String]) -> Result<()> {
     run_step("running the benchmarks", &mut cmd)
 }
 
+/// Builds the agent and the tests crate's programs (test helpers, the benchmarks).
+fn build_agent_and_test_programs(tools: &Tools, release: bool, step: &str) -> Result<()> {
+    let mut cmd = cargo(tools);
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "energy-agent", "-p", "energy-tests", "--bins"]);
+    run_step(step, &mut cmd)
+}
+
 /// `cargo xtask test [-- FILTER]`: unit tests, then end-to-end tests one at a time
 /// (they load eBPF programs and measure CPU time, so they share the kernel and CPUs).
 /// Ends with one `tests: N passed, N failed, N skipped` line over everything.
@@ -224,17 +228,7 @@ pub fn test(args: &[String]) -> Result<()> {
         &target_dir(),
         &workspace_root().join("tests/py/requirements.txt"),
     )?;
-    run_step(
-        "building the agent and test programs",
-        cargo(&tools).args([
-            "build",
-            "-p",
-            "energy-agent",
-            "-p",
-            "energy-tests",
-            "--bins",
-        ]),
-    )?;
+    build_agent_and_test_programs(&tools, false, "building the agent and test programs")?;
     let mut unit = cargo(&tools);
     unit.args([
         "test",
