@@ -186,11 +186,11 @@ impl History {
             .take_while(move |r| r.start_ns <= to)
     }
 
-    /// `[from, to]` widened to the bounds of the kept intervals it overlaps: every span
-    /// that shares an interval with something in the window overlaps the result.
-    pub fn widen_to_intervals(&self, from: u64, to: u64) -> (u64, u64) {
+    /// The (start, end) of each kept interval that overlaps `[from, to]`, oldest first.
+    pub fn intervals_overlapping(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
         self.overlapping(from, to)
-            .fold((from, to), |(a, b), r| (a.min(r.start_ns), b.max(r.end_ns)))
+            .map(|r| (r.start_ns, r.end_ns))
+            .collect()
     }
 
     /// Whether `tid` ran as a thread of `pid` in any kept interval (newest first: a live

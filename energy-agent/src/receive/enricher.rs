@@ -90,6 +90,10 @@ struct Held {
     spans: usize,
 }
 
+/// Per (pid, interval start): a known span without a live thread id in that interval,
+/// or none (see `Enricher::threadless_span`).
+type ThreadlessSpans = HashMap<(u32, u64), Option<Known>>;
+
 /// Most request spans remembered for splits.
 const MAX_KNOWN: usize = 200_000;
 
@@ -242,9 +246,10 @@ impl Enricher {
         self.claims.prune(self.history.covered_from());
         self.known.prune(self.history.covered_from(), MAX_KNOWN);
         let mut out = Vec::with_capacity(ready.len());
+        let mut threadless = ThreadlessSpans::default();
         for h in ready {
             self.held_spans -= h.spans;
-            out.push(self.process(h));
+            out.push(self.process(h, &mut threadless));
         }
         self.stats.held = self.held_spans as u64;
         out
@@ -325,7 +330,40 @@ impl Enricher {
         ))
     }
 
-    fn process(&mut self, held: Held) -> ExportTraceServiceRequest {
+    /// A known span of `pid` that shares some of interval `[start, end)` and has no live
+    /// thread id, if there is one; looked for once per release (`memo`).
+    fn threadless_span(
+        &self,
+        pid: u32,
+        (start, end): (u64, u64),
+        memo: &mut ThreadlessSpans,
+    ) -> Option<Known> {
+        // Spans only ever become nested during a release, never the reverse, and no span
+        // is added: a remembered "none" stays true, a remembered span is checked again.
+        if let Some(found) = memo.get(&(pid, start))
+            && found.is_none_or(|k| !self.traces.is_nested(k.trace, k.span))
+        {
+            return *found;
+        }
+        let found = self
+            .known
+            .overlapping(pid, start, end)
+            .find(|k| {
+                let r = &k.request;
+                r.end_ns.min(end) > r.start_ns.max(start)
+                    && !r.tid.is_some_and(|t| self.history.is_thread_of(pid, t))
+                    && !self.traces.is_nested(k.trace, k.span)
+            })
+            .copied();
+        memo.insert((pid, start), found);
+        found
+    }
+
+    fn process(
+        &mut self,
+        held: Held,
+        threadless: &mut ThreadlessSpans,
+    ) -> ExportTraceServiceRequest {
         let mut request = held.request;
         // Which spans are requests to enrich, and which cannot be tied to a process.
         let mut targets: Vec<(usize, usize, usize, u32)> = Vec::new();
@@ -357,11 +395,12 @@ impl Enricher {
                 }
             }
         }
-        // The known request spans of those processes that share an interval with a
-        // target take part in the split (the others cannot change a target's share, but
-        // these can, even without overlapping it: one without a thread id makes the whole
-        // interval split by concurrency); thread ids count only when they are live kernel
-        // threads of the process.
+        // The known request spans of those processes that overlap a target take part in
+        // the split, with, for each interval the targets touch, one span without a live
+        // thread id where the interval has one (it makes the whole interval split by
+        // concurrency instead of by thread activity). No other span can change a
+        // target's share. Thread ids count only when they are live kernel threads of the
+        // process.
         let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
         for (ri, si, pi, pid) in &targets {
             let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
@@ -372,9 +411,18 @@ impl Enricher {
         let mut all: Vec<RequestSpan> = Vec::new();
         let mut index: foldhash::HashMap<(TraceId, SpanId), usize> = Default::default();
         for (pid, (from, to)) in window {
-            let (from, to) = self.history.widen_to_intervals(from, to);
-            for k in self.known.overlapping(pid, from, to) {
-                if self.traces.is_nested(k.trace, k.span) {
+            let deciders: Vec<Known> = self
+                .history
+                .intervals_overlapping(from, to)
+                .into_iter()
+                .filter_map(|interval| self.threadless_span(pid, interval, threadless))
+                .collect();
+            // (A decider already among the overlapping spans is not added twice.)
+            let overlapping = self.known.overlapping(pid, from, to).map(|k| (k, false));
+            for (k, decider) in overlapping.chain(deciders.iter().map(|k| (k, true))) {
+                if (decider && index.contains_key(&(k.trace, k.span)))
+                    || self.traces.is_nested(k.trace, k.span)
+                {
                     continue;
                 }
                 let mut r = k.request;

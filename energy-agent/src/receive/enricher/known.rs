@@ -8,7 +8,7 @@ use super::traces::{SpanId, TraceId};
 use crate::attribute::requests::RequestSpan;
 
 /// A request span seen, with its ids (to match it in a batch and to walk its trace).
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(super) struct Known {
     pub trace: TraceId,
     pub span: SpanId,
