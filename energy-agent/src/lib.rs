@@ -1,11 +1,16 @@
 //! energy-agent: joules and grams of CO2e per process, model and inference request.
 //!
-//! Data flows one way, one module per stage: [`probe`] (eBPF scheduler data) →
-//! [`attribute`] (per-process figures, with [`identity`]) → [`export`] (console, JSON).
+//! Data flows one way, one module per stage: [`probe`] (eBPF scheduler and GPU-driver
+//! data) → [`power`] (energy per domain) → [`attribute`] (joules per process, model,
+//! container, with [`identity`]) → [`carbon`] (grams) → [`requests`] (per-request
+//! split) → [`receive`] (span enrichment) and [`export`] (console, JSON, metrics,
+//! OTLP). [`topology`] wires them; [`cli`] parses flags and dispatches;
+//! docs/ARCHITECTURE.md describes the whole.
 #![deny(missing_docs)]
 
 pub mod attribute;
 pub mod carbon;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod export;
@@ -13,3 +18,5 @@ pub mod identity;
 pub mod power;
 pub mod probe;
 pub mod receive;
+pub mod requests;
+pub mod topology;

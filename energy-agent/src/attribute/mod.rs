@@ -2,7 +2,7 @@
 //! identities become joules per process, model, container and host, with an explicit
 //! idle bucket, so that Σ processes + idle = measured energy in every interval.
 //!
-//! Per interval and domain (DESIGN.md "Attribution, precisely"): a package's energy
+//! Per interval and domain (docs/ARCHITECTURE.md, "Attribution"): a package's energy
 //! (and its DRAM's) is split by on-CPU time on that package's CPUs (see [`split`]);
 //! idle power is `--idle-power` where given, else the power model's idle figure, else the
 //! lowest power observed so far on the domain. GPU energy is split by NVML's
@@ -11,7 +11,6 @@
 pub mod gpu;
 pub mod models;
 pub mod report;
-pub mod requests;
 pub mod split;
 
 use std::collections::{BTreeMap, HashMap};
@@ -111,7 +110,7 @@ impl Attributor {
         }
     }
 
-    /// Attributes one interval. Carbon figures are left at zero for the carbon stage.
+    /// Attributes one interval, in joules (grams are the carbon stage's).
     pub fn attribute(
         &mut self,
         sched: &SchedInterval,
@@ -121,39 +120,8 @@ impl Attributor {
     ) -> IntervalReport {
         identity.observe(&sched.lifecycle, sched.end_ns);
         let seconds = sched.duration_ns() as f64 / 1e9;
-
-        // On-CPU time per process, per package, and the latest cgroup id seen.
-        let mut cpu_ns: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut by_package: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
-        let mut cgroup_of: HashMap<u32, u64> = HashMap::new();
-        let mut threads: HashMap<u32, BTreeMap<u32, u64>> = HashMap::new();
-        for s in &sched.slices {
-            *cpu_ns.entry(s.tgid).or_default() += s.on_cpu_ns;
-            *threads.entry(s.tgid).or_default().entry(s.tid).or_default() += s.on_cpu_ns;
-            *by_package
-                .entry(self.topology.package_of(s.cpu))
-                .or_default()
-                .entry(s.tgid)
-                .or_default() += s.on_cpu_ns;
-            if s.cgroup_id != 0 {
-                cgroup_of.insert(s.tgid, s.cgroup_id);
-            }
-        }
-        let all_cpus: BTreeMap<u32, u64> = cpu_ns.clone();
-        let empty = BTreeMap::new();
-
-        // GPU-driver activity per process and thread, and each GPU's weights.
-        let mut gpu_calls: BTreeMap<u32, GpuCalls> = BTreeMap::new();
-        let mut gpu_threads: HashMap<u32, BTreeMap<u32, GpuCalls>> = HashMap::new();
-        for t in &sched.gpu {
-            gpu_calls.entry(t.tgid).or_default().add(&t.calls);
-            gpu_threads
-                .entry(t.tgid)
-                .or_default()
-                .entry(t.tid)
-                .or_default()
-                .add(&t.calls);
-        }
+        let cpu = CpuUse::of(sched, &self.topology);
+        let gpu = GpuUse::of(sched);
         let gpu_ids: Vec<u32> = power
             .energies
             .iter()
@@ -162,44 +130,90 @@ impl Attributor {
                 _ => None,
             })
             .collect();
-        let (gpu_weights, gpus) = gpu::gpu_weights(&gpu_ids, &power.gpu_processes, &gpu_calls);
+        let (gpu_weights, gpus) = gpu::gpu_weights(&gpu_ids, &power.gpu_processes, &gpu.calls);
+        let domains = self.split_domains(power, seconds, &cpu, &gpu_weights);
+        let processes = self.process_reports(cpu, gpu, &domains.joules, sched, identity);
+        identity.forget_exited();
+        let total_ns: u64 = processes.iter().map(|p| p.cpu_time_ns).sum();
+        let mut report = IntervalReport {
+            start_ns: sched.start_ns,
+            end_ns: sched.end_ns,
+            duration_s: seconds,
+            models: Vec::new(),
+            containers: Vec::new(),
+            idle: GroupReport {
+                name: "idle".into(),
+                energy_j: domains.idle.total(),
+                joules: domains.idle,
+                watts: per_second(domains.idle.total(), seconds),
+                ..Default::default()
+            },
+            total_cpu_time_s: total_ns as f64 / 1e9,
+            power: PowerSummary::new(power, sources, seconds),
+            idle_policy: self.config.idle_policy,
+            idle_power: domains.idle_power,
+            gpus,
+            probe: sched.stats,
+            probe_programs: sched.programs.clone(),
+            processes,
+        };
+        regroup(&mut report);
+        report
+    }
 
-        let mut joules: BTreeMap<u32, Joules> = BTreeMap::new();
-        let mut idle = Joules::default();
-        let mut idle_power = Vec::new();
+    /// Splits every attributable domain's energy among the processes by its weights:
+    /// CPU time on a package's CPUs for the package and its DRAM (all CPUs for psys),
+    /// the GPU weights for a GPU.
+    fn split_domains(
+        &mut self,
+        power: &PowerReading,
+        seconds: f64,
+        cpu: &CpuUse,
+        gpu_weights: &GpuWeights,
+    ) -> DomainSplits {
+        let empty = BTreeMap::new();
+        let mut out = DomainSplits::default();
         for (domain, energy_j) in attributable(power) {
-            let class = domain.class();
             let weights = match domain {
-                Domain::Package(p) | Domain::Dram(p) => by_package.get(&p).unwrap_or(&empty),
-                Domain::Psys => &all_cpus,
+                Domain::Package(p) | Domain::Dram(p) => cpu.by_package.get(&p).unwrap_or(&empty),
+                Domain::Psys => &cpu.ns,
                 Domain::Gpu(g) => gpu_weights.get(&g).unwrap_or(&empty),
                 Domain::Core(_) | Domain::Uncore(_) => continue,
             };
-            let observed_w = if seconds > 0.0 {
-                energy_j / seconds
-            } else {
-                0.0
-            };
-            let ip = self.idle_power(domain, observed_w);
+            let ip = self.idle_power(domain, per_second(energy_j, seconds));
             let parts = split(
                 energy_j,
                 ip.watts * seconds,
                 weights,
                 self.config.idle_policy,
             );
-            idle_power.push(ip);
+            out.idle_power.push(ip);
+            let class = domain.class();
             for (pid, share) in parts.shares {
-                let j = joules.entry(pid).or_default();
+                let j = out.joules.entry(pid).or_default();
                 j.add(class, share.dynamic_j + share.idle_j);
                 j.idle_j += share.idle_j;
             }
-            idle.add(class, parts.idle_bucket_j);
+            out.idle.add(class, parts.idle_bucket_j);
         }
+        out
+    }
 
-        let mut pids: Vec<u32> = cpu_ns
+    /// One report per process that ran, held energy or drove a GPU, most energy first.
+    fn process_reports(
+        &self,
+        mut cpu: CpuUse,
+        mut gpu: GpuUse,
+        joules: &BTreeMap<u32, Joules>,
+        sched: &SchedInterval,
+        identity: &mut Identity,
+    ) -> Vec<ProcessReport> {
+        let seconds = sched.duration_ns() as f64 / 1e9;
+        let mut pids: Vec<u32> = cpu
+            .ns
             .keys()
             .chain(joules.keys())
-            .chain(gpu_calls.keys())
+            .chain(gpu.calls.keys())
             .copied()
             .collect();
         pids.sort_unstable();
@@ -207,9 +221,9 @@ impl Attributor {
         let mut processes: Vec<ProcessReport> = pids
             .into_iter()
             .map(|pid| {
-                let info =
-                    identity.process(pid, cgroup_of.get(&pid).copied().unwrap_or(0), sched.end_ns);
-                let ns = cpu_ns.get(&pid).copied().unwrap_or(0);
+                let cgroup_id = cpu.cgroup_of.get(&pid).copied().unwrap_or(0);
+                let info = identity.process(pid, cgroup_id, sched.end_ns);
+                let ns = cpu.ns.get(&pid).copied().unwrap_or(0);
                 let j = joules.get(&pid).copied().unwrap_or_default();
                 ProcessReport {
                     pid,
@@ -222,20 +236,14 @@ impl Attributor {
                     cpu_time_s: ns as f64 / 1e9,
                     cpu_time_ns: ns,
                     exited: info.exited,
-                    threads: threads.remove(&pid).unwrap_or_default(),
+                    threads: cpu.threads.remove(&pid).unwrap_or_default(),
                     thread_timeline: ThreadTimeline::default(),
-                    gpu_activity: gpu_calls.get(&pid).copied().unwrap_or_default(),
-                    gpu_threads: gpu_threads.remove(&pid).unwrap_or_default(),
+                    gpu_activity: gpu.calls.get(&pid).copied().unwrap_or_default(),
+                    gpu_threads: gpu.threads.remove(&pid).unwrap_or_default(),
                     gpu_timeline: GpuTimeline::default(),
                     energy_j: j.total(),
                     joules: j,
-                    watts: if seconds > 0.0 {
-                        j.total() / seconds
-                    } else {
-                        0.0
-                    },
-                    carbon_g: 0.0,
-                    embodied_g: 0.0,
+                    watts: per_second(j.total(), seconds),
                 }
             })
             .collect();
@@ -245,44 +253,81 @@ impl Attributor {
                 .then(b.cpu_time_ns.cmp(&a.cpu_time_ns))
                 .then(a.pid.cmp(&b.pid))
         });
-        identity.forget_exited();
-
-        let total_ns: u64 = cpu_ns.values().sum();
-        let idle_group = GroupReport {
-            name: "idle".into(),
-            energy_j: idle.total(),
-            joules: idle,
-            watts: if seconds > 0.0 {
-                idle.total() / seconds
-            } else {
-                0.0
-            },
-            ..Default::default()
-        };
-        let mut report = IntervalReport {
-            start_ns: sched.start_ns,
-            end_ns: sched.end_ns,
-            duration_s: seconds,
-            models: Vec::new(),
-            containers: Vec::new(),
-            idle: idle_group,
-            total_cpu_time_s: total_ns as f64 / 1e9,
-            power: PowerSummary::new(power, sources, seconds),
-            idle_policy: self.config.idle_policy,
-            idle_power,
-            gpus,
-            carbon: CarbonSummary::default(),
-            probe: sched.stats,
-            probe_programs: sched.programs.clone(),
-            processes,
-        };
-        regroup(&mut report);
-        report
+        processes
     }
 }
 
-/// Rebuilds the model and container groups from the processes (after any change to
-/// the processes' figures, such as carbon).
+/// `amount` per second over an interval of `seconds` (0 for an empty interval).
+fn per_second(amount: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 { amount / seconds } else { 0.0 }
+}
+
+/// On-CPU time in one interval: per process, per package, per thread, and the latest
+/// cgroup id seen of each process.
+#[derive(Default)]
+struct CpuUse {
+    ns: BTreeMap<u32, u64>,
+    by_package: BTreeMap<u32, BTreeMap<u32, u64>>,
+    threads: HashMap<u32, BTreeMap<u32, u64>>,
+    cgroup_of: HashMap<u32, u64>,
+}
+
+impl CpuUse {
+    fn of(sched: &SchedInterval, topology: &Topology) -> Self {
+        let mut cpu = Self::default();
+        for s in &sched.slices {
+            *cpu.ns.entry(s.tgid).or_default() += s.on_cpu_ns;
+            *cpu.threads
+                .entry(s.tgid)
+                .or_default()
+                .entry(s.tid)
+                .or_default() += s.on_cpu_ns;
+            *cpu.by_package
+                .entry(topology.package_of(s.cpu))
+                .or_default()
+                .entry(s.tgid)
+                .or_default() += s.on_cpu_ns;
+            if s.cgroup_id != 0 {
+                cpu.cgroup_of.insert(s.tgid, s.cgroup_id);
+            }
+        }
+        cpu
+    }
+}
+
+/// GPU-driver activity in one interval, per process and per thread.
+#[derive(Default)]
+struct GpuUse {
+    calls: BTreeMap<u32, GpuCalls>,
+    threads: HashMap<u32, BTreeMap<u32, GpuCalls>>,
+}
+
+impl GpuUse {
+    fn of(sched: &SchedInterval) -> Self {
+        let mut gpu = Self::default();
+        for t in &sched.gpu {
+            gpu.calls.entry(t.tgid).or_default().add(&t.calls);
+            gpu.threads
+                .entry(t.tgid)
+                .or_default()
+                .entry(t.tid)
+                .or_default()
+                .add(&t.calls);
+        }
+        gpu
+    }
+}
+
+/// Every domain's split, summed: joules per process, the idle bucket, and the idle
+/// power each domain used.
+#[derive(Default)]
+struct DomainSplits {
+    joules: BTreeMap<u32, Joules>,
+    idle: Joules,
+    idle_power: Vec<IdlePower>,
+}
+
+/// Rebuilds the model and container groups from the processes.
 pub fn regroup(report: &mut IntervalReport) {
     let mut models: BTreeMap<String, GroupReport> = BTreeMap::new();
     let mut containers: BTreeMap<String, GroupReport> = BTreeMap::new();

@@ -1,8 +1,7 @@
 //! What one interval's attribution produces: per process, per model, per container,
-//! the idle bucket, and the host — plain data for the carbon stage and the exporters.
+//! the idle bucket, and the host — in joules only: plain data for the carbon stage.
 
 use crate::{
-    carbon::Intensity,
     power::{Domain, DomainClass, DomainError, PowerReading},
     probe::{GpuCalls, ProbeStats},
 };
@@ -103,10 +102,6 @@ pub struct ProcessReport {
     pub joules: Joules,
     /// Average power over the interval, watts.
     pub watts: f64,
-    /// Operational carbon, grams CO2e.
-    pub carbon_g: f64,
-    /// Embodied carbon share, grams CO2e (0 unless configured).
-    pub embodied_g: f64,
 }
 
 /// A group of processes (a model, or a container).
@@ -125,10 +120,6 @@ pub struct GroupReport {
     pub joules: Joules,
     /// Average watts.
     pub watts: f64,
-    /// Operational carbon, grams.
-    pub carbon_g: f64,
-    /// Embodied carbon, grams.
-    pub embodied_g: f64,
 }
 
 impl GroupReport {
@@ -139,8 +130,6 @@ impl GroupReport {
         self.energy_j += p.energy_j;
         self.joules.merge(&p.joules);
         self.watts += p.watts;
-        self.carbon_g += p.carbon_g;
-        self.embodied_g += p.embodied_g;
     }
 }
 
@@ -266,19 +255,6 @@ pub struct IdlePower {
     pub origin: IdleOrigin,
 }
 
-/// Carbon figures of the interval.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct CarbonSummary {
-    /// The intensity used, with its source.
-    pub intensity: Intensity,
-    /// PUE applied.
-    pub pue: f64,
-    /// Operational grams of the whole host's energy.
-    pub host_g: f64,
-    /// Embodied grams of the host over the interval (0 unless configured).
-    pub embodied_host_g: f64,
-}
-
 /// Everything the agent knows about one interval.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct IntervalReport {
@@ -308,8 +284,6 @@ pub struct IntervalReport {
     pub idle_power: Vec<IdlePower>,
     /// How each GPU's energy was split.
     pub gpus: Vec<GpuSplit>,
-    /// Carbon: intensity and host totals.
-    pub carbon: CarbonSummary,
     /// Probe counters after the interval.
     pub probe: ProbeStats,
     /// Each eBPF program's counters after the interval: runs, run time (both counted only

@@ -2,8 +2,12 @@
 //! M = TE × TiR/EL × RR/ToR). Every carbon figure carries its intensity source.
 //!
 //! Operational carbon of an energy E: `g = E[kWh] × I[g/kWh] × PUE`.
+//!
+//! The stage after attribution: [`Carbon::annotate`] takes the attribution stage's
+//! report and returns a [`CarbonReport`]; nothing before this stage knows of grams.
 
 pub mod remote;
+mod report;
 pub mod series;
 pub mod table;
 
@@ -11,12 +15,19 @@ use std::{path::PathBuf, time::Duration, time::SystemTime};
 
 use remote::{Api, Remote, RemoteOptions};
 
-use crate::attribute::{CarbonSummary, IntervalReport, regroup};
+use crate::attribute::IntervalReport;
+pub use report::{CarbonReport, CarbonSummary, Footprint};
 use series::Series;
 use table::{Fixed, Table};
 
 /// Joules in a kilowatt-hour.
 pub const J_PER_KWH: f64 = 3.6e6;
+/// Operational grams of `joules` at `g_per_kwh` in a facility of `pue`: kWh × g/kWh ×
+/// PUE. Every carbon figure the agent gives goes through here.
+pub fn operational_grams(joules: f64, g_per_kwh: f64, pue: f64) -> f64 {
+    joules / J_PER_KWH * g_per_kwh * pue
+}
+
 /// Seconds in a (Julian) year, for lifetimes.
 pub const SECONDS_PER_YEAR: f64 = 365.25 * 24.0 * 3600.0;
 
@@ -159,25 +170,21 @@ impl Carbon {
 
     /// Operational grams of `joules` at `intensity`: kWh × g/kWh × PUE.
     pub fn grams(&self, joules: f64, intensity: &Intensity) -> f64 {
-        joules / J_PER_KWH * intensity.g_per_kwh * self.pue
+        operational_grams(joules, intensity.g_per_kwh, self.pue)
     }
 
-    /// Fills a report's carbon figures with the intensity in force at `at` (the wall
-    /// time of the interval's end).
-    pub fn annotate(&mut self, report: &mut IntervalReport, at: SystemTime) {
+    /// The carbon of an attributed interval, with the intensity in force at `at` (the
+    /// wall time of the interval's end).
+    pub fn annotate(&mut self, energy: IntervalReport, at: SystemTime) -> CarbonReport {
         let intensity = self.intensity(at);
-        for p in &mut report.processes {
-            p.carbon_g = self.grams(p.energy_j, &intensity);
-            p.embodied_g = self.embodied.map_or(0.0, |e| e.process_g(p.cpu_time_s));
-        }
-        report.idle.carbon_g = self.grams(report.idle.energy_j, &intensity);
-        report.carbon = CarbonSummary {
-            host_g: self.grams(report.power.total_j, &intensity),
-            embodied_host_g: self.embodied.map_or(0.0, |e| e.host_g(report.duration_s)),
+        let carbon = CarbonSummary {
+            host_g: self.grams(energy.power.total_j, &intensity),
+            embodied_host_g: self.embodied.map_or(0.0, |e| e.host_g(energy.duration_s)),
             intensity,
             pue: self.pue,
+            embodied: self.embodied,
         };
-        regroup(report);
+        CarbonReport { energy, carbon }
     }
 }
 

@@ -1,10 +1,11 @@
-//! The `energy-agent` command line: one module per subcommand.
+//! The `energy-agent` command line: one module per subcommand's flags. It only parses
+//! (flags, then the config file under them) and dispatches to [`crate::topology`] and
+//! [`crate::check`].
 
 pub mod check;
 pub mod config;
-pub mod exporters;
+pub mod export;
 pub mod measure;
-pub mod pipeline;
 pub mod run;
 pub mod sources;
 pub mod top;
@@ -53,10 +54,14 @@ pub fn main() -> anyhow::Result<i32> {
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
     match cli.command {
-        Command::Run(args) => run::run(*args),
-        Command::Top(args) => top::top(args),
-        Command::Measure(args) => measure::measure(args),
-        Command::Check(args) => check::check(args),
+        Command::Run(args) => crate::topology::daemon::run(args.daemon_config()?),
+        Command::Top(args) => crate::topology::top::top(
+            &args.sources.probe_config(),
+            &args.sources.pipeline_config(None)?,
+            args.interval,
+        ),
+        Command::Measure(args) => crate::topology::measure::measure(args.measure_config()?),
+        Command::Check(args) => crate::check::check(&args.check_config()),
     }
 }
 

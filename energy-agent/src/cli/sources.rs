@@ -16,6 +16,8 @@ use crate::{
         remote::{Api, RemoteOptions},
     },
     power::{SourceChoice, powercap, select::PowerOptions},
+    probe::ProbeConfig,
+    topology::PipelineConfig,
 };
 
 /// Source, carbon and attribution flags.
@@ -145,6 +147,24 @@ fn parse_idle_power(s: &str) -> Result<(String, f64), String> {
 }
 
 impl SourceArgs {
+    /// The probe settings these flags describe (the rest at their defaults).
+    pub fn probe_config(&self) -> ProbeConfig {
+        ProbeConfig {
+            libcuda: self.libcuda.clone(),
+            ..ProbeConfig::default()
+        }
+    }
+
+    /// The interval stages these flags describe, recording power to `record_power`.
+    pub fn pipeline_config(&self, record_power: Option<PathBuf>) -> anyhow::Result<PipelineConfig> {
+        Ok(PipelineConfig {
+            power: self.power_options(),
+            carbon: self.carbon_options().map_err(anyhow::Error::msg)?,
+            attribution: self.attribution(),
+            record_power,
+        })
+    }
+
     /// The power options these flags describe.
     pub fn power_options(&self) -> PowerOptions {
         PowerOptions {

@@ -5,7 +5,10 @@
 use std::io::Write;
 
 use super::Sink;
-use crate::attribute::{GroupReport, IntervalReport};
+use crate::{
+    attribute::GroupReport,
+    carbon::{CarbonReport, CarbonSummary},
+};
 
 /// Prints the top processes and models by energy, every interval.
 pub struct ConsoleTable<W: Write> {
@@ -44,7 +47,15 @@ fn row(
     ));
 }
 
-fn group_rows(s: &mut String, title: &str, groups: &[GroupReport], top: usize, secs: f64) {
+/// The rows of `groups` (models), with their grams under `carbon`.
+fn group_rows(
+    s: &mut String,
+    title: &str,
+    groups: &[GroupReport],
+    carbon: &CarbonSummary,
+    top: usize,
+    secs: f64,
+) {
     if groups.is_empty() {
         return;
     }
@@ -57,13 +68,13 @@ fn group_rows(s: &mut String, title: &str, groups: &[GroupReport], top: usize, s
             Some(100.0 * g.cpu_time_s / secs),
             g.watts,
             g.energy_j,
-            g.carbon_g * 1e3,
+            carbon.group(g).carbon_g * 1e3,
         );
     }
 }
 
 /// Renders one interval as text.
-pub fn render(report: &IntervalReport, top: usize) -> String {
+pub fn render(report: &CarbonReport, top: usize) -> String {
     let mut s = String::new();
     let secs = report.duration_s.max(1e-9);
     s.push_str(&format!(
@@ -83,7 +94,7 @@ pub fn render(report: &IntervalReport, top: usize) -> String {
             Some(100.0 * p.cpu_time_s / secs),
             p.watts,
             p.energy_j,
-            p.carbon_g * 1e3,
+            report.carbon.process(p).carbon_g * 1e3,
         );
     }
     let idle = &report.idle;
@@ -94,10 +105,10 @@ pub fn render(report: &IntervalReport, top: usize) -> String {
         None,
         idle.watts,
         idle.energy_j,
-        idle.carbon_g * 1e3,
+        report.idle().carbon_g * 1e3,
     );
     let attributed: f64 = report.processes.iter().map(|p| p.energy_j).sum::<f64>() + idle.energy_j;
-    let carbon: f64 = report.processes.iter().map(|p| p.carbon_g).sum::<f64>() + idle.carbon_g;
+    let carbon = report.carbon.grams(attributed);
     row(
         &mut s,
         "",
@@ -110,7 +121,7 @@ pub fn render(report: &IntervalReport, top: usize) -> String {
     let grouped = report.models.iter().any(|m| m.processes > 1)
         || report.processes.iter().any(|p| p.model != p.exe_name);
     if grouped {
-        group_rows(&mut s, "MODEL", &report.models, top, secs);
+        group_rows(&mut s, "MODEL", &report.models, &report.carbon, top, secs);
     }
     s.push_str(&render_power(report));
     let p = &report.probe;
@@ -124,7 +135,7 @@ pub fn render(report: &IntervalReport, top: usize) -> String {
 }
 
 /// The domain line, the host line and the carbon line.
-fn render_power(report: &IntervalReport) -> String {
+fn render_power(report: &CarbonReport) -> String {
     let p = &report.power;
     let secs = report.duration_s.max(1e-9);
     let domains: Vec<String> = p
@@ -166,7 +177,7 @@ fn render_power(report: &IntervalReport) -> String {
 }
 
 impl<W: Write> Sink for ConsoleTable<W> {
-    fn emit(&mut self, report: &IntervalReport) -> std::io::Result<()> {
+    fn emit(&mut self, report: &CarbonReport) -> std::io::Result<()> {
         writeln!(self.out, "{}", render(report, self.top))?;
         self.out.flush()
     }
@@ -175,7 +186,7 @@ impl<W: Write> Sink for ConsoleTable<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribute::ProcessReport;
+    use crate::attribute::{IntervalReport, ProcessReport};
 
     #[test]
     fn renders_rows_idle_total_and_host() {
@@ -186,10 +197,9 @@ mod tests {
             cpu_time_s: s,
             energy_j: j,
             watts: j,
-            carbon_g: j / 3.6e6 * 400.0,
             ..Default::default()
         };
-        let mut report = IntervalReport {
+        let mut energy = IntervalReport {
             duration_s: 1.0,
             processes: vec![
                 proc(1, "burner", 0.5, 3.0),
@@ -199,9 +209,15 @@ mod tests {
             total_cpu_time_s: 0.85,
             ..Default::default()
         };
-        report.idle.energy_j = 2.0;
-        report.idle.watts = 2.0;
-        crate::attribute::regroup(&mut report);
+        energy.idle.energy_j = 2.0;
+        energy.idle.watts = 2.0;
+        crate::attribute::regroup(&mut energy);
+        let mut carbon = CarbonSummary {
+            pue: 1.0,
+            ..Default::default()
+        };
+        carbon.intensity.g_per_kwh = 400.0;
+        let report = CarbonReport { energy, carbon };
         let text = render(&report, 2);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -217,6 +233,9 @@ mod tests {
             lines[4].contains("total (3 proc)") && lines[4].contains("6.50"),
             "{text}"
         );
+        // 3 J at 400 g/kWh = 0.333 mg; the total's 6.5 J = 0.722 mg.
+        assert!(lines[1].contains("0.333"), "{text}");
+        assert!(lines[4].contains("0.722"), "{text}");
         assert!(text.contains("MODEL"));
         assert!(text.contains("host") && text.contains("carbon"));
     }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::attribute::IntervalReport;
+use crate::carbon::CarbonReport;
 
 /// How a metric behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,7 +270,7 @@ impl MetricsState {
     }
 
     /// Folds one interval in.
-    pub fn observe(&mut self, r: &IntervalReport) {
+    pub fn observe(&mut self, r: &CarbonReport) {
         self.interval += 1;
         let mut ranked: Vec<&crate::attribute::ProcessReport> = r.processes.iter().collect();
         ranked.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j));
@@ -317,7 +317,7 @@ impl MetricsState {
                     ("model", &m.name),
                     ("carbon.intensity.source", &r.carbon.intensity.source),
                 ]),
-                m.carbon_g,
+                r.carbon.group(m).carbon_g,
             );
         }
         for c in &r.containers {

@@ -1,18 +1,21 @@
 //! Where results go: the console table and JSON lines (as [`Sink`]s of interval
-//! reports), the cumulative metrics behind Prometheus and OTLP metrics, and the OTLP
-//! forwarder for enriched spans. None reaches back into the pipeline.
+//! reports), the cumulative metrics behind Prometheus and OTLP metrics, the `top` view,
+//! the `measure` report, and the OTLP forwarder for enriched spans. None reaches back
+//! into the pipeline.
 
 pub mod console;
 pub mod forward;
 pub mod json;
+pub mod measure;
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
+pub mod top;
 
-use crate::attribute::IntervalReport;
+use crate::carbon::CarbonReport;
 
 /// A destination for interval reports.
 pub trait Sink {
     /// Takes one finished interval.
-    fn emit(&mut self, report: &IntervalReport) -> std::io::Result<()>;
+    fn emit(&mut self, report: &CarbonReport) -> std::io::Result<()>;
 }

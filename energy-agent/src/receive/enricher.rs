@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use regex::Regex;
 
 use super::spans::{self, Selection, attr_int, attr_str, names};
-use crate::attribute::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+use crate::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
 use known::{Known, KnownSpans};
 use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
 

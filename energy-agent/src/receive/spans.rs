@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
 };
 use regex::Regex;
 
-use crate::attribute::requests::SpanEnergy;
+use crate::requests::SpanEnergy;
 
 /// Attribute names this agent reads or writes.
 pub mod names {

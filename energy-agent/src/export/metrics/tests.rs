@@ -1,5 +1,8 @@
 use super::*;
-use crate::attribute::{GroupReport, Joules, ProcessReport};
+use crate::{
+    attribute::{GroupReport, IntervalReport, Joules, ProcessReport},
+    carbon::CarbonSummary,
+};
 
 fn process(pid: u32, exe: &str, cpu_j: f64, rule: bool) -> ProcessReport {
     ProcessReport {
@@ -17,8 +20,8 @@ fn process(pid: u32, exe: &str, cpu_j: f64, rule: bool) -> ProcessReport {
     }
 }
 
-fn report(processes: Vec<ProcessReport>) -> IntervalReport {
-    let mut r = IntervalReport {
+fn report(processes: Vec<ProcessReport>) -> CarbonReport {
+    let mut energy = IntervalReport {
         duration_s: 1.0,
         processes,
         idle: GroupReport {
@@ -27,8 +30,14 @@ fn report(processes: Vec<ProcessReport>) -> IntervalReport {
         },
         ..Default::default()
     };
-    crate::attribute::regroup(&mut r);
-    r
+    crate::attribute::regroup(&mut energy);
+    let mut carbon = CarbonSummary {
+        pue: 1.0,
+        ..Default::default()
+    };
+    carbon.intensity.g_per_kwh = 360.0;
+    carbon.intensity.source = "fixed".into();
+    CarbonReport { energy, carbon }
 }
 
 fn value(s: &MetricsState, def: Def, labels: &[(&'static str, &str)]) -> f64 {

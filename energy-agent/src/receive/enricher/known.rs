@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::traces::{SpanId, TraceId};
-use crate::attribute::requests::RequestSpan;
+use crate::requests::RequestSpan;
 
 /// A request span seen, with its ids (to match it in a batch and to walk its trace).
 #[derive(Clone, Copy)]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::attribute::{Joules, requests::ProcessInterval};
+use crate::{attribute::Joules, requests::ProcessInterval};
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     resource::v1::Resource,

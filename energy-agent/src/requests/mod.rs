@@ -1,4 +1,5 @@
-//! Energy per request span (DESIGN.md, "Attribution, precisely"): a span of process P
+//! The per-request split, the stage between carbon and enrichment
+//! (docs/ARCHITECTURE.md, "Per request"): a span of process P
 //! over [start, end] gets P's energy in each interval it overlaps, times the overlap
 //! fraction, split among P's concurrent spans — by gen_ai token counts when they carry
 //! them, else equally. When the spans carry live kernel thread ids, each span instead
@@ -13,8 +14,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use super::{IntervalReport, Joules};
-use crate::{clock::WallClock, probe::GpuCalls};
+use crate::{
+    attribute::{
+        GpuTimeline, Joules,
+        gpu::{GpuSplitBasis, activity_weights},
+    },
+    carbon::{CarbonReport, operational_grams},
+    clock::WallClock,
+    probe::GpuCalls,
+};
 
 /// One process in one interval, as the span split needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,19 +52,18 @@ pub struct ProcessInterval {
 type Buckets = BTreeMap<u32, Vec<(u64, u64, u64)>>;
 
 /// Per-thread GPU weights of a process and their timeline in Unix ns, on the same
-/// basis as the process's share of the GPU ([`super::gpu::activity_weights`]).
+/// basis as the process's share of the GPU ([`activity_weights`]).
 fn gpu_thread_weights(
     threads: &BTreeMap<u32, GpuCalls>,
-    timeline: &super::GpuTimeline,
+    timeline: &GpuTimeline,
     clock: &WallClock,
 ) -> (BTreeMap<u32, u64>, Buckets) {
-    let Some((basis, weights)) = super::gpu::activity_weights(threads.iter().map(|(&t, c)| (t, c)))
-    else {
+    let Some((basis, weights)) = activity_weights(threads.iter().map(|(&t, c)| (t, c))) else {
         return Default::default();
     };
     let measure: fn(&GpuCalls) -> u64 = match basis {
-        super::gpu::GpuSplitBasis::DriverBusyTime => |c| c.busy_ns,
-        super::gpu::GpuSplitBasis::DriverIoctls => |c| c.ioctls,
+        GpuSplitBasis::DriverBusyTime => |c| c.busy_ns,
+        GpuSplitBasis::DriverIoctls => |c| c.ioctls,
         _ => GpuCalls::submissions,
     };
     let timeline = timeline
@@ -95,7 +102,7 @@ pub struct IntervalRecord {
 
 impl IntervalRecord {
     /// The record of a finished interval report.
-    pub fn from_report(r: &IntervalReport, clock: &WallClock) -> Self {
+    pub fn from_report(r: &CarbonReport, clock: &WallClock) -> Self {
         let source = if r.power.sources.gpu == "none" {
             r.power.sources.cpu.to_string()
         } else {
@@ -115,7 +122,7 @@ impl IntervalRecord {
                         ProcessInterval {
                             model: p.model.clone(),
                             joules: p.joules,
-                            embodied_g: p.embodied_g,
+                            embodied_g: r.carbon.process(p).embodied_g,
                             cpu_ns: p.cpu_time_ns,
                             threads: p.threads.clone(),
                             timeline: p
@@ -275,7 +282,7 @@ impl SpanEnergy {
             idle_j: cpu_idle * share.cpu + gpu_idle * share.gpu,
         };
         let embodied_share = share.cpu;
-        let carbon = part.total() / crate::carbon::J_PER_KWH * record.g_per_kwh * record.pue;
+        let carbon = operational_grams(part.total(), record.g_per_kwh, record.pue);
         self.joules.merge(&part);
         self.carbon_g += carbon;
         self.embodied_g += embodied_g * embodied_share;
