@@ -179,89 +179,88 @@ impl Config {
     /// Fills every source/carbon/attribution setting the command line left at its
     /// default (`m` are the subcommand's matches).
     pub fn apply_sources(&self, args: &mut SourceArgs, m: &ArgMatches) -> Result<(), String> {
-        let unset = |id: &str| {
-            !matches!(
-                m.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
+        let flags = Flags(m);
+        self.apply_power(args, flags)?;
+        self.apply_carbon(args, flags)?;
+        self.apply_attribution(args, flags)
+    }
+
+    fn apply_power(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
         let p = &self.power;
-        if let Some(s) = &p.source
-            && unset("power_source")
-        {
-            args.power_source = s.parse()?;
-        }
-        if let Some(r) = &p.powercap_root
-            && unset("powercap_root")
-        {
-            args.powercap_root = r.clone();
-        }
-        if let Some(gpu) = p.gpu
-            && unset("no_gpu")
-        {
-            args.no_gpu = !gpu;
-        }
-        if let Some(l) = &p.libcuda
-            && unset("libcuda")
-        {
-            args.libcuda = Some(l.clone());
-        }
-        let c = &self.carbon;
-        macro_rules! take {
-            ($field:ident, $id:literal, $value:expr) => {
-                if let Some(v) = $value
-                    && unset($id)
-                {
-                    args.$field = v;
-                }
-            };
-        }
-        take!(region, "region", c.region.clone().map(Some));
-        take!(carbon_intensity, "carbon_intensity", c.intensity.map(Some));
-        take!(carbon_file, "carbon_file", c.file.clone().map(Some));
-        take!(pue, "pue", c.pue);
-        take!(
-            embodied_kgco2e,
-            "embodied_kgco2e",
-            c.embodied_kgco2e.map(Some)
+        let source = p.source.as_deref().map(str::parse).transpose()?;
+        flags.take(&mut args.power_source, "power_source", source);
+        flags.take(
+            &mut args.powercap_root,
+            "powercap_root",
+            p.powercap_root.clone(),
         );
-        take!(lifetime_years, "lifetime_years", c.lifetime_years);
+        flags.take(&mut args.no_gpu, "no_gpu", p.gpu.map(|gpu| !gpu));
+        flags.take(&mut args.libcuda, "libcuda", p.libcuda.clone().map(Some));
+        Ok(())
+    }
+
+    fn apply_carbon(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
+        let c = &self.carbon;
+        flags.take(&mut args.region, "region", c.region.clone().map(Some));
+        flags.take(
+            &mut args.carbon_intensity,
+            "carbon_intensity",
+            c.intensity.map(Some),
+        );
+        flags.take(
+            &mut args.carbon_file,
+            "carbon_file",
+            c.file.clone().map(Some),
+        );
+        flags.take(&mut args.pue, "pue", c.pue);
+        let embodied = c.embodied_kgco2e.map(Some);
+        flags.take(&mut args.embodied_kgco2e, "embodied_kgco2e", embodied);
+        flags.take(&mut args.lifetime_years, "lifetime_years", c.lifetime_years);
         let duration = |s: &Option<String>| s.as_deref().map(super::parse_duration).transpose();
-        take!(carbon_refresh, "carbon_refresh", duration(&c.refresh)?);
-        take!(carbon_timeout, "carbon_timeout", duration(&c.timeout)?);
+        flags.take(
+            &mut args.carbon_refresh,
+            "carbon_refresh",
+            duration(&c.refresh)?,
+        );
+        flags.take(
+            &mut args.carbon_timeout,
+            "carbon_timeout",
+            duration(&c.timeout)?,
+        );
         if let Some(em) = &c.electricity_maps {
-            take!(
-                electricity_maps_zone,
+            let zone = Some(Some(em.zone.clone()));
+            flags.take(
+                &mut args.electricity_maps_zone,
                 "electricity_maps_zone",
-                Some(Some(em.zone.clone()))
+                zone,
             );
-            take!(
-                electricity_maps_token,
+            let token = em.token.clone().map(Some);
+            flags.take(
+                &mut args.electricity_maps_token,
                 "electricity_maps_token",
-                em.token.clone().map(Some)
+                token,
             );
-            take!(electricity_maps_url, "electricity_maps_url", em.url.clone());
+            flags.take(
+                &mut args.electricity_maps_url,
+                "electricity_maps_url",
+                em.url.clone(),
+            );
         }
         if let Some(wt) = &c.watttime {
-            take!(
-                watttime_region,
-                "watttime_region",
-                Some(Some(wt.region.clone()))
-            );
-            take!(
-                watttime_username,
-                "watttime_username",
-                wt.username.clone().map(Some)
-            );
-            take!(
-                watttime_password,
-                "watttime_password",
-                wt.password.clone().map(Some)
-            );
-            take!(watttime_url, "watttime_url", wt.url.clone());
+            let region = Some(Some(wt.region.clone()));
+            flags.take(&mut args.watttime_region, "watttime_region", region);
+            let username = wt.username.clone().map(Some);
+            flags.take(&mut args.watttime_username, "watttime_username", username);
+            let password = wt.password.clone().map(Some);
+            flags.take(&mut args.watttime_password, "watttime_password", password);
+            flags.take(&mut args.watttime_url, "watttime_url", wt.url.clone());
         }
+        Ok(())
+    }
+
+    fn apply_attribution(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
         let a = &self.attribution;
-        take!(idle, "idle", a.idle);
+        flags.take(&mut args.idle, "idle", a.idle);
         // Lists: the command line's entries first (first match wins), then the file's.
         for (domain, watts) in &a.idle_power {
             if !args.idle_power.iter().any(|(d, _)| d == domain) {
@@ -277,34 +276,44 @@ impl Config {
     /// Fills `run`'s own settings the command line left at their defaults.
     pub fn apply_run(&self, args: &mut RunArgs, m: &ArgMatches) -> Result<(), String> {
         self.apply_sources(&mut args.sources, m)?;
-        let unset = |id: &str| {
-            !matches!(
-                m.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
+        let flags = Flags(m);
         let r = &self.run;
-        if let Some(i) = &r.interval
-            && unset("interval")
-        {
-            args.interval = super::parse_duration(i)?;
-        }
-        if let Some(o) = &r.output
-            && unset("output")
-        {
-            args.output = Some(match o.as_str() {
-                "table" => Output::Table,
-                "json" => Output::Json,
-                "none" => Output::None,
-                other => return Err(format!("[run] output {other:?}: table, json or none")),
-            });
-        }
-        if let Some(t) = r.top
-            && unset("top")
-        {
-            args.top = t;
-        }
+        let interval = r
+            .interval
+            .as_deref()
+            .map(super::parse_duration)
+            .transpose()?;
+        flags.take(&mut args.interval, "interval", interval);
+        let output = match r.output.as_deref() {
+            None => None,
+            Some("table") => Some(Output::Table),
+            Some("json") => Some(Output::Json),
+            Some("none") => Some(Output::None),
+            Some(other) => return Err(format!("[run] output {other:?}: table, json or none")),
+        };
+        flags.take(&mut args.output, "output", output.map(Some));
+        flags.take(&mut args.top, "top", r.top);
         Ok(())
+    }
+}
+
+/// The command line's matches: which settings it gave (a flag or its environment
+/// variable), which the file may then fill.
+#[derive(Clone, Copy)]
+struct Flags<'a>(&'a ArgMatches);
+
+impl Flags<'_> {
+    /// Sets `slot` to the file's `value` unless the command line gave flag `id`.
+    fn take<T>(self, slot: &mut T, id: &str, value: Option<T>) {
+        let given = matches!(
+            self.0.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if let Some(v) = value
+            && !given
+        {
+            *slot = v;
+        }
     }
 }
 
