@@ -286,35 +286,16 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Encoded>,
     stats: Arc<ForwardStats>,
 ) {
-    let grpc = if config.protocol == Protocol::Grpc {
-        match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-            Ok(ep) => {
-                let channel = ep
-                    .timeout(config.timeout)
-                    .connect_timeout(config.timeout)
-                    .connect_lazy();
-                Some(tonic::client::Grpc::new(channel))
-            }
-            Err(e) => {
-                log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let grpc = grpc_client(&config);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(config.timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut queue: VecDeque<Encoded> = VecDeque::new();
-    let mut queued_items = 0usize;
-    let mut backoff = Duration::from_millis(100);
-    let mut retry_at: Option<Instant> = None;
-    let mut last_drop_log: Option<Instant> = None;
+    let mut queue = Queue::default();
+    let mut retry = Retry::default();
     loop {
-        let wait = match (queue.is_empty(), retry_at) {
+        let wait = match (queue.payloads.is_empty(), retry.at) {
             (true, _) => Duration::from_secs(3600),
             (false, Some(t)) => t.saturating_duration_since(Instant::now()),
             (false, None) => Duration::ZERO,
@@ -322,24 +303,12 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(p) = msg else { break };
-                queued_items += p.items;
-                queue.push_back(p);
-                while queued_items > config.max_queued_items && queue.len() > 1 {
-                    let old = queue.pop_front().expect("non-empty");
-                    let n = old.items;
-                    queued_items -= n;
-                    stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-                    stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                    if last_drop_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        log::warn!("OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_items_total)", config.max_queued_items);
-                        last_drop_log = Some(Instant::now());
-                    }
-                }
+                queue.push(p, &config, &stats);
                 continue;
             }
             _ = tokio::time::sleep(wait) => {}
         }
-        let Some(front) = queue.front() else {
+        let Some(front) = queue.payloads.front() else {
             continue;
         };
         let result = match &grpc {
@@ -349,30 +318,113 @@ async fn run(
         };
         match result {
             Ok(()) => {
-                let n = front.items;
-                queue.pop_front();
-                queued_items -= n;
-                stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-                stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
-                retry_at = None;
+                queue.delivered(&stats);
+                retry = Retry::default();
             }
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
-                    log::warn!(
-                        "OTLP export to {} failed ({e}); retrying in {backoff:?} with {} items queued",
-                        config.endpoint,
-                        queued_items
-                    );
-                }
-                if let Ok(mut last) = stats.last_error.lock() {
-                    *last = Some(e);
-                }
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            Err(e) => retry.failed(e, &config, &stats, queue.items),
+        }
+    }
+}
+
+/// The gRPC client for `config`, when it uses gRPC and its endpoint is a URL
+/// (connecting lazily, so a downstream that is not up yet is retried like any other).
+fn grpc_client(config: &ForwardConfig) -> Option<tonic::client::Grpc<tonic::transport::Channel>> {
+    if config.protocol != Protocol::Grpc {
+        return None;
+    }
+    match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+        Ok(ep) => {
+            let channel = ep
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout)
+                .connect_lazy();
+            Some(tonic::client::Grpc::new(channel))
+        }
+        Err(e) => {
+            log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
+            None
+        }
+    }
+}
+
+/// The payloads waiting to be sent, oldest first, bounded in items.
+#[derive(Default)]
+struct Queue {
+    payloads: VecDeque<Encoded>,
+    /// Items in `payloads`.
+    items: usize,
+    last_drop_log: Option<Instant>,
+}
+
+impl Queue {
+    /// Queues a payload; past the bound, drops the oldest payloads (never the newest),
+    /// counting and logging (at most every 10 s) what was lost.
+    fn push(&mut self, p: Encoded, config: &ForwardConfig, stats: &ForwardStats) {
+        self.items += p.items;
+        self.payloads.push_back(p);
+        while self.items > config.max_queued_items && self.payloads.len() > 1 {
+            let old = self.payloads.pop_front().expect("non-empty");
+            let n = old.items;
+            self.items -= n;
+            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            if self
+                .last_drop_log
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+            {
+                log::warn!(
+                    "OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_items_total)",
+                    config.max_queued_items
+                );
+                self.last_drop_log = Some(Instant::now());
             }
         }
+    }
+
+    /// The oldest payload was delivered.
+    fn delivered(&mut self, stats: &ForwardStats) {
+        if let Some(front) = self.payloads.pop_front() {
+            let n = front.items;
+            self.items -= n;
+            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Exponential backoff between failed attempts: 100 ms doubling up to 5 s.
+struct Retry {
+    backoff: Duration,
+    /// When to try again; none while the last attempt succeeded.
+    at: Option<Instant>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            backoff: Duration::from_millis(100),
+            at: None,
+        }
+    }
+}
+
+impl Retry {
+    /// An attempt failed with `e` (`queued` items waiting): counts it, logs every 50th
+    /// failure, and schedules the next attempt.
+    fn failed(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats, queued: usize) {
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
+            log::warn!(
+                "OTLP export to {} failed ({e}); retrying in {:?} with {queued} items queued",
+                config.endpoint,
+                self.backoff,
+            );
+        }
+        if let Ok(mut last) = stats.last_error.lock() {
+            *last = Some(e);
+        }
+        self.at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -272,6 +272,23 @@ impl MetricsState {
     /// Folds one interval in.
     pub fn observe(&mut self, r: &IntervalReport) {
         self.interval += 1;
+        self.observe_processes(r);
+        self.observe_models(r);
+        for c in &r.containers {
+            self.add(
+                ENERGY_CONTAINER,
+                l(&[("container.id", &c.name)]),
+                c.energy_j,
+            );
+        }
+        self.observe_host(r);
+        self.observe_agent(r);
+        self.evict_stale();
+    }
+
+    /// `energy.process`: own series for the top N and every process a model rule
+    /// matched, the rest summed under `process.pid="other"`.
+    fn observe_processes(&mut self, r: &IntervalReport) {
         let mut ranked: Vec<&crate::attribute::ProcessReport> = r.processes.iter().collect();
         ranked.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j));
         for (rank, p) in ranked.iter().enumerate() {
@@ -303,6 +320,10 @@ impl MetricsState {
                 }
             }
         }
+    }
+
+    /// `energy.model` by domain and `carbon.model`.
+    fn observe_models(&mut self, r: &IntervalReport) {
         for m in &r.models {
             for (domain, get) in DOMAINS {
                 self.add(
@@ -320,13 +341,10 @@ impl MetricsState {
                 m.carbon_g,
             );
         }
-        for c in &r.containers {
-            self.add(
-                ENERGY_CONTAINER,
-                l(&[("container.id", &c.name)]),
-                c.energy_j,
-            );
-        }
+    }
+
+    /// `hw.host.energy` and `hw.host.power` per domain, and the idle bucket.
+    fn observe_host(&mut self, r: &IntervalReport) {
         let secs = r.duration_s.max(1e-9);
         for d in &r.power.domains {
             let id = d.domain.to_string();
@@ -346,6 +364,10 @@ impl MetricsState {
         ]);
         self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j);
         self.set(HW_HOST_POWER, idle, r.idle.energy_j / secs);
+    }
+
+    /// The agent's own state: sources in use and the probe's health.
+    fn observe_agent(&mut self, r: &IntervalReport) {
         self.values.retain(|(name, _), _| *name != AGENT_INFO.name);
         self.set(
             AGENT_INFO,
@@ -363,7 +385,10 @@ impl MetricsState {
         self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
         let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;
         self.set(AGENT_PROBE_LOST, Vec::new(), lost as f64);
-        // Per-process series not updated for 300 intervals (gone processes) are dropped.
+    }
+
+    /// Drops per-process series not updated for 300 intervals (gone processes).
+    fn evict_stale(&mut self) {
         let now = self.interval;
         let stale: Vec<_> = self
             .last_touch
