@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -295,26 +295,7 @@ impl Enricher {
             .0
             .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
         if stale {
-            let mut list = Vec::new();
-            for e in std::fs::read_dir(&self.config.proc_root)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                    && let Ok(raw) = std::fs::read(e.path().join("cmdline"))
-                    && !raw.is_empty()
-                {
-                    let line = raw
-                        .split(|&b| b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    list.push((pid, line));
-                }
-            }
-            self.cmdlines = (Some(Instant::now()), list);
+            self.cmdlines = (Some(Instant::now()), command_lines(&self.config.proc_root));
         }
         let me = std::process::id();
         rules.iter().find_map(|re| {
@@ -511,6 +492,22 @@ impl Enricher {
             self.stats.enriched += 1;
         }
     }
+}
+
+/// Every process's command line under `proc_root`, arguments joined by spaces (what
+/// `--service` rules match); processes without one are left out.
+fn command_lines(proc_root: &Path) -> Vec<(u32, String)> {
+    let mut list = Vec::new();
+    for e in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let args = crate::identity::read_cmdline(&e.path());
+        if !args.is_empty() {
+            list.push((pid, args.join(" ")));
+        }
+    }
+    list
 }
 
 /// A span's place in a batch: resource, scope and span indices.
