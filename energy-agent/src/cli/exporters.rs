@@ -160,7 +160,7 @@ pub enum ToEnricher {
 /// The running exporters.
 pub struct Exporters {
     metrics: Arc<Mutex<MetricsState>>,
-    otlp_metrics: Option<Arc<OtlpMetrics>>,
+    otlp_metrics: Option<OtlpMetrics>,
     enricher: Option<mpsc::UnboundedSender<ToEnricher>>,
     forwarder: Option<Forwarder>,
     shutdown: watch::Sender<bool>,
@@ -186,13 +186,9 @@ impl Exporters {
             );
         }
         let forwarder = forward.clone().map(forward::spawn);
-        let otlp_metrics = match &forward {
-            Some(cfg) => Some(Arc::new(
-                OtlpMetrics::start(cfg, args.metrics_interval, metrics.clone())
-                    .context("starting the OTLP metrics exporter")?,
-            )),
-            None => None,
-        };
+        let otlp_metrics = forwarder.as_ref().map(|fwd| {
+            OtlpMetrics::start(fwd.clone(), args.metrics_interval, metrics.clone(), clock)
+        });
         let enricher = match (&forwarder, args.receive.as_str()) {
             (Some(fwd), receive) if receive != "off" => {
                 let grpc: SocketAddr = receive.parse().with_context(|| {
@@ -242,7 +238,6 @@ impl Exporters {
                     rx,
                     fwd.clone(),
                     metrics.clone(),
-                    otlp_metrics.clone(),
                 ));
                 Some(tx)
             }
@@ -283,13 +278,17 @@ impl Exporters {
         }
     }
 
-    /// Releases held spans, drains the forward queue (bounded wait), flushes metrics.
+    /// Releases held spans, queues a last metrics push, drains the forward queue
+    /// (bounded wait).
     pub async fn shutdown(self) {
         if let Some(tx) = &self.enricher {
             let (ack, done) = oneshot::channel();
             if tx.send(ToEnricher::Flush(ack)).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
+        }
+        if let Some(m) = self.otlp_metrics {
+            m.shutdown();
         }
         let _ = self.shutdown.send(true);
         if let Some(f) = &self.forwarder {
@@ -300,9 +299,6 @@ impl Exporters {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        if let Some(m) = self.otlp_metrics {
-            let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
-        }
     }
 }
 
@@ -312,7 +308,6 @@ async fn enrich_task(
     mut control: mpsc::UnboundedReceiver<ToEnricher>,
     forwarder: Forwarder,
     metrics: Arc<Mutex<MetricsState>>,
-    otlp: Option<Arc<OtlpMetrics>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -335,7 +330,7 @@ async fn enrich_task(
                     for r in enricher.release(true) {
                         forwarder.send(Payload::Traces(r));
                     }
-                    record(&mut enricher, &forwarder, &metrics, otlp.as_deref());
+                    record(&mut enricher, &forwarder, &metrics);
                     let _ = ack.send(());
                     Vec::new()
                 }
@@ -346,26 +341,18 @@ async fn enrich_task(
         for r in released {
             forwarder.send(Payload::Traces(r));
         }
-        record(&mut enricher, &forwarder, &metrics, otlp.as_deref());
+        record(&mut enricher, &forwarder, &metrics);
     }
 }
 
 /// Moves the enricher's and forwarder's counters into the metrics.
-fn record(
-    enricher: &mut Enricher,
-    forwarder: &Forwarder,
-    metrics: &Mutex<MetricsState>,
-    otlp: Option<&OtlpMetrics>,
-) {
+fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<MetricsState>) {
     use std::sync::atomic::Ordering::Relaxed;
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
     for (model, joules) in &requests {
         m.observe_request(model, *joules);
-        if let Some(o) = otlp {
-            o.record_request(model, *joules);
-        }
     }
     for (state, v) in [
         ("received", s.received),

@@ -1,12 +1,19 @@
-//! The agent's metrics as cumulative series, updated once per interval (sampling is
-//! independent of exporting: a Prometheus scrape or an OTLP push only reads this).
+//! The agent's metrics: one model, two encodings. [`MetricsState`] holds every series
+//! cumulatively, updated once per interval and per enriched request (sampling is
+//! independent of exporting: a Prometheus scrape or an OTLP push only reads it).
 //! Energy and carbon are monotonic counters (`*_joules_total`), never per-interval
 //! gauges. Per-process series exist only for the top N processes of an interval and
 //! those a model rule matched; the rest are summed under `process.pid="other"`.
 //!
-//! Names follow OTel (no unit in the name; the unit is metadata) and DESIGN.md; the
-//! Prometheus exposition spells them as OTel's Prometheus rules do
-//! (`energy.process` + J → `energy_process_joules_total`).
+//! Both encodings are derived from this state, and only from it:
+//! [`super::prometheus::render`] writes the Prometheus text exposition,
+//! [`super::otlp::MetricsEncoding`] the OTLP `ExportMetricsServiceRequest` pushed
+//! through the forwarder. Each value, the request histogram included, is recorded
+//! once, here.
+//!
+//! Names follow OTel (no unit in the name; the unit is metadata) and the README's
+//! Metrics table (they are user contracts); the Prometheus exposition spells them as
+//! OTel's Prometheus rules do (`energy.process` + J → `energy_process_joules_total`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -206,12 +213,21 @@ pub struct Histogram {
     pub sum: f64,
     /// Number of observations.
     pub count: u64,
+    /// Smallest observation (meaningful once `count > 0`; OTLP carries it).
+    pub min: f64,
+    /// Largest observation (likewise).
+    pub max: f64,
 }
 
 impl Histogram {
     fn record(&mut self, v: f64) {
         if self.counts.is_empty() {
             self.counts = vec![0; REQUEST_BUCKETS.len() + 1];
+        }
+        if self.count == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            (self.min, self.max) = (self.min.min(v), self.max.max(v));
         }
         let i = REQUEST_BUCKETS
             .iter()
@@ -414,100 +430,6 @@ impl MetricsState {
     pub fn set_value(&mut self, def: Def, labels: &[(&'static str, &str)], v: f64) {
         self.set(def, l(labels), v);
     }
-}
-
-/// The Prometheus name of a metric: dots to underscores, the unit as a suffix, and
-/// `_total` on counters (OTel's Prometheus compatibility rules).
-pub fn prometheus_name(def: &Def) -> String {
-    let base = def.name.replace('.', "_");
-    let unit = match def.unit {
-        "J" => "_joules",
-        "W" => "_watts",
-        "g" => "_grams",
-        "s" => "_seconds",
-        _ => "",
-    };
-    let total = if def.kind == Kind::Counter {
-        "_total"
-    } else {
-        ""
-    };
-    format!("{base}{unit}{total}")
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn label_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{}=\"{}\"", k.replace('.', "_"), escape(v)))
-        .collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-/// The Prometheus text exposition (format 0.0.4) of the state.
-pub fn render_prometheus(state: &MetricsState) -> String {
-    let mut out = String::new();
-    for def in ALL {
-        let name = prometheus_name(&def);
-        let kind = match def.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        out.push_str(&format!(
-            "# HELP {name} {}\n# TYPE {name} {kind}\n",
-            def.help
-        ));
-        if def.kind == Kind::Histogram {
-            for ((metric, labels), h) in &state.histograms {
-                if *metric != def.name {
-                    continue;
-                }
-                let mut cumulative = 0;
-                for (i, bound) in REQUEST_BUCKETS.iter().enumerate() {
-                    cumulative += h.counts.get(i).copied().unwrap_or(0);
-                    out.push_str(&format!(
-                        "{name}_bucket{} {cumulative}\n",
-                        label_text(labels, Some(("le", bound.to_string())))
-                    ));
-                }
-                out.push_str(&format!(
-                    "{name}_bucket{} {}\n",
-                    label_text(labels, Some(("le", "+Inf".into()))),
-                    h.count
-                ));
-                out.push_str(&format!(
-                    "{name}_sum{} {}\n",
-                    label_text(labels, None),
-                    h.sum
-                ));
-                out.push_str(&format!(
-                    "{name}_count{} {}\n",
-                    label_text(labels, None),
-                    h.count
-                ));
-            }
-            continue;
-        }
-        for ((metric, labels), v) in &state.values {
-            if *metric == def.name {
-                out.push_str(&format!("{name}{} {v}\n", label_text(labels, None)));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
