@@ -14,9 +14,12 @@ use std::{
 };
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-    trace::v1::ExportTraceServiceRequest,
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    metrics::v1::{Metric, metric::Data},
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -122,7 +125,8 @@ impl Payload {
                 .resource_metrics
                 .iter()
                 .flat_map(|rm| &rm.scope_metrics)
-                .map(|sm| sm.metrics.len())
+                .flat_map(|sm| &sm.metrics)
+                .map(data_points)
                 .sum::<usize>(),
             Payload::Logs(r) => r
                 .resource_logs
@@ -147,6 +151,18 @@ impl Payload {
             items,
             body: body.into(),
         }
+    }
+}
+
+/// Data points in one metric.
+fn data_points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
     }
 }
 
@@ -373,7 +389,7 @@ impl Queue {
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
             {
                 log::warn!(
-                    "OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_items_total)",
+                    "OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_total)",
                     config.max_queued_items
                 );
                 self.last_drop_log = Some(Instant::now());
@@ -495,6 +511,38 @@ async fn send_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_payloads_count_data_points() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        };
+        let metric = |data| Metric {
+            data: Some(data),
+            ..Default::default()
+        };
+        let points = |n| vec![NumberDataPoint::default(); n];
+        let payload = Payload::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        metric(Data::Gauge(Gauge {
+                            data_points: points(3),
+                        })),
+                        metric(Data::Sum(Sum {
+                            data_points: points(4),
+                            ..Default::default()
+                        })),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        assert_eq!(payload.items(), 7, "3 + 4 data points, not 2 metrics");
+        let empty = Payload::Metrics(ExportMetricsServiceRequest::default());
+        assert_eq!(empty.items(), 1, "an empty payload still counts as one");
+    }
 
     #[test]
     fn headers_and_urls() {
