@@ -1,8 +1,10 @@
 //! Forwarding OTLP to the downstream collector or backend (`--otlp-endpoint`), gRPC or
 //! HTTP/protobuf, with the standard `OTEL_EXPORTER_OTLP_*` settings. Payloads wait in a
 //! bounded queue and are retried with exponential backoff while the downstream is
-//! unavailable; only past the queue bound is anything lost, and every loss is counted
-//! and logged.
+//! unavailable; only past the queue bound, or when the downstream rejects a payload
+//! with a status OTLP says not to retry (a backend that takes no metrics, say), is
+//! anything lost, and every loss is counted and logged. A rejected payload is dropped
+//! rather than retried so that it cannot hold up everything queued behind it.
 
 use std::{
     collections::VecDeque,
@@ -246,11 +248,11 @@ impl Decoder for PreEncoded {
 pub struct ForwardStats {
     /// Items delivered downstream.
     pub forwarded: AtomicU64,
-    /// Items dropped because the queue was full.
+    /// Items dropped: the queue was full, or the downstream rejected them for good.
     pub dropped: AtomicU64,
     /// Items waiting now.
     pub queued: AtomicU64,
-    /// Failed attempts.
+    /// Failed attempts (retried or rejected).
     pub failures: AtomicU64,
     /// The last failure.
     pub last_error: Mutex<Option<String>>,
@@ -329,7 +331,9 @@ async fn run(
         };
         let result = match &grpc {
             Some(c) => send_grpc(c.clone(), &config, front).await,
-            None if config.protocol == Protocol::Grpc => Err("no usable gRPC endpoint".into()),
+            None if config.protocol == Protocol::Grpc => {
+                Err(Failure::Retry("no usable gRPC endpoint".into()))
+            }
             None => send_http(&agent, &config, front).await,
         };
         match result {
@@ -337,7 +341,11 @@ async fn run(
                 queue.delivered(&stats);
                 retry = Retry::default();
             }
-            Err(e) => retry.failed(e, &config, &stats, queue.items),
+            Err(Failure::Retry(e)) => retry.failed(e, &config, &stats, queue.items),
+            Err(Failure::Rejected(e)) => {
+                queue.rejected(e, &config, &stats);
+                retry = Retry::default();
+            }
         }
     }
 }
@@ -370,6 +378,7 @@ struct Queue {
     /// Items in `payloads`.
     items: usize,
     last_drop_log: Option<Instant>,
+    last_reject_log: Option<Instant>,
 }
 
 impl Queue {
@@ -394,6 +403,33 @@ impl Queue {
                 );
                 self.last_drop_log = Some(Instant::now());
             }
+        }
+    }
+
+    /// The downstream rejected the oldest payload for good (`e`): it is dropped, counted
+    /// and logged (at most every 10 s).
+    fn rejected(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats) {
+        let Some(front) = self.payloads.pop_front() else {
+            return;
+        };
+        let n = front.items;
+        self.items -= n;
+        stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if self
+            .last_reject_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            log::warn!(
+                "OTLP {:?} export to {} rejected ({e}), not retryable: dropped {n} items (see energy_agent_otlp_dropped_total)",
+                front.signal,
+                config.endpoint
+            );
+            self.last_reject_log = Some(Instant::now());
+        }
+        if let Ok(mut last) = stats.last_error.lock() {
+            *last = Some(e);
         }
     }
 
@@ -444,6 +480,38 @@ impl Retry {
     }
 }
 
+/// A failed attempt, by what OTLP says to do about it.
+#[derive(Debug)]
+enum Failure {
+    /// Try the same payload again later (the downstream is unavailable, overloaded,
+    /// or the connection failed).
+    Retry(String),
+    /// The downstream will not take this payload; retrying cannot help.
+    Rejected(String),
+}
+
+/// Whether a gRPC status may be retried: OTLP's retryable codes, and `Unknown`, which
+/// tonic also reports for failures of the transport itself.
+fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+            | Unknown
+    )
+}
+
+/// Whether an HTTP status may be retried (OTLP/HTTP: 429, 502, 503, 504).
+fn http_retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
 fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
     for (k, v) in &config.headers {
@@ -461,11 +529,11 @@ async fn send_grpc(
     mut client: tonic::client::Grpc<tonic::transport::Channel>,
     config: &ForwardConfig,
     payload: &Encoded,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     client
         .ready()
         .await
-        .map_err(|e| format!("gRPC connection: {e}"))?;
+        .map_err(|e| Failure::Retry(format!("gRPC connection: {e}")))?;
     let method = tonic::codegen::http::uri::PathAndQuery::from_static(payload.signal.grpc_method());
     client
         .unary(
@@ -475,14 +543,21 @@ async fn send_grpc(
         )
         .await
         .map(|_| ())
-        .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
+        .map_err(|s| {
+            let e = format!("gRPC {:?}: {}", s.code(), s.message());
+            if grpc_retryable(s.code()) {
+                Failure::Retry(e)
+            } else {
+                Failure::Rejected(e)
+            }
+        })
 }
 
 async fn send_http(
     agent: &ureq::Agent,
     config: &ForwardConfig,
     payload: &Encoded,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let url = http_url(&config.endpoint, payload.signal.http_path());
     let body = payload.body.clone();
     let headers = config.headers.clone();
@@ -496,85 +571,18 @@ async fn send_http(
         }
         let resp = req
             .send(&body[..])
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| Failure::Retry(format!("POST {url}: {e}")))?;
         let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("POST {url}: HTTP {status}"))
+        let e = format!("POST {url}: HTTP {status}");
+        match status {
+            200..300 => Ok(()),
+            s if http_retryable(s) => Err(Failure::Retry(e)),
+            _ => Err(Failure::Rejected(e)),
         }
     })
     .await
-    .map_err(|e| format!("HTTP task: {e}"))?
+    .map_err(|e| Failure::Retry(format!("HTTP task: {e}")))?
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_payloads_count_data_points() {
-        use opentelemetry_proto::tonic::metrics::v1::{
-            Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-        };
-        let metric = |data| Metric {
-            data: Some(data),
-            ..Default::default()
-        };
-        let points = |n| vec![NumberDataPoint::default(); n];
-        let payload = Payload::Metrics(ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics {
-                    metrics: vec![
-                        metric(Data::Gauge(Gauge {
-                            data_points: points(3),
-                        })),
-                        metric(Data::Sum(Sum {
-                            data_points: points(4),
-                            ..Default::default()
-                        })),
-                    ],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        });
-        assert_eq!(payload.items(), 7, "3 + 4 data points, not 2 metrics");
-        let empty = Payload::Metrics(ExportMetricsServiceRequest::default());
-        assert_eq!(empty.items(), 1, "an empty payload still counts as one");
-    }
-
-    #[test]
-    fn headers_and_urls() {
-        assert_eq!(
-            parse_headers("api-key=abc%20def, x-tenant = t1").unwrap(),
-            vec![
-                ("api-key".into(), "abc def".into()),
-                ("x-tenant".into(), "t1".into())
-            ]
-        );
-        assert!(parse_headers("novalue").is_err());
-        assert_eq!(
-            http_url("http://c:4318", "/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            http_url("http://c:4318/", "/v1/logs"),
-            "http://c:4318/v1/logs"
-        );
-        assert_eq!(
-            http_url("http://c/otlp/v1/traces", "/v1/traces"),
-            "http://c/otlp/v1/traces"
-        );
-        assert_eq!(
-            "http/protobuf".parse::<Protocol>().unwrap(),
-            Protocol::HttpProtobuf
-        );
-        assert!(
-            "http/json"
-                .parse::<Protocol>()
-                .unwrap_err()
-                .contains("not supported")
-        );
-    }
-}
+mod tests;

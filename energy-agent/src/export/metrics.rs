@@ -165,7 +165,7 @@ def!(
     "energy_agent.otlp.dropped",
     "1",
     Counter,
-    "Items dropped because the forward queue was full."
+    "Items dropped: the forward queue was full, or the downstream rejected them."
 );
 def!(
     AGENT_OTLP_FORWARDED,
