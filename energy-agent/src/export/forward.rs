@@ -1,8 +1,10 @@
 //! Forwarding OTLP to the downstream collector or backend (`--otlp-endpoint`), gRPC or
 //! HTTP/protobuf, with the standard `OTEL_EXPORTER_OTLP_*` settings. Payloads wait in a
 //! bounded queue and are retried with exponential backoff while the downstream is
-//! unavailable; only past the queue bound is anything lost, and every loss is counted
-//! and logged.
+//! unavailable; only past the queue bound, or when the downstream rejects a payload
+//! with a status OTLP says not to retry (a backend that takes no metrics, say), is
+//! anything lost, and every loss is counted and logged. A rejected payload is dropped
+//! rather than retried so that it cannot hold up everything queued behind it.
 
 use std::{
     collections::VecDeque,
@@ -14,9 +16,12 @@ use std::{
 };
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-    trace::v1::ExportTraceServiceRequest,
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    metrics::v1::{Metric, metric::Data},
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -122,7 +127,8 @@ impl Payload {
                 .resource_metrics
                 .iter()
                 .flat_map(|rm| &rm.scope_metrics)
-                .map(|sm| sm.metrics.len())
+                .flat_map(|sm| &sm.metrics)
+                .map(data_points)
                 .sum::<usize>(),
             Payload::Logs(r) => r
                 .resource_logs
@@ -147,6 +153,18 @@ impl Payload {
             items,
             body: body.into(),
         }
+    }
+}
+
+/// Data points in one metric.
+fn data_points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
     }
 }
 
@@ -230,11 +248,11 @@ impl Decoder for PreEncoded {
 pub struct ForwardStats {
     /// Items delivered downstream.
     pub forwarded: AtomicU64,
-    /// Items dropped because the queue was full.
+    /// Items dropped: the queue was full, or the downstream rejected them for good.
     pub dropped: AtomicU64,
     /// Items waiting now.
     pub queued: AtomicU64,
-    /// Failed attempts.
+    /// Failed attempts (retried or rejected).
     pub failures: AtomicU64,
     /// The last failure.
     pub last_error: Mutex<Option<String>>,
@@ -286,35 +304,16 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Encoded>,
     stats: Arc<ForwardStats>,
 ) {
-    let grpc = if config.protocol == Protocol::Grpc {
-        match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-            Ok(ep) => {
-                let channel = ep
-                    .timeout(config.timeout)
-                    .connect_timeout(config.timeout)
-                    .connect_lazy();
-                Some(tonic::client::Grpc::new(channel))
-            }
-            Err(e) => {
-                log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let grpc = grpc_client(&config);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(config.timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut queue: VecDeque<Encoded> = VecDeque::new();
-    let mut queued_items = 0usize;
-    let mut backoff = Duration::from_millis(100);
-    let mut retry_at: Option<Instant> = None;
-    let mut last_drop_log: Option<Instant> = None;
+    let mut queue = Queue::default();
+    let mut retry = Retry::default();
     loop {
-        let wait = match (queue.is_empty(), retry_at) {
+        let wait = match (queue.payloads.is_empty(), retry.at) {
             (true, _) => Duration::from_secs(3600),
             (false, Some(t)) => t.saturating_duration_since(Instant::now()),
             (false, None) => Duration::ZERO,
@@ -322,58 +321,195 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(p) = msg else { break };
-                queued_items += p.items;
-                queue.push_back(p);
-                while queued_items > config.max_queued_items && queue.len() > 1 {
-                    let old = queue.pop_front().expect("non-empty");
-                    let n = old.items;
-                    queued_items -= n;
-                    stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-                    stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                    if last_drop_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        log::warn!("OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_items_total)", config.max_queued_items);
-                        last_drop_log = Some(Instant::now());
-                    }
-                }
+                queue.push(p, &config, &stats);
                 continue;
             }
             _ = tokio::time::sleep(wait) => {}
         }
-        let Some(front) = queue.front() else {
+        let Some(front) = queue.payloads.front() else {
             continue;
         };
         let result = match &grpc {
             Some(c) => send_grpc(c.clone(), &config, front).await,
-            None if config.protocol == Protocol::Grpc => Err("no usable gRPC endpoint".into()),
+            None if config.protocol == Protocol::Grpc => {
+                Err(Failure::Retry("no usable gRPC endpoint".into()))
+            }
             None => send_http(&agent, &config, front).await,
         };
         match result {
             Ok(()) => {
-                let n = front.items;
-                queue.pop_front();
-                queued_items -= n;
-                stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-                stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
-                retry_at = None;
+                queue.delivered(&stats);
+                retry = Retry::default();
             }
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
-                    log::warn!(
-                        "OTLP export to {} failed ({e}); retrying in {backoff:?} with {} items queued",
-                        config.endpoint,
-                        queued_items
-                    );
-                }
-                if let Ok(mut last) = stats.last_error.lock() {
-                    *last = Some(e);
-                }
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            Err(Failure::Retry(e)) => retry.failed(e, &config, &stats, queue.items),
+            Err(Failure::Rejected(e)) => {
+                queue.rejected(e, &config, &stats);
+                retry = Retry::default();
             }
         }
     }
+}
+
+/// The gRPC client for `config`, when it uses gRPC and its endpoint is a URL
+/// (connecting lazily, so a downstream that is not up yet is retried like any other).
+fn grpc_client(config: &ForwardConfig) -> Option<tonic::client::Grpc<tonic::transport::Channel>> {
+    if config.protocol != Protocol::Grpc {
+        return None;
+    }
+    match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+        Ok(ep) => {
+            let channel = ep
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout)
+                .connect_lazy();
+            Some(tonic::client::Grpc::new(channel))
+        }
+        Err(e) => {
+            log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
+            None
+        }
+    }
+}
+
+/// The payloads waiting to be sent, oldest first, bounded in items.
+#[derive(Default)]
+struct Queue {
+    payloads: VecDeque<Encoded>,
+    /// Items in `payloads`.
+    items: usize,
+    last_drop_log: Option<Instant>,
+    last_reject_log: Option<Instant>,
+}
+
+impl Queue {
+    /// Queues a payload; past the bound, drops the oldest payloads (never the newest),
+    /// counting and logging (at most every 10 s) what was lost.
+    fn push(&mut self, p: Encoded, config: &ForwardConfig, stats: &ForwardStats) {
+        self.items += p.items;
+        self.payloads.push_back(p);
+        while self.items > config.max_queued_items && self.payloads.len() > 1 {
+            let old = self.payloads.pop_front().expect("non-empty");
+            let n = old.items;
+            self.items -= n;
+            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            if self
+                .last_drop_log
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+            {
+                log::warn!(
+                    "OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_total)",
+                    config.max_queued_items
+                );
+                self.last_drop_log = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The downstream rejected the oldest payload for good (`e`): it is dropped, counted
+    /// and logged (at most every 10 s).
+    fn rejected(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats) {
+        let Some(front) = self.payloads.pop_front() else {
+            return;
+        };
+        let n = front.items;
+        self.items -= n;
+        stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if self
+            .last_reject_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            log::warn!(
+                "OTLP {:?} export to {} rejected ({e}), not retryable: dropped {n} items (see energy_agent_otlp_dropped_total)",
+                front.signal,
+                config.endpoint
+            );
+            self.last_reject_log = Some(Instant::now());
+        }
+        if let Ok(mut last) = stats.last_error.lock() {
+            *last = Some(e);
+        }
+    }
+
+    /// The oldest payload was delivered.
+    fn delivered(&mut self, stats: &ForwardStats) {
+        if let Some(front) = self.payloads.pop_front() {
+            let n = front.items;
+            self.items -= n;
+            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Exponential backoff between failed attempts: 100 ms doubling up to 5 s.
+struct Retry {
+    backoff: Duration,
+    /// When to try again; none while the last attempt succeeded.
+    at: Option<Instant>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            backoff: Duration::from_millis(100),
+            at: None,
+        }
+    }
+}
+
+impl Retry {
+    /// An attempt failed with `e` (`queued` items waiting): counts it, logs every 50th
+    /// failure, and schedules the next attempt.
+    fn failed(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats, queued: usize) {
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
+            log::warn!(
+                "OTLP export to {} failed ({e}); retrying in {:?} with {queued} items queued",
+                config.endpoint,
+                self.backoff,
+            );
+        }
+        if let Ok(mut last) = stats.last_error.lock() {
+            *last = Some(e);
+        }
+        self.at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A failed attempt, by what OTLP says to do about it.
+#[derive(Debug)]
+enum Failure {
+    /// Try the same payload again later (the downstream is unavailable, overloaded,
+    /// or the connection failed).
+    Retry(String),
+    /// The downstream will not take this payload; retrying cannot help.
+    Rejected(String),
+}
+
+/// Whether a gRPC status may be retried: OTLP's retryable codes, and `Unknown`, which
+/// tonic also reports for failures of the transport itself.
+fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+            | Unknown
+    )
+}
+
+/// Whether an HTTP status may be retried (OTLP/HTTP: 429, 502, 503, 504).
+fn http_retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
 }
 
 fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
@@ -393,11 +529,11 @@ async fn send_grpc(
     mut client: tonic::client::Grpc<tonic::transport::Channel>,
     config: &ForwardConfig,
     payload: &Encoded,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     client
         .ready()
         .await
-        .map_err(|e| format!("gRPC connection: {e}"))?;
+        .map_err(|e| Failure::Retry(format!("gRPC connection: {e}")))?;
     let method = tonic::codegen::http::uri::PathAndQuery::from_static(payload.signal.grpc_method());
     client
         .unary(
@@ -407,14 +543,21 @@ async fn send_grpc(
         )
         .await
         .map(|_| ())
-        .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
+        .map_err(|s| {
+            let e = format!("gRPC {:?}: {}", s.code(), s.message());
+            if grpc_retryable(s.code()) {
+                Failure::Retry(e)
+            } else {
+                Failure::Rejected(e)
+            }
+        })
 }
 
 async fn send_http(
     agent: &ureq::Agent,
     config: &ForwardConfig,
     payload: &Encoded,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let url = http_url(&config.endpoint, payload.signal.http_path());
     let body = payload.body.clone();
     let headers = config.headers.clone();
@@ -428,53 +571,18 @@ async fn send_http(
         }
         let resp = req
             .send(&body[..])
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| Failure::Retry(format!("POST {url}: {e}")))?;
         let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("POST {url}: HTTP {status}"))
+        let e = format!("POST {url}: HTTP {status}");
+        match status {
+            200..300 => Ok(()),
+            s if http_retryable(s) => Err(Failure::Retry(e)),
+            _ => Err(Failure::Rejected(e)),
         }
     })
     .await
-    .map_err(|e| format!("HTTP task: {e}"))?
+    .map_err(|e| Failure::Retry(format!("HTTP task: {e}")))?
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_and_urls() {
-        assert_eq!(
-            parse_headers("api-key=abc%20def, x-tenant = t1").unwrap(),
-            vec![
-                ("api-key".into(), "abc def".into()),
-                ("x-tenant".into(), "t1".into())
-            ]
-        );
-        assert!(parse_headers("novalue").is_err());
-        assert_eq!(
-            http_url("http://c:4318", "/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            http_url("http://c:4318/", "/v1/logs"),
-            "http://c:4318/v1/logs"
-        );
-        assert_eq!(
-            http_url("http://c/otlp/v1/traces", "/v1/traces"),
-            "http://c/otlp/v1/traces"
-        );
-        assert_eq!(
-            "http/protobuf".parse::<Protocol>().unwrap(),
-            Protocol::HttpProtobuf
-        );
-        assert!(
-            "http/json"
-                .parse::<Protocol>()
-                .unwrap_err()
-                .contains("not supported")
-        );
-    }
-}
+mod tests;

@@ -1,12 +1,19 @@
-//! The agent's metrics as cumulative series, updated once per interval (sampling is
-//! independent of exporting: a Prometheus scrape or an OTLP push only reads this).
+//! The agent's metrics: one model, two encodings. [`MetricsState`] holds every series
+//! cumulatively, updated once per interval and per enriched request (sampling is
+//! independent of exporting: a Prometheus scrape or an OTLP push only reads it).
 //! Energy and carbon are monotonic counters (`*_joules_total`), never per-interval
 //! gauges. Per-process series exist only for the top N processes of an interval and
 //! those a model rule matched; the rest are summed under `process.pid="other"`.
 //!
-//! Names follow OTel (no unit in the name; the unit is metadata) and DESIGN.md; the
-//! Prometheus exposition spells them as OTel's Prometheus rules do
-//! (`energy.process` + J → `energy_process_joules_total`).
+//! Both encodings are derived from this state, and only from it:
+//! [`super::prometheus::render`] writes the Prometheus text exposition,
+//! [`super::otlp::MetricsEncoding`] the OTLP `ExportMetricsServiceRequest` pushed
+//! through the forwarder. Each value, the request histogram included, is recorded
+//! once, here.
+//!
+//! Names follow OTel (no unit in the name; the unit is metadata) and the README's
+//! Metrics table (they are user contracts); the Prometheus exposition spells them as
+//! OTel's Prometheus rules do (`energy.process` + J → `energy_process_joules_total`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -158,7 +165,7 @@ def!(
     "energy_agent.otlp.dropped",
     "1",
     Counter,
-    "Items dropped because the forward queue was full."
+    "Items dropped: the forward queue was full, or the downstream rejected them."
 );
 def!(
     AGENT_OTLP_FORWARDED,
@@ -206,12 +213,21 @@ pub struct Histogram {
     pub sum: f64,
     /// Number of observations.
     pub count: u64,
+    /// Smallest observation (meaningful once `count > 0`; OTLP carries it).
+    pub min: f64,
+    /// Largest observation (likewise).
+    pub max: f64,
 }
 
 impl Histogram {
     fn record(&mut self, v: f64) {
         if self.counts.is_empty() {
             self.counts = vec![0; REQUEST_BUCKETS.len() + 1];
+        }
+        if self.count == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            (self.min, self.max) = (self.min.min(v), self.max.max(v));
         }
         let i = REQUEST_BUCKETS
             .iter()
@@ -272,6 +288,23 @@ impl MetricsState {
     /// Folds one interval in.
     pub fn observe(&mut self, r: &CarbonReport) {
         self.interval += 1;
+        self.observe_processes(r);
+        self.observe_models(r);
+        for c in &r.containers {
+            self.add(
+                ENERGY_CONTAINER,
+                l(&[("container.id", &c.name)]),
+                c.energy_j,
+            );
+        }
+        self.observe_host(r);
+        self.observe_agent(r);
+        self.evict_stale();
+    }
+
+    /// `energy.process`: own series for the top N and every process a model rule
+    /// matched, the rest summed under `process.pid="other"`.
+    fn observe_processes(&mut self, r: &CarbonReport) {
         let mut ranked: Vec<&crate::attribute::ProcessReport> = r.processes.iter().collect();
         ranked.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j));
         for (rank, p) in ranked.iter().enumerate() {
@@ -303,6 +336,10 @@ impl MetricsState {
                 }
             }
         }
+    }
+
+    /// `energy.model` by domain and `carbon.model`.
+    fn observe_models(&mut self, r: &CarbonReport) {
         for m in &r.models {
             for (domain, get) in DOMAINS {
                 self.add(
@@ -320,13 +357,10 @@ impl MetricsState {
                 r.carbon.group(m).carbon_g,
             );
         }
-        for c in &r.containers {
-            self.add(
-                ENERGY_CONTAINER,
-                l(&[("container.id", &c.name)]),
-                c.energy_j,
-            );
-        }
+    }
+
+    /// `hw.host.energy` and `hw.host.power` per domain, and the idle bucket.
+    fn observe_host(&mut self, r: &CarbonReport) {
         let secs = r.duration_s.max(1e-9);
         for d in &r.power.domains {
             let id = d.domain.to_string();
@@ -346,6 +380,10 @@ impl MetricsState {
         ]);
         self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j);
         self.set(HW_HOST_POWER, idle, r.idle.energy_j / secs);
+    }
+
+    /// The agent's own state: sources in use and the probe's health.
+    fn observe_agent(&mut self, r: &CarbonReport) {
         self.values.retain(|(name, _), _| *name != AGENT_INFO.name);
         self.set(
             AGENT_INFO,
@@ -363,7 +401,10 @@ impl MetricsState {
         self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
         let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;
         self.set(AGENT_PROBE_LOST, Vec::new(), lost as f64);
-        // Per-process series not updated for 300 intervals (gone processes) are dropped.
+    }
+
+    /// Drops per-process series not updated for 300 intervals (gone processes).
+    fn evict_stale(&mut self) {
         let now = self.interval;
         let stale: Vec<_> = self
             .last_touch
@@ -389,100 +430,6 @@ impl MetricsState {
     pub fn set_value(&mut self, def: Def, labels: &[(&'static str, &str)], v: f64) {
         self.set(def, l(labels), v);
     }
-}
-
-/// The Prometheus name of a metric: dots to underscores, the unit as a suffix, and
-/// `_total` on counters (OTel's Prometheus compatibility rules).
-pub fn prometheus_name(def: &Def) -> String {
-    let base = def.name.replace('.', "_");
-    let unit = match def.unit {
-        "J" => "_joules",
-        "W" => "_watts",
-        "g" => "_grams",
-        "s" => "_seconds",
-        _ => "",
-    };
-    let total = if def.kind == Kind::Counter {
-        "_total"
-    } else {
-        ""
-    };
-    format!("{base}{unit}{total}")
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn label_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{}=\"{}\"", k.replace('.', "_"), escape(v)))
-        .collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-/// The Prometheus text exposition (format 0.0.4) of the state.
-pub fn render_prometheus(state: &MetricsState) -> String {
-    let mut out = String::new();
-    for def in ALL {
-        let name = prometheus_name(&def);
-        let kind = match def.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        out.push_str(&format!(
-            "# HELP {name} {}\n# TYPE {name} {kind}\n",
-            def.help
-        ));
-        if def.kind == Kind::Histogram {
-            for ((metric, labels), h) in &state.histograms {
-                if *metric != def.name {
-                    continue;
-                }
-                let mut cumulative = 0;
-                for (i, bound) in REQUEST_BUCKETS.iter().enumerate() {
-                    cumulative += h.counts.get(i).copied().unwrap_or(0);
-                    out.push_str(&format!(
-                        "{name}_bucket{} {cumulative}\n",
-                        label_text(labels, Some(("le", bound.to_string())))
-                    ));
-                }
-                out.push_str(&format!(
-                    "{name}_bucket{} {}\n",
-                    label_text(labels, Some(("le", "+Inf".into()))),
-                    h.count
-                ));
-                out.push_str(&format!(
-                    "{name}_sum{} {}\n",
-                    label_text(labels, None),
-                    h.sum
-                ));
-                out.push_str(&format!(
-                    "{name}_count{} {}\n",
-                    label_text(labels, None),
-                    h.count
-                ));
-            }
-            continue;
-        }
-        for ((metric, labels), v) in &state.values {
-            if *metric == def.name {
-                out.push_str(&format!("{name}{} {v}\n", label_text(labels, None)));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

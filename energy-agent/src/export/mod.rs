@@ -1,6 +1,7 @@
 //! Where results go: the console table and JSON lines (as [`Sink`]s of interval
-//! reports), the cumulative metrics behind Prometheus and OTLP metrics, the `top` view,
-//! the `measure` report, and the OTLP forwarder for enriched spans. None reaches back
+//! reports), the cumulative metrics and their two encodings (Prometheus text, OTLP), the
+//! `top` view, the `measure` report, and the OTLP forwarder for enriched spans and the
+//! agent's metrics. None reaches back
 //! into the pipeline.
 
 pub mod console;

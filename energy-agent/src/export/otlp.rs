@@ -1,10 +1,15 @@
-//! OTLP export through opentelemetry-rust: the agent's metrics (observable instruments
-//! that read the cumulative [`MetricsState`], pushed by the SDK's periodic reader) and
-//! the one span `measure` emits for the measured command.
+//! OTLP out of the agent: its metrics, and the one span `measure` emits for the
+//! measured command.
 //!
-//! Transport on purpose: the tonic exporter is built inside the tokio runtime it needs
-//! (the agent's, or a small one `measure` keeps for the export); HTTP uses the blocking
-//! client, which needs none.
+//! Metrics are encoded here straight from the cumulative [`MetricsState`] (the model
+//! the Prometheus exposition is rendered from as well, so each series is recorded once)
+//! into an `ExportMetricsServiceRequest`, and pushed every `--metrics-interval` through
+//! the forwarder ([`super::forward`]): the same bounded queue and retries as forwarded
+//! spans, one transport for both.
+//!
+//! The `measure` span goes through opentelemetry-rust's SDK. Transport on purpose: the
+//! tonic exporter is built inside the tokio runtime it needs (a small one `measure`
+//! keeps for the export); HTTP uses the blocking client, which needs none.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,20 +18,25 @@ use std::{
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Histogram, MeterProvider as _},
     trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::{
-    Resource,
-    metrics::{PeriodicReader, SdkMeterProvider},
-    trace::SdkTracerProvider,
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::ExportMetricsServiceRequest,
+    common::v1::{AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue, any_value},
+    metrics::v1::{
+        AggregationTemporality, Gauge, Histogram as ProtoHistogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+    },
+    resource::v1::Resource as ProtoResource,
 };
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 
 use super::{
-    forward::{ForwardConfig, Protocol, http_url},
+    forward::{ForwardConfig, Forwarder, Payload, Protocol, http_url},
     metrics::{self, Def, Kind, MetricsState},
 };
+use crate::clock::{WallClock, monotonic_ns};
 
 fn resource() -> Resource {
     Resource::builder()
@@ -48,112 +58,210 @@ fn tonic_metadata(headers: &[(String, String)]) -> tonic::metadata::MetadataMap 
     map
 }
 
-/// The pushed metrics: dropping it (or [`OtlpMetrics::shutdown`]) flushes them.
-pub struct OtlpMetrics {
-    provider: SdkMeterProvider,
-    requests: Histogram<f64>,
+/// The OTLP encoding of the agent's metrics, read from [`MetricsState`] (the one model
+/// the Prometheus exposition reads too): counters as cumulative monotonic sums, gauges,
+/// and the request histogram with explicit [`metrics::REQUEST_BUCKETS`], every
+/// cumulative series starting at the same instant (the agent's start), under the
+/// agent's resource and an `energy-agent` scope.
+#[derive(Clone, Debug)]
+pub struct MetricsEncoding {
+    resource: ProtoResource,
+    start_ns: u64,
 }
 
-fn attributes(labels: &metrics::Labels) -> Vec<KeyValue> {
+impl MetricsEncoding {
+    /// An encoding whose cumulative series start at `start_ns` (Unix nanoseconds).
+    pub fn new(start_ns: u64) -> Self {
+        Self {
+            resource: (&resource()).into(),
+            start_ns,
+        }
+    }
+
+    /// The state as one export request, stamped `now_ns` (Unix nanoseconds); metrics
+    /// without a series are left out.
+    pub fn encode(&self, state: &MetricsState, now_ns: u64) -> ExportMetricsServiceRequest {
+        let times = (self.start_ns, now_ns);
+        let metrics = metrics::ALL
+            .iter()
+            .filter_map(|def| {
+                let data = match def.kind {
+                    Kind::Counter => Data::Sum(Sum {
+                        data_points: number_points(state, def, times),
+                        aggregation_temporality: AggregationTemporality::Cumulative.into(),
+                        is_monotonic: true,
+                    }),
+                    Kind::Gauge => Data::Gauge(Gauge {
+                        data_points: number_points(state, def, (0, now_ns)),
+                    }),
+                    Kind::Histogram => Data::Histogram(ProtoHistogram {
+                        data_points: histogram_points(state, def, times),
+                        aggregation_temporality: AggregationTemporality::Cumulative.into(),
+                    }),
+                };
+                has_points(&data).then(|| Metric {
+                    name: def.name.into(),
+                    description: def.help.into(),
+                    unit: def.unit.into(),
+                    metadata: Vec::new(),
+                    data: Some(data),
+                })
+            })
+            .collect();
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "energy-agent".into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+}
+
+fn has_points(data: &Data) -> bool {
+    match data {
+        Data::Sum(s) => !s.data_points.is_empty(),
+        Data::Gauge(g) => !g.data_points.is_empty(),
+        Data::Histogram(h) => !h.data_points.is_empty(),
+        _ => false,
+    }
+}
+
+fn attributes(labels: &metrics::Labels) -> Vec<ProtoKeyValue> {
     labels
         .iter()
-        .map(|(k, v)| KeyValue::new(*k, v.clone()))
+        .map(|(k, v)| ProtoKeyValue {
+            key: (*k).into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.clone())),
+            }),
+            key_strindex: 0,
+        })
         .collect()
 }
 
+/// The counter or gauge series of `def`, stamped `(start, now)`.
+fn number_points(
+    state: &MetricsState,
+    def: &Def,
+    (start_ns, now_ns): (u64, u64),
+) -> Vec<NumberDataPoint> {
+    state
+        .values
+        .iter()
+        .filter(|((name, _), _)| *name == def.name)
+        .map(|((_, labels), v)| NumberDataPoint {
+            attributes: attributes(labels),
+            start_time_unix_nano: start_ns,
+            time_unix_nano: now_ns,
+            value: Some(number_data_point::Value::AsDouble(*v)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The histogram series of `def`, stamped `(start, now)`.
+fn histogram_points(
+    state: &MetricsState,
+    def: &Def,
+    (start_ns, now_ns): (u64, u64),
+) -> Vec<HistogramDataPoint> {
+    state
+        .histograms
+        .iter()
+        .filter(|((name, _), _)| *name == def.name)
+        .map(|((_, labels), h)| {
+            let mut bucket_counts = h.counts.clone();
+            bucket_counts.resize(metrics::REQUEST_BUCKETS.len() + 1, 0);
+            HistogramDataPoint {
+                attributes: attributes(labels),
+                start_time_unix_nano: start_ns,
+                time_unix_nano: now_ns,
+                count: h.count,
+                sum: Some(h.sum),
+                bucket_counts,
+                explicit_bounds: metrics::REQUEST_BUCKETS.to_vec(),
+                min: (h.count > 0).then_some(h.min),
+                max: (h.count > 0).then_some(h.max),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Pushes the agent's metrics over OTLP every `--metrics-interval`, through the
+/// forwarder, so they get the spans' bounded queue and retries. Dropping it stops the
+/// pushes; [`OtlpMetrics::shutdown`] pushes a last one first.
+pub struct OtlpMetrics {
+    push: Push,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What one push needs.
+#[derive(Clone)]
+struct Push {
+    encoding: MetricsEncoding,
+    state: Arc<Mutex<MetricsState>>,
+    forwarder: Forwarder,
+    clock: WallClock,
+}
+
+impl Push {
+    /// Encodes the state now and queues it.
+    fn send(&self) {
+        let now_ns = self.clock.unix_ns(monotonic_ns());
+        let Ok(request) = self.state.lock().map(|s| self.encoding.encode(&s, now_ns)) else {
+            return;
+        };
+        self.forwarder.send(Payload::Metrics(request));
+    }
+}
+
 impl OtlpMetrics {
-    /// Starts pushing every `every`; must be called inside a tokio runtime for gRPC.
+    /// Starts pushing every `every` (the first push one period from now); must be
+    /// called inside a tokio runtime. The cumulative series start now.
     pub fn start(
-        config: &ForwardConfig,
+        forwarder: Forwarder,
         every: Duration,
         state: Arc<Mutex<MetricsState>>,
-    ) -> anyhow::Result<Self> {
-        let exporter = match config.protocol {
-            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(tonic_metadata(&config.headers))
-                .build()?,
-            Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(http_url(&config.endpoint, "/v1/metrics"))
-                .with_timeout(config.timeout)
-                .with_headers(config.headers.iter().cloned().collect())
-                .build()?,
+        clock: WallClock,
+    ) -> Self {
+        let push = Push {
+            encoding: MetricsEncoding::new(clock.unix_ns(monotonic_ns())),
+            state,
+            forwarder,
+            clock,
         };
-        let reader = PeriodicReader::builder(exporter)
-            .with_interval(every)
-            .build();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(resource())
-            .build();
-        let meter = provider.meter("energy-agent");
-        for def in metrics::ALL {
-            let state = state.clone();
-            let read = move |def: Def| -> Vec<(f64, Vec<KeyValue>)> {
-                state
-                    .lock()
-                    .map(|s| {
-                        s.values
-                            .iter()
-                            .filter(|((name, _), _)| *name == def.name)
-                            .map(|((_, labels), v)| (*v, attributes(labels)))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            match def.kind {
-                Kind::Counter => {
-                    meter
-                        .f64_observable_counter(def.name)
-                        .with_unit(def.unit)
-                        .with_description(def.help)
-                        .with_callback(move |o| {
-                            for (v, attrs) in read(def) {
-                                o.observe(v, &attrs);
-                            }
-                        })
-                        .build();
-                }
-                Kind::Gauge => {
-                    meter
-                        .f64_observable_gauge(def.name)
-                        .with_unit(def.unit)
-                        .with_description(def.help)
-                        .with_callback(move |o| {
-                            for (v, attrs) in read(def) {
-                                o.observe(v, &attrs);
-                            }
-                        })
-                        .build();
-                }
-                Kind::Histogram => {}
+        let periodic = push.clone();
+        let task = tokio::spawn(async move {
+            let every = every.max(Duration::from_millis(1));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                periodic.send();
             }
-        }
-        let requests = meter
-            .f64_histogram(metrics::REQUESTS_ENERGY.name)
-            .with_unit(metrics::REQUESTS_ENERGY.unit)
-            .with_description(metrics::REQUESTS_ENERGY.help)
-            .with_boundaries(metrics::REQUEST_BUCKETS.to_vec())
-            .build();
-        Ok(Self { provider, requests })
+        });
+        Self { push, task }
     }
 
-    /// Records one enriched request's joules for `model`.
-    pub fn record_request(&self, model: &str, joules: f64) {
-        self.requests
-            .record(joules, &[KeyValue::new("model", model.to_string())]);
+    /// Stops the periodic pushes and queues a last one, with what is recorded by now.
+    pub fn shutdown(self) {
+        self.task.abort();
+        self.push.send();
     }
+}
 
-    /// Pushes what is pending and stops.
-    pub fn shutdown(&self) {
-        if let Err(e) = self.provider.force_flush() {
-            log::warn!("flushing OTLP metrics: {e}");
-        }
-        let _ = self.provider.shutdown();
+impl Drop for OtlpMetrics {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -128,14 +128,7 @@ impl Identity {
     fn read(&self, pid: u32) -> ProcessInfo {
         let dir = self.proc_root.join(pid.to_string());
         let comm = read_trimmed(&dir.join("comm")).unwrap_or_default();
-        let cmdline: Vec<String> = std::fs::read(dir.join("cmdline"))
-            .map(|raw| {
-                raw.split(|&b| b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let cmdline = read_cmdline(&dir);
         let exe_name = std::fs::read_link(dir.join("exe"))
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -160,6 +153,21 @@ impl Identity {
             cgroup,
         }
     }
+}
+
+/// The command line of the process whose procfs directory is `dir` (`/proc/<pid>`):
+/// its NUL-separated arguments, empty ones left out, read as lossy UTF-8. Empty when
+/// it cannot be read (kernel threads, exited processes). The one reading of
+/// `cmdline`, for identities and for the receiver's `--service` rules alike.
+pub fn read_cmdline(dir: &Path) -> Vec<String> {
+    std::fs::read(dir.join("cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -199,6 +207,18 @@ mod tests {
         assert_eq!(info.exe_name, "python3");
         assert_eq!(info.cgroup.as_deref(), Some("/system.slice/vllm.service"));
         assert!(!info.exited);
+    }
+
+    #[test]
+    fn command_lines_skip_empty_arguments_and_unreadable_ones_are_empty() {
+        let dir = fake_proc();
+        let p = dir.path().join("42");
+        std::fs::write(p.join("cmdline"), b"a\0\0b c\0").unwrap();
+        assert_eq!(read_cmdline(&p), vec!["a", "b c"]);
+        assert!(
+            read_cmdline(&dir.path().join("43")).is_empty(),
+            "no such process"
+        );
     }
 
     #[test]

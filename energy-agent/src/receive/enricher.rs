@@ -6,11 +6,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
+};
 use regex::Regex;
 
 use super::spans::{self, Selection, attr_int, attr_str, names};
@@ -152,6 +154,31 @@ impl Enricher {
         let n = count_spans(&request);
         self.stats.received += n as u64;
         let now = Instant::now();
+        let (pids, last_end_ns) = self.remember(&request, origin, now);
+        if self.held_spans + n > self.config.max_held_spans {
+            return vec![self.overflow(request, n)];
+        }
+        self.held_spans += n;
+        self.stats.held = self.held_spans as u64;
+        self.held.push_back(Held {
+            request,
+            pids,
+            arrived: now,
+            last_end_ns,
+            spans: n,
+        });
+        Vec::new()
+    }
+
+    /// Resolves each resource's process and remembers the batch's request spans (for
+    /// splits) and every span's place in its trace (for nesting); returns the
+    /// resources' processes and the latest span end.
+    fn remember(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        origin: Origin,
+        now: Instant,
+    ) -> (Vec<Result<u32, String>>, u64) {
         let mut last_end_ns = 0;
         let mut pids = Vec::with_capacity(request.resource_spans.len());
         for rs in &request.resource_spans {
@@ -190,33 +217,30 @@ impl Enricher {
                 );
             }
         }
-        if self.held_spans + n > self.config.max_held_spans {
-            let mut request = request;
-            let mut marked = 0;
-            for s in request
-                .resource_spans
-                .iter_mut()
-                .flat_map(|rs| rs.scope_spans.iter_mut())
-                .flat_map(|ss| ss.spans.iter_mut())
-                .filter(|s| self.config.selection.matches(s))
-            {
-                spans::mark_unattributed(s, "the agent's enrichment buffer was full");
-                marked += 1;
-            }
-            self.stats.overflowed += n as u64;
-            self.stats.unattributed += marked;
-            return vec![request];
+        (pids, last_end_ns)
+    }
+
+    /// A batch of `n` spans the buffer has no room for: its request spans are marked
+    /// unattributed, and it is passed on at once.
+    fn overflow(
+        &mut self,
+        mut request: ExportTraceServiceRequest,
+        n: usize,
+    ) -> ExportTraceServiceRequest {
+        let mut marked = 0;
+        for s in request
+            .resource_spans
+            .iter_mut()
+            .flat_map(|rs| rs.scope_spans.iter_mut())
+            .flat_map(|ss| ss.spans.iter_mut())
+            .filter(|s| self.config.selection.matches(s))
+        {
+            spans::mark_unattributed(s, "the agent's enrichment buffer was full");
+            marked += 1;
         }
-        self.held_spans += n;
-        self.stats.held = self.held_spans as u64;
-        self.held.push_back(Held {
-            request,
-            pids,
-            arrived: now,
-            last_end_ns,
-            spans: n,
-        });
-        Vec::new()
+        self.stats.overflowed += n as u64;
+        self.stats.unattributed += marked;
+        request
     }
 
     /// The (model, joules) of each request enriched since the last call.
@@ -271,26 +295,7 @@ impl Enricher {
             .0
             .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
         if stale {
-            let mut list = Vec::new();
-            for e in std::fs::read_dir(&self.config.proc_root)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                    && let Ok(raw) = std::fs::read(e.path().join("cmdline"))
-                    && !raw.is_empty()
-                {
-                    let line = raw
-                        .split(|&b| b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    list.push((pid, line));
-                }
-            }
-            self.cmdlines = (Some(Instant::now()), list);
+            self.cmdlines = (Some(Instant::now()), command_lines(&self.config.proc_root));
         }
         let me = std::process::id();
         rules.iter().find_map(|re| {
@@ -359,17 +364,34 @@ impl Enricher {
         found
     }
 
+    /// Enriches one released batch.
     fn process(
         &mut self,
         held: Held,
         threadless: &mut ThreadlessSpans,
     ) -> ExportTraceServiceRequest {
         let mut request = held.request;
-        // Which spans are requests to enrich, and which cannot be tied to a process.
-        let mut targets: Vec<(usize, usize, usize, u32)> = Vec::new();
-        let mut unattributed: Vec<(usize, usize, usize, String)> = Vec::new();
+        let (targets, unattributed) = self.classify(&request, &held.pids);
+        let (all, index) = self.participants(&request, &targets, threadless);
+        self.add_energies(&mut request, &targets, &all, &index);
+        for (at, reason) in &unattributed {
+            spans::mark_unattributed(span_at_mut(&mut request, *at), reason);
+            self.stats.unattributed += 1;
+        }
+        request
+    }
+
+    /// Which spans of a batch are requests to enrich (with their process), and which
+    /// cannot be tied to a process (with why). Nested requests are neither, and counted.
+    fn classify(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        pids: &[Result<u32, String>],
+    ) -> (Vec<Target>, Vec<(SpanAt, String)>) {
+        let mut targets: Vec<Target> = Vec::new();
+        let mut unattributed: Vec<(SpanAt, String)> = Vec::new();
         for (ri, rs) in request.resource_spans.iter().enumerate() {
-            let pid = &held.pids[ri];
+            let pid = &pids[ri];
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for (pi, s) in ss.spans.iter().enumerate() {
                     if !self.config.selection.matches(s) {
@@ -382,35 +404,39 @@ impl Enricher {
                         self.stats.nested += 1;
                         continue;
                     }
+                    let at = (ri, si, pi);
                     match pid {
-                        Err(reason) => unattributed.push((ri, si, pi, reason.clone())),
+                        Err(reason) => unattributed.push((at, reason.clone())),
                         Ok(pid) if !self.history.knows(*pid) => unattributed.push((
-                            ri,
-                            si,
-                            pi,
+                            at,
                             format!("process {pid} has no attributed CPU time in the agent's recent intervals"),
                         )),
-                        Ok(pid) => targets.push((ri, si, pi, *pid)),
+                        Ok(pid) => targets.push((at, *pid)),
                     }
                 }
             }
         }
-        // The known request spans of those processes that overlap a target take part in
-        // the split, with, for each interval the targets touch, one span without a live
-        // thread id where the interval has one (it makes the whole interval split by
-        // concurrency instead of by thread activity). No other span can change a
-        // target's share. Thread ids count only when they are live kernel threads of the
-        // process.
-        let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
-        for (ri, si, pi, pid) in &targets {
-            let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
-            let w = window.entry(*pid).or_insert((u64::MAX, 0));
-            w.0 = w.0.min(s.start_time_unix_nano);
-            w.1 = w.1.max(s.end_time_unix_nano);
-        }
+        (targets, unattributed)
+    }
+
+    /// The request spans that take part in the targets' split, and where each span is
+    /// among them.
+    ///
+    /// The known request spans of those processes that overlap a target take part in
+    /// the split, with, for each interval the targets touch, one span without a live
+    /// thread id where the interval has one (it makes the whole interval split by
+    /// concurrency instead of by thread activity). No other span can change a
+    /// target's share. Thread ids count only when they are live kernel threads of the
+    /// process.
+    fn participants(
+        &self,
+        request: &ExportTraceServiceRequest,
+        targets: &[Target],
+        threadless: &mut ThreadlessSpans,
+    ) -> (Vec<RequestSpan>, SpanIndex) {
         let mut all: Vec<RequestSpan> = Vec::new();
-        let mut index: foldhash::HashMap<(TraceId, SpanId), usize> = Default::default();
-        for (pid, (from, to)) in window {
+        let mut index = SpanIndex::default();
+        for (pid, (from, to)) in windows(request, targets) {
             let deciders: Vec<Known> = self
                 .history
                 .intervals_overlapping(from, to)
@@ -431,38 +457,86 @@ impl Enricher {
                 all.push(r);
             }
         }
+        (all, index)
+    }
+
+    /// Splits the energy among `all` and writes each target's share onto its span.
+    fn add_energies(
+        &mut self,
+        request: &mut ExportTraceServiceRequest,
+        targets: &[Target],
+        all: &[RequestSpan],
+        index: &SpanIndex,
+    ) {
         let mut chosen = Vec::new();
         let mut slots = Vec::new();
-        for (ri, si, pi, _) in &targets {
-            let s = &request.resource_spans[*ri].scope_spans[*si].spans[*pi];
+        for (at, _) in targets {
+            let s = span_at(request, *at);
             if let Some(&i) = index.get(&(trace_id(&s.trace_id), span_id(&s.span_id))) {
                 chosen.push(i);
-                slots.push((*ri, *si, *pi));
+                slots.push(*at);
             }
         }
-        let energies = enrich(&chosen, &all, &self.history, &mut self.claims);
-        for (((ri, si, pi), energy), i) in slots.iter().zip(&energies).zip(&chosen) {
+        let energies = enrich(&chosen, all, &self.history, &mut self.claims);
+        for ((at, energy), i) in slots.iter().zip(&energies).zip(&chosen) {
             let model = self
                 .history
                 .model_of(all[*i].pid)
                 .unwrap_or("unknown")
                 .to_string();
             self.requests.push((model, energy.joules.total()));
-            let span = &mut request.resource_spans[*ri].scope_spans[*si].spans[*pi];
+            let span = span_at_mut(request, *at);
             spans::add_energy(span, energy);
             self.traces
                 .mark_enriched(trace_id(&span.trace_id), span_id(&span.span_id));
             self.stats.enriched += 1;
         }
-        for (ri, si, pi, reason) in &unattributed {
-            spans::mark_unattributed(
-                &mut request.resource_spans[*ri].scope_spans[*si].spans[*pi],
-                reason,
-            );
-            self.stats.unattributed += 1;
-        }
-        request
     }
+}
+
+/// Every process's command line under `proc_root`, arguments joined by spaces (what
+/// `--service` rules match); processes without one are left out.
+fn command_lines(proc_root: &Path) -> Vec<(u32, String)> {
+    let mut list = Vec::new();
+    for e in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let args = crate::identity::read_cmdline(&e.path());
+        if !args.is_empty() {
+            list.push((pid, args.join(" ")));
+        }
+    }
+    list
+}
+
+/// A span's place in a batch: resource, scope and span indices.
+type SpanAt = (usize, usize, usize);
+
+/// A request span to enrich, and its process.
+type Target = (SpanAt, u32);
+
+/// Where each participating span is in the split's list.
+type SpanIndex = foldhash::HashMap<(TraceId, SpanId), usize>;
+
+fn span_at(request: &ExportTraceServiceRequest, (ri, si, pi): SpanAt) -> &Span {
+    &request.resource_spans[ri].scope_spans[si].spans[pi]
+}
+
+fn span_at_mut(request: &mut ExportTraceServiceRequest, (ri, si, pi): SpanAt) -> &mut Span {
+    &mut request.resource_spans[ri].scope_spans[si].spans[pi]
+}
+
+/// Per process, the time from the earliest target start to the latest target end.
+fn windows(request: &ExportTraceServiceRequest, targets: &[Target]) -> HashMap<u32, (u64, u64)> {
+    let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (at, pid) in targets {
+        let s = span_at(request, *at);
+        let w = window.entry(*pid).or_insert((u64::MAX, 0));
+        w.0 = w.0.min(s.start_time_unix_nano);
+        w.1 = w.1.max(s.end_time_unix_nano);
+    }
+    window
 }
 
 mod known;

@@ -187,13 +187,31 @@ pub async fn start(
         proc_root: config.proc_root.clone(),
         cache: Arc::default(),
     };
+    let max = config.max_message_bytes;
     let svc = Grpc {
         tx: tx.clone(),
         peers: peers.clone(),
         ours: bound.grpc,
     };
-    let max = config.max_message_bytes;
-    let mut grpc_shutdown = shutdown.clone();
+    serve_grpc(grpc_listener, svc, max, shutdown.clone());
+    let state = HttpState {
+        tx,
+        peers,
+        ours: bound.http,
+        max,
+    };
+    serve_http(http_listener, state, shutdown);
+    Ok(bound)
+}
+
+/// Serves the three OTLP/gRPC services on `listener` (messages up to `max` bytes,
+/// gzip accepted) until `shutdown` turns true.
+fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    svc: Grpc,
+    max: usize,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let grpc = tonic::transport::Server::builder()
         .add_service(
             TraceServiceServer::new(svc.clone())
@@ -211,9 +229,9 @@ pub async fn start(
                 .accept_compressed(CompressionEncoding::Gzip),
         )
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener),
+            tonic::transport::server::TcpIncoming::from(listener),
             async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+                let _ = shutdown.wait_for(|stop| *stop).await;
             },
         );
     tokio::spawn(async move {
@@ -221,33 +239,33 @@ pub async fn start(
             log::error!("OTLP/gRPC receiver stopped: {e}");
         }
     });
-    let state = HttpState {
-        tx,
-        peers,
-        ours: bound.http,
-        max,
-    };
+}
+
+/// Serves the OTLP/HTTP paths on `listener` until `shutdown` turns true.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/v1/traces", post(http_traces))
         .route("/v1/metrics", post(http_metrics))
         .route("/v1/logs", post(http_logs))
-        .layer(DefaultBodyLimit::max(max))
+        .layer(DefaultBodyLimit::max(state.max))
         .with_state(state);
-    let mut http_shutdown = shutdown;
     tokio::spawn(async move {
         let served = axum::serve(
-            http_listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
+            let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await;
         if let Err(e) = served {
             log::error!("OTLP/HTTP receiver stopped: {e}");
         }
     });
-    Ok(bound)
 }
 
 #[derive(Clone)]

@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
@@ -68,7 +67,7 @@ pub enum ToEnricher {
 /// The running exporters.
 pub struct Exporters {
     metrics: Arc<Mutex<MetricsState>>,
-    otlp_metrics: Option<Arc<OtlpMetrics>>,
+    otlp_metrics: Option<OtlpMetrics>,
     enricher: Option<mpsc::UnboundedSender<ToEnricher>>,
     forwarder: Option<Forwarder>,
     shutdown: watch::Sender<bool>,
@@ -86,19 +85,14 @@ impl Exporters {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
         let forwarder = config.forward.clone().map(forward::spawn);
-        let otlp_metrics = match &config.forward {
-            Some(cfg) => Some(Arc::new(
-                OtlpMetrics::start(cfg, config.metrics_interval, metrics.clone())
-                    .context("starting the OTLP metrics exporter")?,
-            )),
-            None => None,
-        };
+        let otlp_metrics = forwarder.as_ref().map(|fwd| {
+            OtlpMetrics::start(fwd.clone(), config.metrics_interval, metrics.clone(), clock)
+        });
         let enricher = match (&forwarder, &config.receive) {
             (Some(forwarder), Some(receive)) => {
                 let sinks = EnrichSinks {
                     forwarder: forwarder.clone(),
                     metrics: metrics.clone(),
-                    otlp: otlp_metrics.clone(),
                 };
                 Some(start_receiving(receive, interval, sinks, shutdown.subscribe()).await?)
             }
@@ -139,13 +133,17 @@ impl Exporters {
         }
     }
 
-    /// Releases held spans, drains the forward queue (bounded wait), flushes metrics.
+    /// Releases held spans, queues a last metrics push, drains the forward queue
+    /// (bounded wait).
     pub async fn shutdown(self) {
         if let Some(tx) = &self.enricher {
             let (ack, done) = oneshot::channel();
             if tx.send(ToEnricher::Flush(ack)).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
             }
+        }
+        if let Some(m) = self.otlp_metrics {
+            m.shutdown();
         }
         let _ = self.shutdown.send(true);
         if let Some(f) = &self.forwarder {
@@ -156,9 +154,6 @@ impl Exporters {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        if let Some(m) = self.otlp_metrics {
-            let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
-        }
     }
 }
 
@@ -166,7 +161,6 @@ impl Exporters {
 struct EnrichSinks {
     forwarder: Forwarder,
     metrics: Arc<Mutex<MetricsState>>,
-    otlp: Option<Arc<OtlpMetrics>>,
 }
 
 /// Binds the OTLP listeners and starts the task that enriches what they receive;
@@ -207,11 +201,7 @@ async fn enrich_task(
     mut control: mpsc::UnboundedReceiver<ToEnricher>,
     sinks: EnrichSinks,
 ) {
-    let EnrichSinks {
-        forwarder,
-        metrics,
-        otlp,
-    } = sinks;
+    let EnrichSinks { forwarder, metrics } = sinks;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let released = tokio::select! {
@@ -233,7 +223,7 @@ async fn enrich_task(
                     for r in enricher.release(true) {
                         forwarder.send(Payload::Traces(r));
                     }
-                    record(&mut enricher, &forwarder, &metrics, otlp.as_deref());
+                    record(&mut enricher, &forwarder, &metrics);
                     let _ = ack.send(());
                     Vec::new()
                 }
@@ -244,26 +234,18 @@ async fn enrich_task(
         for r in released {
             forwarder.send(Payload::Traces(r));
         }
-        record(&mut enricher, &forwarder, &metrics, otlp.as_deref());
+        record(&mut enricher, &forwarder, &metrics);
     }
 }
 
 /// Moves the enricher's and forwarder's counters into the metrics.
-fn record(
-    enricher: &mut Enricher,
-    forwarder: &Forwarder,
-    metrics: &Mutex<MetricsState>,
-    otlp: Option<&OtlpMetrics>,
-) {
+fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<MetricsState>) {
     use std::sync::atomic::Ordering::Relaxed;
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
     for (model, joules) in &requests {
         m.observe_request(model, *joules);
-        if let Some(o) = otlp {
-            o.record_request(model, *joules);
-        }
     }
     for (state, v) in [
         ("received", s.received),

@@ -2,6 +2,10 @@ use super::*;
 use crate::{
     attribute::{GroupReport, IntervalReport, Joules, ProcessReport},
     carbon::CarbonSummary,
+    export::{
+        otlp::MetricsEncoding,
+        prometheus::{metric_name as prometheus_name, render as render_prometheus},
+    },
 };
 
 fn process(pid: u32, exe: &str, cpu_j: f64, rule: bool) -> ProcessReport {
@@ -171,4 +175,163 @@ fn gpu_joules_get_their_own_domain_series() {
     };
     assert_eq!(value(&s, ENERGY_PROCESS, &labels("gpu")), 40.0);
     assert_eq!(value(&s, ENERGY_PROCESS, &labels("cpu")), 1.0);
+}
+
+#[test]
+fn otlp_encoding_decodes_to_the_state() {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        common::v1::any_value::Value as Any,
+        metrics::v1::{AggregationTemporality, metric::Data, number_data_point::Value},
+    };
+    use prost::Message;
+
+    let mut s = MetricsState::new(10);
+    s.observe(&report(vec![process(7, "python", 3.0, true)]));
+    s.observe(&report(vec![process(7, "python", 3.0, true)]));
+    s.set_value(AGENT_LAG, &[], 0.25);
+    for j in [0.03, 0.3, 0.4, 7.0, 9000.0] {
+        s.observe_request("llama", j);
+    }
+    let bytes = MetricsEncoding::new(1_000)
+        .encode(&s, 5_000)
+        .encode_to_vec();
+    let decoded = ExportMetricsServiceRequest::decode(&bytes[..]).expect("decodes");
+    let rm = &decoded.resource_metrics[0];
+    let resource: Vec<(String, Option<Any>)> = rm
+        .resource
+        .as_ref()
+        .expect("a resource")
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().and_then(|v| v.value)))
+        .collect();
+    assert!(
+        resource.contains(&(
+            "service.name".into(),
+            Some(Any::StringValue("energy-agent".into()))
+        )),
+        "{resource:?}"
+    );
+    assert!(
+        resource.iter().any(|(k, _)| k == "service.version"),
+        "{resource:?}"
+    );
+    let sm = &rm.scope_metrics[0];
+    assert_eq!(
+        sm.scope.as_ref().map(|s| s.name.as_str()),
+        Some("energy-agent")
+    );
+    let metric = |name: &str| {
+        sm.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", sm.metrics))
+    };
+    // Decoded attributes, and a state label set, as sorted (key, value) strings.
+    let attrs = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+        let mut v: Vec<(String, String)> = kvs
+            .iter()
+            .map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Any::StringValue(v)) => (kv.key.clone(), v.clone()),
+                    other => panic!("{} is not a string: {other:?}", kv.key),
+                },
+            )
+            .collect();
+        v.sort();
+        v
+    };
+    let strings = |labels: &Labels| -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+
+    // A counter: a cumulative monotonic sum, one point per series, as in the state.
+    let process = metric("energy.process");
+    assert_eq!(
+        (process.unit.as_str(), process.description.as_str()),
+        ("J", ENERGY_PROCESS.help)
+    );
+    let Some(Data::Sum(sum)) = &process.data else {
+        panic!("energy.process is not a sum: {process:?}")
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32
+    );
+    let series: Vec<_> = s
+        .values
+        .iter()
+        .filter(|((n, _), _)| *n == ENERGY_PROCESS.name)
+        .collect();
+    assert_eq!(sum.data_points.len(), series.len());
+    for p in &sum.data_points {
+        let labels = attrs(&p.attributes);
+        let (_, v) = series
+            .iter()
+            .find(|((_, l), _)| strings(l) == labels)
+            .unwrap_or_else(|| panic!("{labels:?} is not a series of the state"));
+        assert_eq!(p.value, Some(Value::AsDouble(**v)), "{labels:?}");
+        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (1_000, 5_000));
+    }
+    let cpu = sum
+        .data_points
+        .iter()
+        .find(|p| attrs(&p.attributes).contains(&("energy.domain".into(), "cpu".into())))
+        .expect("the cpu series");
+    assert_eq!(
+        cpu.value,
+        Some(Value::AsDouble(6.0)),
+        "two intervals of 3 J"
+    );
+
+    // A gauge.
+    let lag = metric("energy_agent.interval.lag");
+    assert_eq!(lag.unit, "s");
+    let Some(Data::Gauge(gauge)) = &lag.data else {
+        panic!("the lag is not a gauge: {lag:?}")
+    };
+    assert_eq!(gauge.data_points.len(), 1);
+    assert_eq!(gauge.data_points[0].value, Some(Value::AsDouble(0.25)));
+    assert!(gauge.data_points[0].attributes.is_empty());
+
+    // The histogram: the state's buckets, non-cumulative, with REQUEST_BUCKETS.
+    let requests = metric("requests.energy");
+    let Some(Data::Histogram(h)) = &requests.data else {
+        panic!("requests.energy is not a histogram: {requests:?}")
+    };
+    assert_eq!(
+        h.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32
+    );
+    assert_eq!(h.data_points.len(), 1);
+    let p = &h.data_points[0];
+    let state = &s.histograms[&(REQUESTS_ENERGY.name, l(&[("model", "llama")]))];
+    assert_eq!(attrs(&p.attributes), strings(&l(&[("model", "llama")])));
+    assert_eq!(p.explicit_bounds, REQUEST_BUCKETS.to_vec());
+    assert_eq!(p.bucket_counts, state.counts);
+    assert_eq!(
+        p.bucket_counts,
+        vec![0, 1, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        "0.03 ≤ 0.05, 0.3 and 0.4 ≤ 0.5, 7 ≤ 10, 9000 > 5000"
+    );
+    assert_eq!(p.count, 5);
+    assert!((p.sum.expect("a sum") - 9007.73).abs() < 1e-9);
+    assert_eq!((p.min, p.max), (Some(0.03), Some(9000.0)));
+    assert_eq!(p.start_time_unix_nano, 1_000);
+
+    // Metrics without a series are left out; every one present is one of ALL.
+    assert!(
+        sm.metrics
+            .iter()
+            .all(|m| ALL.iter().any(|d| d.name == m.name))
+    );
+    assert!(
+        !sm.metrics.iter().any(|m| m.name == AGENT_OTLP_DROPPED.name),
+        "nothing set it"
+    );
 }
