@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    Domain, Meter, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
     counter::EnergyCounter, topology::Topology,
 };
 
@@ -233,22 +233,18 @@ impl PerfRapl {
             counters,
         })
     }
+}
 
-    /// Reads the counters twice, `wait` apart; fails when none advanced (virtual
-    /// machines often expose the PMU with counters that always read 0 J).
-    pub fn check_advancing(&mut self, wait: Duration) -> Result<(), PowerError> {
-        self.sample(&SampleContext::default());
-        std::thread::sleep(wait);
-        let reading = self.sample(&SampleContext::default());
-        if reading.energies.iter().any(|e| e.joules > 0.0) {
-            return Ok(());
-        }
+impl Meter for PerfRapl {
+    /// Names the counters and the PMU: virtual machines often expose the PMU with
+    /// counters that always read 0 J.
+    fn not_advancing(&self, wait: Duration) -> String {
         let names: Vec<String> = self.counters.iter().map(|c| c.domain.to_string()).collect();
-        Err(PowerError::Unavailable(format!(
+        format!(
             "the RAPL perf counters ({}) at {} read 0 J over {wait:?}: no RAPL behind them (typical of VMs)",
             names.join(", "),
             self.pmu.display()
-        )))
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Domain, DomainClass, PowerError, PowerReading, PowerSource, SampleContext,
+    Domain, DomainClass, Meter, PowerError, PowerReading, PowerSource, SampleContext,
     estimate::{Estimate, HostFacts},
     msr::{self, MsrRapl},
     nvml::NvmlSource,
@@ -170,6 +170,12 @@ fn open_powercap(opts: &PowerOptions) -> Result<Powercap, PowerError> {
     Ok(p)
 }
 
+fn open_msr(opts: &PowerOptions, topology: &Topology) -> Result<MsrRapl, PowerError> {
+    let mut m = MsrRapl::open(&opts.msr_dev, topology)?;
+    m.check_advancing(opts.settle)?;
+    Ok(m)
+}
+
 fn is_gpu(d: Domain) -> bool {
     d.class() == DomainClass::Gpu
 }
@@ -220,7 +226,7 @@ pub fn select(opts: &PowerOptions) -> Result<PowerSources, PowerError> {
         }
         SourceChoice::RaplPerf => Box::new(open_perf(opts, &topology)?),
         SourceChoice::RaplPowercap => Box::new(open_powercap(opts)?),
-        SourceChoice::RaplMsr => Box::new(MsrRapl::open(&opts.msr_dev, &topology)?),
+        SourceChoice::RaplMsr => Box::new(open_msr(opts, &topology)?),
         SourceChoice::Estimate => Box::new(Estimate::new(&facts, topology.clone())),
         SourceChoice::Replay(path) => {
             let recording = Recording::load(path)?;
@@ -286,7 +292,7 @@ pub fn survey(opts: &PowerOptions) -> Vec<SourceStatus> {
     );
     add(
         "rapl-msr",
-        MsrRapl::open(&opts.msr_dev, &topology)
+        open_msr(opts, &topology)
             .map(|p| format!("{} (opt-in only: --power-source rapl-msr)", p.describe()))
             .map_err(|e| format!("{e} (opt-in only: --power-source rapl-msr)")),
     );
