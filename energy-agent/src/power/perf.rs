@@ -308,22 +308,4 @@ mod tests {
         assert_eq!(event_domain("energy-ram", 1), Some(Domain::Dram(1)));
         assert_eq!(event_domain("energy-psys", 1), Some(Domain::Psys));
     }
-
-    #[test]
-    fn this_hosts_pmu_opens_and_its_zero_counters_are_detected() {
-        // On this project's VMs the power PMU exists and reads 0 J; on a host with
-        // RAPL the counters advance. Either way the source must say so, not guess.
-        let pmu = Path::new(DEFAULT_PMU);
-        if !pmu.exists() {
-            eprintln!("no power PMU on this host; skipped");
-            return;
-        }
-        match PerfRapl::open(pmu, &Topology::host()) {
-            Ok(mut rapl) => match rapl.check_advancing(Duration::from_millis(200)) {
-                Ok(()) => eprintln!("RAPL perf counters advance here"),
-                Err(e) => assert!(e.to_string().contains("read 0 J"), "{e}"),
-            },
-            Err(e) => eprintln!("perf_event_open refused here: {e}"),
-        }
-    }
 }
