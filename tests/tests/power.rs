@@ -21,8 +21,8 @@ fn zone(path: &'static str, name: &'static str, watts: f64, range_uj: u64) -> Zo
 }
 
 /// Asserts every full interval (not the partial one flushed at exit) reports `watts`
-/// ±5% for `domain`: the writer advances the counters every 2 ms, so a 300 ms interval
-/// is exact to about 1%.
+/// ±5% for `domain`: the writer advances the counters every 10 ms, so each read is up
+/// to 10 ms stale and an interval of over 250 ms is exact to 4%.
 fn assert_watts(intervals: &[serde_json::Value], domain: &str, watts: f64) {
     let full: Vec<serde_json::Value> = intervals
         .iter()
