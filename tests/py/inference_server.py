@@ -12,7 +12,8 @@ a stream synchronisation that blocks UNIT x factor seconds, so GPU-driver activi
 2:1 instead.
 
 usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid] [--cuda LIB]
-Prints one JSON object: pid and the requests (span id, type).
+Prints one JSON object: pid and the requests (span id, type, and cpu_s: the CPU time
+the worker thread used within the request, from the kernel's thread clock).
 """
 import ctypes
 import json
@@ -72,6 +73,7 @@ def main():
         kind = "big" if i % 2 == 0 else "small"
         factor = 2 if kind == "big" else 1
         with tracer.start_as_current_span("chat tiny-llama", kind=trace.SpanKind.SERVER) as span:
+            cpu_start = time.thread_time_ns()
             span.set_attribute("gen_ai.operation.name", "chat")
             span.set_attribute("gen_ai.request.model", "tiny-llama")
             span.set_attribute("gen_ai.usage.input_tokens", 100 * factor)
@@ -85,8 +87,9 @@ def main():
                 else:
                     burn(unit * factor)
             span_id = format(span.get_span_context().span_id, "016x")
+            cpu_ns = time.thread_time_ns() - cpu_start
         with lock:
-            served.append({"span_id": span_id, "type": kind})
+            served.append({"span_id": span_id, "type": kind, "cpu_s": cpu_ns / 1e9})
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(serve, range(requests)))

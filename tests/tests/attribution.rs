@@ -1,6 +1,6 @@
-//! Attribution on real eBPF data: conservation per interval against a powercap tree the
-//! test advances at a known power, and proportionality between two processes whose
-//! CPU use the test fixes at 2:1.
+//! Attribution on real eBPF data: conservation per interval against the agent's own
+//! measured total and against what the test's powercap tree actually advanced, and
+//! proportionality between two processes whose CPU use the test fixes at 2:1.
 
 use std::{process::Command, time::Duration};
 
@@ -138,4 +138,118 @@ fn processes_plus_idle_equal_what_the_meter_measured_and_split_2_to_1() {
             "dynamic energy ratio {ratio}"
         );
     }
+}
+
+/// Index of the next interval in which `domain` read 0 J: both of its reads then saw
+/// the same value, so with the tree frozen its last read is the frozen value.
+fn next_zero_interval(agent: &mut AgentRun, domain: &str) -> usize {
+    for _ in 0..10 {
+        agent.wait_intervals(1, Duration::from_secs(10));
+        let last = agent.intervals.last().expect("an interval");
+        let series = energy_tests::domain_series(std::slice::from_ref(last), domain);
+        let j = series.first().map(|d| f(&d["joules"]));
+        if j == Some(0.0) {
+            return agent.intervals.len() - 1;
+        }
+    }
+    panic!("{domain} never read 0 J while the tree was frozen");
+}
+
+/// Which value the tree wrote (µJ, unwrapped) `joules` past `from`, to 1 µJ.
+fn written_at(written: &[u64], from: u64, joules: f64) -> Option<u64> {
+    written
+        .iter()
+        .copied()
+        .find(|&w| w >= from && ((w - from) as f64 / 1e6 - joules).abs() <= 1e-6)
+}
+
+/// Conservation against the ground truth rather than the agent's own total: the tree is
+/// frozen before and after a workload, so the agent's intervals between two 0 J
+/// intervals cover exactly what it advanced between the two freezes, V2 − V1 (written
+/// by the test, wrap included: the package's 30 J range is crossed, since the burner's
+/// 2 CPU-s alone advance it 30 J at 15 W per busy CPU). Σ processes + idle over them
+/// must be V2 − V1, and after each interval the running sum must land on a value the
+/// tree wrote. Tolerance 1 µJ: the files hold whole µJ, so the agent's differences are
+/// exact and only floating-point rounding of the split (~1e-12 J) remains, while one
+/// write of the tree is ≥ 60 mJ apart from the next (6 W × 10 ms): a read matched to
+/// the wrong write cannot pass.
+#[test]
+fn processes_plus_idle_add_up_to_what_the_tree_advanced() {
+    require_root();
+    let (pkg, dram) = ("intel-rapl:0", "intel-rapl:0/intel-rapl:0:0");
+    let tree = PowercapTree::start_following_load(
+        vec![
+            ZoneSpec {
+                path: pkg,
+                name: "package-0",
+                watts: 6.0,
+                range_uj: 30_000_000,
+            },
+            ZoneSpec {
+                path: dram,
+                name: "dram",
+                watts: 2.0,
+                range_uj: 65_712_999_613,
+            },
+        ],
+        &[(pkg, 15.0)],
+        20_000_000,
+    );
+    let root = tree.root();
+    let mut agent = AgentRun::start(&[
+        "--interval",
+        "500ms",
+        "--no-gpu",
+        "--powercap-root",
+        root.to_str().expect("a UTF-8 temp path"),
+        "--idle-power",
+        "package=6",
+        "--idle-power",
+        "dram=1",
+    ]);
+    tree.freeze();
+    let (v1_pkg, v1_dram) = (last_written(&tree, pkg), last_written(&tree, dram));
+    let first = next_zero_interval(&mut agent, "package-0");
+    tree.thaw();
+    let burner = Command::new(test_bin("burner"))
+        .args(["1.0", "2"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("burner");
+    assert!(burner.success());
+    tree.freeze();
+    let (v2_pkg, v2_dram) = (last_written(&tree, pkg), last_written(&tree, dram));
+    let last = next_zero_interval(&mut agent, "package-0");
+    let (_, intervals) = agent.stop();
+    assert!(
+        v1_pkg / 30_000_000 < v2_pkg / 30_000_000,
+        "the window crosses the package counter's wrap: {v1_pkg} → {v2_pkg} µJ"
+    );
+
+    for (class, path, v1, v2) in [
+        ("cpu_j", pkg, v1_pkg, v2_pkg),
+        ("dram_j", dram, v1_dram, v2_dram),
+    ] {
+        let written = tree.written_uj(path);
+        let mut running = 0.0;
+        for i in &intervals[first + 1..=last] {
+            let processes = i["processes"].as_array().expect("processes");
+            running += processes.iter().map(|p| f(&p[class])).sum::<f64>() + f(&i["idle"][class]);
+            assert!(
+                written_at(&written, v1, running).is_some(),
+                "{class}: after the interval ending {}, Σ processes + idle since the freeze is {running} J, which is no value the tree wrote",
+                i["end_unix_ns"]
+            );
+        }
+        let truth = (v2 - v1) as f64 / 1e6;
+        eprintln!("{class}: Σ processes + idle {running} J, the tree advanced {truth} J");
+        assert!(
+            (running - truth).abs() <= 1e-6,
+            "{class}: Σ processes + idle {running} J over the window, the tree advanced {truth} J"
+        );
+    }
+}
+
+fn last_written(tree: &PowercapTree, path: &str) -> u64 {
+    *tree.written_uj(path).last().expect("a written value")
 }

@@ -7,6 +7,7 @@ use std::{process::Command, time::Duration};
 use energy_tests::{
     AgentRun,
     otlp::{Backend, free_port_pair, inference_server, python, script, wait_for},
+    powercap::{PowercapTree, ZoneSpec},
     require_root,
 };
 
@@ -16,11 +17,16 @@ fn f(v: &serde_json::Value) -> f64 {
 
 /// The agent forwarding to `backend_port`, receiving on `port` (gRPC) and `port + 1`.
 fn agent(port: u16, backend_port: u16, extra: &[&str]) -> AgentRun {
+    agent_every("500ms", port, backend_port, extra)
+}
+
+/// [`agent`] with intervals of `interval`.
+fn agent_every(interval: &str, port: u16, backend_port: u16, extra: &[&str]) -> AgentRun {
     let receive = format!("127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{backend_port}");
     let mut args = vec![
         "--interval",
-        "500ms",
+        interval,
         "--no-gpu",
         "--receive",
         &receive,
@@ -147,6 +153,116 @@ fn request_spans_over_grpc_gain_energy_and_carbon() {
 #[test]
 fn request_spans_over_http_gain_energy_and_carbon() {
     energy_test("http");
+}
+
+/// The known power model of [`request_energy_is_the_dynamic_power_of_its_cpu_time`]:
+/// package-0 = `IDLE_W` + `W_PER_BUSY_CPU` per busy CPU of this machine.
+const IDLE_W: f64 = 10.0;
+const W_PER_BUSY_CPU: f64 = 20.0;
+
+/// Under the estimate, the ratios of `energy_test` hold by construction (energy ∝ CPU
+/// time is the estimate's model). Here the meter is a powercap tree the test advances
+/// at a known power model, idle W + k W per busy CPU, with the agent told the idle
+/// power: the dynamic energy is then k × the machine's busy CPU time, every process's
+/// part of it is k × its own CPU time, and with the default idle policy (bucket) a
+/// request gets no idle share. So each request span must carry k × the CPU time its
+/// worker thread used within it, as the server measured it with the kernel's thread
+/// clock, independently of the agent.
+///
+/// Tolerance, per request, from the method (1 s intervals, 20 ms request resolution,
+/// k = 20 W, the server's two GIL-sharing workers keeping about one CPU busy):
+/// - the tree's busy time comes from the kernel's idle clocks shown in 10 ms units:
+///   under 20 ms (2 CPUs) at each of an interval's reads, ≤ 2% of its ≥ 1 s busy;
+/// - the agent reads a value written up to 10 ms before: ≤ (10 W + 20 W × 2 CPUs) ×
+///   10 ms = 0.5 J of the interval's ≥ 20 J dynamic energy, ≤ 2.5%;
+/// - the request's CPU is read off 20 ms buckets, taken as even within a bucket; the
+///   GIL hands over every 5 ms, so each edge of a span is off by ≤ 5 ms of CPU: 10 ms
+///   of the smallest request's 0.3 s, ≤ 3.3%;
+/// - the agent's on-CPU clock (scheduler switches) vs the kernel's idle and thread
+///   clocks: irq time, steal time and the idle task's time outside tickless idle,
+///   ≤ 1% each way.
+///
+/// That bounds each request within ±10% of k × its CPU time. Idle power taken for
+/// dynamic would add at least 10 W / (20 W × 2 CPUs) = 25% (more on a quieter
+/// machine), well outside it.
+#[test]
+fn request_energy_is_the_dynamic_power_of_its_cpu_time() {
+    require_root();
+    let tree = PowercapTree::start_following_load(
+        vec![ZoneSpec {
+            path: "intel-rapl:0",
+            name: "package-0",
+            watts: IDLE_W,
+            range_uj: 262_143_328_850,
+        }],
+        &[("intel-rapl:0", W_PER_BUSY_CPU)],
+        0,
+    );
+    let root = tree.root();
+    let (port, backend_port) = (free_port_pair(), free_port_pair());
+    let backend = Backend::start(backend_port);
+    let idle_power = format!("package={IDLE_W}");
+    let mut agent = agent_every(
+        "1s",
+        port,
+        backend_port,
+        &[
+            "--powercap-root",
+            root.to_str().expect("a UTF-8 temp path"),
+            "--idle-power",
+            &idle_power,
+            "--request-resolution",
+            "20ms",
+        ],
+    );
+    let report = inference_server(&format!("http://127.0.0.1:{port}"), "grpc", 8, 0.3, &[]);
+    let spans = wait_for(Duration::from_secs(20), || {
+        let s = backend.received("span");
+        (s.len() >= 16).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("not every span arrived: {:?}", backend.received("span")));
+    agent.wait_intervals(1, Duration::from_secs(10));
+    let (status, _) = agent.stop();
+    assert!(status.success());
+
+    let requests = report["requests"]
+        .as_array()
+        .expect("the server's requests");
+    assert_eq!(requests.len(), 8);
+    let (mut sum_j, mut sum_truth) = (0.0, 0.0);
+    for r in requests {
+        let id = r["span_id"].as_str().expect("a span id");
+        let span = spans
+            .iter()
+            .find(|s| s["span_id"] == id)
+            .unwrap_or_else(|| panic!("span {id} not forwarded"));
+        let a = &span["attributes"];
+        assert_eq!(a["energy.source"], "rapl-powercap", "{span}");
+        assert_eq!(a["energy.estimated"], false, "{span}");
+        assert_eq!(
+            f(&a["energy.idle.joules"]),
+            0.0,
+            "bucket policy: no idle share"
+        );
+        let j = f(&a["energy.joules"]);
+        let truth = W_PER_BUSY_CPU * f(&r["cpu_s"]);
+        eprintln!(
+            "{} request {id}: {j:.3} J, truth {truth:.3} J ({:+.1}%)",
+            r["type"],
+            (j / truth - 1.0) * 100.0
+        );
+        assert!(
+            (j - truth).abs() <= truth * 0.10,
+            "request {id}: {j} J, expected {W_PER_BUSY_CPU} W × {} s = {truth} J ±10%",
+            r["cpu_s"]
+        );
+        sum_j += j;
+        sum_truth += truth;
+    }
+    eprintln!(
+        "all requests: {sum_j:.3} J, truth {sum_truth:.3} J; the tree saw {:.3} busy CPU-s",
+        tree.busy_cpu_s()
+    );
 }
 
 #[test]

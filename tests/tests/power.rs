@@ -1,6 +1,7 @@
 //! Power sources through the real binary: a powercap tree the test advances at known
 //! power (one and two packages, dram, psys, wraps, a zone vanishing, a counter stuck
-//! at zero), the estimate on this VM, and replay files.
+//! at zero), the estimate on this VM, replay files, and the verdict on this host's perf
+//! power PMU against what the test reads from it itself.
 
 use std::{process::Command, time::Duration};
 
@@ -20,8 +21,8 @@ fn zone(path: &'static str, name: &'static str, watts: f64, range_uj: u64) -> Zo
 }
 
 /// Asserts every full interval (not the partial one flushed at exit) reports `watts`
-/// ±5% for `domain`: the writer advances the counters every 2 ms, so a 300 ms interval
-/// is exact to about 1%.
+/// ±5% for `domain`: the writer advances the counters every 10 ms, so each read is up
+/// to 10 ms stale and an interval of over 250 ms is exact to 4%.
 fn assert_watts(intervals: &[serde_json::Value], domain: &str, watts: f64) {
     let full: Vec<serde_json::Value> = intervals
         .iter()
@@ -54,26 +55,30 @@ fn agent_on(root: &std::path::Path, interval: &str) -> AgentRun {
     ])
 }
 
-/// The `power rapl-powercap` line of `check --json` for a tree.
-fn powercap_check(root: &std::path::Path) -> serde_json::Value {
+/// The line named `name` of `check --json --no-gpu` with `args`.
+fn check_line(name: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(agent_bin())
-        .args([
-            "check",
-            "--json",
-            "--no-gpu",
-            "--powercap-root",
-            root.to_str().unwrap(),
-        ])
+        .args(["check", "--json", "--no-gpu"])
+        .args(args)
         .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .expect("running energy-agent check");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json printed no JSON ({e}): {out:?}"));
     report["checks"]
         .as_array()
-        .unwrap()
+        .expect("a checks array")
         .iter()
-        .find(|c| c["name"] == "power rapl-powercap")
+        .find(|c| c["name"] == name)
         .cloned()
-        .expect("a rapl-powercap line")
+        .unwrap_or_else(|| panic!("no {name:?} line in {report}"))
+}
+
+/// The `power rapl-powercap` line of `check --json` for a tree.
+fn powercap_check(root: &std::path::Path) -> serde_json::Value {
+    check_line(
+        "power rapl-powercap",
+        &["--powercap-root", root.to_str().unwrap()],
+    )
 }
 
 #[test]
@@ -244,4 +249,154 @@ fn replay_files_play_back_and_bad_ones_name_the_line() {
         stderr.contains("line 2") && stderr.contains("unknown kind"),
         "{stderr}"
     );
+}
+
+/// What this host's perf `power` PMU does, seen by the test itself: sysfs read and
+/// `perf_event_open(2)` called here, not through the agent's code.
+#[derive(Debug, PartialEq)]
+enum PmuSeen {
+    /// No `/sys/bus/event_source/devices/power/type`.
+    Absent,
+    /// The PMU lists no `energy-*` event with a config and a scale.
+    NoEvents,
+    /// Every event failed to open (the errors).
+    OpenRefused(Vec<String>),
+    /// The events opened and no count changed over the wait.
+    Frozen,
+    /// Some event's count changed.
+    Advancing,
+}
+
+const POWER_PMU: &str = "/sys/bus/event_source/devices/power";
+
+/// The `config` of an event file like `event=0x02` (the only term RAPL events have).
+fn event_config(text: &str) -> Option<u64> {
+    let v = text.trim().strip_prefix("event=")?;
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// Opens one system-wide counting event on `cpu`: `perf_event_attr` as 16 u32 words
+/// (type, size = 64 = PERF_ATTR_SIZE_VER0, config low and high; all else zero).
+fn open_event(pmu_type: u32, config: u64, cpu: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let mut attr = [0u32; 16];
+    attr[0] = pmu_type;
+    attr[1] = 64;
+    attr[2] = config as u32;
+    attr[3] = (config >> 32) as u32;
+    // SAFETY: a 64-byte perf_event_attr; pid -1 with a cpu is a system-wide counter.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1i32,
+            cpu,
+            -1i32,
+            0u64,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) })
+}
+
+fn read_event(file: &mut std::fs::File) -> u64 {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    file.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading an opened perf event: {e}"));
+    u64::from_ne_bytes(buf)
+}
+
+/// Looks at the PMU: its events, opened on the first CPU of its cpumask, read `wait`
+/// apart.
+fn look_at_power_pmu(wait: Duration) -> PmuSeen {
+    let pmu = std::path::Path::new(POWER_PMU);
+    let Some(pmu_type) = std::fs::read_to_string(pmu.join("type"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return PmuSeen::Absent;
+    };
+    let cpu: i32 = std::fs::read_to_string(pmu.join("cpumask"))
+        .ok()
+        .and_then(|m| {
+            let first = m.trim().split([',', '-']).next()?.to_string();
+            first.parse().ok()
+        })
+        .unwrap_or(0);
+    let mut configs = Vec::new();
+    for entry in std::fs::read_dir(pmu.join("events"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let has_scale = pmu.join("events").join(format!("{name}.scale")).exists();
+        if name.starts_with("energy-") && !name.contains('.') && has_scale {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            configs.extend(event_config(&text).map(|c| (name, c)));
+        }
+    }
+    if configs.is_empty() {
+        return PmuSeen::NoEvents;
+    }
+    let mut opened = Vec::new();
+    let mut refused = Vec::new();
+    for (name, config) in &configs {
+        match open_event(pmu_type, *config, cpu) {
+            Ok(f) => opened.push(f),
+            Err(e) => refused.push(format!("{name}: {e}")),
+        }
+    }
+    if opened.is_empty() {
+        return PmuSeen::OpenRefused(refused);
+    }
+    let before: Vec<u64> = opened.iter_mut().map(read_event).collect();
+    std::thread::sleep(wait);
+    let after: Vec<u64> = opened.iter_mut().map(read_event).collect();
+    if before != after {
+        PmuSeen::Advancing
+    } else {
+        PmuSeen::Frozen
+    }
+}
+
+#[test]
+fn this_hosts_pmu_verdict_matches_what_the_test_reads_itself() {
+    require_root();
+    // Twice the agent's 150 ms settle: a RAPL counter behind the PMU advances every
+    // millisecond or so, so a live one cannot look frozen over 300 ms.
+    let seen = look_at_power_pmu(Duration::from_millis(300));
+    let line = check_line("power rapl-perf", &[]);
+    let detail = line["detail"].as_str().expect("a detail");
+    eprintln!("the test saw {seen:?}; the agent says {line}");
+    match seen {
+        PmuSeen::Advancing => {
+            assert_eq!(
+                line["status"], "pass",
+                "advancing counters are usable: {line}"
+            );
+            assert!(detail.contains("rapl-perf (measured)"), "{line}");
+        }
+        unavailable => {
+            assert_eq!(
+                line["status"], "warn",
+                "{unavailable:?} is unavailable: {line}"
+            );
+            let reason = match unavailable {
+                PmuSeen::Absent => "no RAPL perf PMU",
+                PmuSeen::NoEvents => "no energy-* events",
+                PmuSeen::OpenRefused(_) => "perf_event_open failed",
+                PmuSeen::Frozen => "read 0 J",
+                PmuSeen::Advancing => unreachable!(),
+            };
+            assert!(detail.contains(reason), "expected {reason:?}: {line}");
+        }
+    }
 }

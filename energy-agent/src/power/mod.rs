@@ -15,7 +15,7 @@ pub mod replay;
 pub mod select;
 pub mod topology;
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
 
 pub use select::{PowerSources, SourceChoice, SourceStatus, select, survey};
 
@@ -272,6 +272,27 @@ pub trait PowerSource: Send {
             },
             domains.join(", ")
         )
+    }
+}
+
+/// A source that reads hardware energy counters. It is trusted only once its counters
+/// are seen to advance: VMs often expose RAPL interfaces whose counters always read 0 J,
+/// and a tree nobody updates measures nothing.
+pub trait Meter: PowerSource {
+    /// Why the counters did not advance over `wait`, in this source's own terms (which
+    /// counters, where, what they read).
+    fn not_advancing(&self, wait: Duration) -> String;
+
+    /// Reads the counters twice, `wait` apart; fails with [`Meter::not_advancing`]'s
+    /// reason when no domain's energy advanced. Leaves the second read as the baseline.
+    fn check_advancing(&mut self, wait: Duration) -> Result<(), PowerError> {
+        self.sample(&SampleContext::default());
+        std::thread::sleep(wait);
+        let reading = self.sample(&SampleContext::default());
+        if reading.energies.iter().any(|e| e.joules > 0.0) {
+            return Ok(());
+        }
+        Err(PowerError::Unavailable(self.not_advancing(wait)))
     }
 }
 

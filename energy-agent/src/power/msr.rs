@@ -6,10 +6,11 @@
 use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use super::{
-    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    Domain, Meter, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
     counter::EnergyCounter, topology::Topology,
 };
 
@@ -139,6 +140,26 @@ impl MsrRapl {
     }
 }
 
+impl Meter for MsrRapl {
+    /// Names each register with the value it reads now: a hypervisor may pass the MSRs
+    /// through with energy registers that never move.
+    fn not_advancing(&self, wait: Duration) -> String {
+        let values: Vec<String> = self
+            .registers
+            .iter()
+            .map(|r| {
+                let v = read_msr(&r.device, r.msr)
+                    .map_or_else(|e| e.to_string(), |v| energy_counter(v).to_string());
+                format!("{} ({} msr {:#x})={v}", r.domain, r.device.display(), r.msr)
+            })
+            .collect();
+        format!(
+            "no RAPL energy-status MSR advanced in {wait:?} ({}): the registers read 0 or are frozen (typical of VMs)",
+            values.join(", ")
+        )
+    }
+}
+
 impl PowerSource for MsrRapl {
     fn info(&self) -> SourceInfo {
         INFO
@@ -213,6 +234,45 @@ mod tests {
         let j = |d| r.energies.iter().find(|e| e.domain == d).unwrap().joules;
         assert_eq!(j(Domain::Package(0)), 2.0);
         assert_eq!(j(Domain::Dram(0)), 1.0);
+    }
+
+    #[test]
+    fn frozen_registers_are_unavailable_and_advancing_ones_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("0/msr");
+        std::fs::create_dir_all(dev.parent().unwrap()).unwrap();
+        write_msr(&dev, MSR_RAPL_POWER_UNIT, 0x000A_0E03);
+        write_msr(&dev, MSR_PKG_ENERGY_STATUS, 0);
+        let mut rapl = MsrRapl::open(dir.path(), &Topology::single(1)).unwrap();
+        let err = rapl
+            .check_advancing(std::time::Duration::from_millis(5))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no RAPL energy-status MSR advanced"), "{err}");
+        assert!(
+            err.contains("package-0") && err.contains("0x611)=0"),
+            "{err}"
+        );
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (dev, stop) = (dev.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut raw = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    raw += 16;
+                    write_msr(&dev, MSR_PKG_ENERGY_STATUS, raw);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let checked = rapl.check_advancing(std::time::Duration::from_millis(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(
+            checked.is_ok(),
+            "advancing registers are usable: {checked:?}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Domain, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
+    Domain, Meter, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
     counter::EnergyCounter,
 };
 
@@ -157,16 +157,12 @@ impl Powercap {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
 
-    /// Reads every zone twice, `wait` apart; fails when no counter advanced (a counter
-    /// that stays at zero, or a tree nobody updates, measures nothing).
-    pub fn check_advancing(&mut self, wait: Duration) -> Result<(), PowerError> {
-        self.sample(&SampleContext::default());
-        std::thread::sleep(wait);
-        let second = self.sample(&SampleContext::default());
-        if second.energies.iter().any(|e| e.joules > 0.0) {
-            return Ok(());
-        }
+impl Meter for Powercap {
+    /// Names each zone with the value it reads now: a counter that stays at zero, or a
+    /// tree nobody updates.
+    fn not_advancing(&self, wait: Duration) -> String {
         let values: Vec<String> = self
             .zones
             .iter()
@@ -175,12 +171,12 @@ impl Powercap {
                 format!("{}={v}", z.domain)
             })
             .collect();
-        Err(PowerError::Unavailable(format!(
+        format!(
             "no energy_uj counter under {} advanced in {:?} ({}): the counters read 0 or are frozen",
             self.root.display(),
             wait,
             values.join(", ")
-        )))
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Domain, DomainClass, PowerError, PowerReading, PowerSource, SampleContext,
+    Domain, DomainClass, Meter, PowerError, PowerReading, PowerSource, SampleContext,
     estimate::{Estimate, HostFacts},
     msr::{self, MsrRapl},
     nvml::NvmlSource,
@@ -170,12 +170,82 @@ fn open_powercap(opts: &PowerOptions) -> Result<Powercap, PowerError> {
     Ok(p)
 }
 
+fn open_msr(opts: &PowerOptions, topology: &Topology) -> Result<MsrRapl, PowerError> {
+    let mut m = MsrRapl::open(&opts.msr_dev, topology)?;
+    m.check_advancing(opts.settle)?;
+    Ok(m)
+}
+
 fn is_gpu(d: Domain) -> bool {
     d.class() == DomainClass::Gpu
 }
 
 fn is_not_gpu(d: Domain) -> bool {
     !is_gpu(d)
+}
+
+fn boxed<S: PowerSource + 'static>(source: S) -> Box<dyn PowerSource> {
+    Box::new(source)
+}
+
+/// `auto` for CPU/DRAM: the first meter whose counters advance (rapl-perf, then
+/// rapl-powercap; the other way round for a pointed-to `--powercap-root`), else the
+/// estimate. Each meter tried leaves its status.
+fn auto_cpu(
+    opts: &PowerOptions,
+    topology: &Topology,
+    facts: &HostFacts,
+    statuses: &mut Vec<SourceStatus>,
+) -> Box<dyn PowerSource> {
+    let custom_root = opts.powercap_root != Path::new(powercap::DEFAULT_ROOT);
+    let order: [&str; 2] = if custom_root {
+        ["rapl-powercap", "rapl-perf"]
+    } else {
+        ["rapl-perf", "rapl-powercap"]
+    };
+    for name in order {
+        let opened = if name == "rapl-perf" {
+            open_perf(opts, topology).map(boxed)
+        } else {
+            open_powercap(opts).map(boxed)
+        };
+        match opened {
+            Ok(source) => {
+                statuses.push(status(name, true, true, source.describe()));
+                return source;
+            }
+            Err(e) => statuses.push(status(name, false, false, e.to_string())),
+        }
+    }
+    let e = Estimate::new(facts, topology.clone());
+    statuses.push(status("estimate", true, true, e.describe()));
+    Box::new(e)
+}
+
+/// The GPU source: a recording's GPU domains when replaying, else NVML unless
+/// `--no-gpu` (a replay never looks for real GPUs).
+fn gpu_source(
+    opts: &PowerOptions,
+    replay: Option<Replay>,
+    statuses: &mut Vec<SourceStatus>,
+) -> Option<Box<dyn PowerSource>> {
+    if let Some(replay) = replay {
+        statuses.push(status("replay (gpu)", true, true, replay.describe()));
+        return Some(Box::new(replay));
+    }
+    if !opts.gpu || matches!(opts.choice, SourceChoice::Replay(_)) {
+        return None;
+    }
+    match NvmlSource::open() {
+        Ok(n) => {
+            statuses.push(status("nvml", true, true, n.describe()));
+            Some(Box::new(n))
+        }
+        Err(e) => {
+            statuses.push(status("nvml", false, false, e.to_string()));
+            None
+        }
+    }
 }
 
 /// Opens the sources `opts` asks for.
@@ -185,42 +255,10 @@ pub fn select(opts: &PowerOptions) -> Result<PowerSources, PowerError> {
     let mut statuses = Vec::new();
     let mut gpu_from_replay = None;
     let cpu: Box<dyn PowerSource> = match &opts.choice {
-        SourceChoice::Auto => {
-            let custom_root = opts.powercap_root != Path::new(powercap::DEFAULT_ROOT);
-            let mut chosen: Option<Box<dyn PowerSource>> = None;
-            let order: [&str; 2] = if custom_root {
-                ["rapl-powercap", "rapl-perf"]
-            } else {
-                ["rapl-perf", "rapl-powercap"]
-            };
-            for name in order {
-                let opened: Result<Box<dyn PowerSource>, PowerError> = if chosen.is_some() {
-                    continue;
-                } else if name == "rapl-perf" {
-                    open_perf(opts, &topology).map(|p| Box::new(p) as Box<dyn PowerSource>)
-                } else {
-                    open_powercap(opts).map(|p| Box::new(p) as Box<dyn PowerSource>)
-                };
-                match opened {
-                    Ok(source) => {
-                        statuses.push(status(name, true, true, source.describe()));
-                        chosen = Some(source);
-                    }
-                    Err(e) => statuses.push(status(name, false, false, e.to_string())),
-                }
-            }
-            match chosen {
-                Some(source) => source,
-                None => {
-                    let e = Estimate::new(&facts, topology.clone());
-                    statuses.push(status("estimate", true, true, e.describe()));
-                    Box::new(e)
-                }
-            }
-        }
+        SourceChoice::Auto => auto_cpu(opts, &topology, &facts, &mut statuses),
         SourceChoice::RaplPerf => Box::new(open_perf(opts, &topology)?),
         SourceChoice::RaplPowercap => Box::new(open_powercap(opts)?),
-        SourceChoice::RaplMsr => Box::new(MsrRapl::open(&opts.msr_dev, &topology)?),
+        SourceChoice::RaplMsr => Box::new(open_msr(opts, &topology)?),
         SourceChoice::Estimate => Box::new(Estimate::new(&facts, topology.clone())),
         SourceChoice::Replay(path) => {
             let recording = Recording::load(path)?;
@@ -233,23 +271,7 @@ pub fn select(opts: &PowerOptions) -> Result<PowerSources, PowerError> {
     if !matches!(opts.choice, SourceChoice::Auto) {
         statuses.push(status(cpu.info().name, true, true, cpu.describe()));
     }
-    let gpu: Option<Box<dyn PowerSource>> = if let Some(replay) = gpu_from_replay {
-        statuses.push(status("replay (gpu)", true, true, replay.describe()));
-        Some(Box::new(replay))
-    } else if opts.gpu && !matches!(opts.choice, SourceChoice::Replay(_)) {
-        match NvmlSource::open() {
-            Ok(n) => {
-                statuses.push(status("nvml", true, true, n.describe()));
-                Some(Box::new(n))
-            }
-            Err(e) => {
-                statuses.push(status("nvml", false, false, e.to_string()));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let gpu = gpu_source(opts, gpu_from_replay, &mut statuses);
     Ok(PowerSources { cpu, gpu, statuses })
 }
 
@@ -286,7 +308,7 @@ pub fn survey(opts: &PowerOptions) -> Vec<SourceStatus> {
     );
     add(
         "rapl-msr",
-        MsrRapl::open(&opts.msr_dev, &topology)
+        open_msr(opts, &topology)
             .map(|p| format!("{} (opt-in only: --power-source rapl-msr)", p.describe()))
             .map_err(|e| format!("{e} (opt-in only: --power-source rapl-msr)")),
     );

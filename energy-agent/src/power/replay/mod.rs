@@ -26,10 +26,10 @@
 
 use std::{collections::BTreeMap, io::Write, path::Path};
 
+mod parse;
+
 use super::{
-    Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter,
-    energy,
+    Domain, DomainError, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo, energy,
     gpu::{GpuProcess, GpuProcesses},
 };
 
@@ -116,145 +116,7 @@ fn curve_at(curve: &Curve, t: f64) -> f64 {
     }
 }
 
-struct Builder {
-    curve: Curve,
-    counter: Option<EnergyCounter>,
-    last_power: Option<(f64, f64)>,
-}
-
 impl Recording {
-    /// Parses the text of a recording; `name` labels errors.
-    pub fn parse(text: &str, name: &str) -> Result<Self, PowerError> {
-        let mut builders: BTreeMap<Domain, Builder> = BTreeMap::new();
-        let mut processes: BTreeMap<u32, GpuLines> = BTreeMap::new();
-        let mut estimated = false;
-        for (index, raw) in text.lines().enumerate() {
-            let line_no = index + 1;
-            let line = raw.trim();
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(comment) = line.strip_prefix('#') {
-                if comment.trim() == "estimated" {
-                    estimated = true;
-                }
-                continue;
-            }
-            let bad =
-                |what: String| PowerError::Invalid(format!("replay {name} line {line_no}: {what}"));
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if !(4..=5).contains(&fields.len()) {
-                return Err(bad(format!(
-                    "expected time_s,domain,kind,value[,range], got {} fields: {line:?}",
-                    fields.len()
-                )));
-            }
-            let t: f64 = fields[0]
-                .parse()
-                .ok()
-                .filter(|t: &f64| t.is_finite() && *t >= 0.0)
-                .ok_or_else(|| bad(format!("bad time {:?}", fields[0])))?;
-            let domain: Domain = fields[1].parse().map_err(bad)?;
-            if let kind @ ("process" | "process_sm") = fields[2] {
-                let Domain::Gpu(gpu) = domain else {
-                    return Err(bad(format!(
-                        "{kind} lines are for GPU domains, not {domain}"
-                    )));
-                };
-                let pid: u32 = fields
-                    .get(4)
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| bad(format!("{kind} needs a pid as its fifth field")))?;
-                let value: f64 = fields[3]
-                    .parse()
-                    .ok()
-                    .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| bad(format!("bad value {:?}", fields[3])))?;
-                let lines = processes.entry(gpu).or_default();
-                let list = if kind == "process" {
-                    &mut lines.running
-                } else {
-                    &mut lines.sm
-                };
-                list.push((t, pid, value));
-                continue;
-            }
-            let b = builders.entry(domain).or_insert_with(|| Builder {
-                curve: Vec::new(),
-                counter: None,
-                last_power: None,
-            });
-            if let Some(&(last_t, _)) = b.curve.last()
-                && t < last_t
-            {
-                return Err(bad(format!(
-                    "time {t} goes backwards for {domain} (after {last_t})"
-                )));
-            }
-            let before = b.curve.last().map_or(0.0, |p| p.1);
-            let number = |s: &str| -> Result<f64, PowerError> {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| bad(format!("bad value {s:?}")))
-            };
-            let integer = |s: &str| -> Result<u64, PowerError> {
-                s.parse::<u64>()
-                    .map_err(|_| bad(format!("bad counter value {s:?}")))
-            };
-            let first = b.curve.is_empty();
-            let added = match fields[2] {
-                "joules" => {
-                    let j = number(fields[3])?;
-                    if first { 0.0 } else { j }
-                }
-                "counter_uj" => {
-                    let range = match fields.get(4) {
-                        Some(r) => integer(r)?,
-                        None => {
-                            return Err(bad(
-                                "counter_uj needs a range (max_energy_range_uj)".into()
-                            ));
-                        }
-                    };
-                    let raw = integer(fields[3])?;
-                    if raw >= range {
-                        return Err(bad(format!("counter {raw} is not below its range {range}")));
-                    }
-                    let c = b.counter.get_or_insert_with(|| EnergyCounter::new(range));
-                    c.advance(raw).map_or(0.0, |d| d as f64 / 1e6)
-                }
-                "energy_mj" => {
-                    let raw = integer(fields[3])?;
-                    let c = b.counter.get_or_insert_with(EnergyCounter::restarting);
-                    c.advance(raw).map_or(0.0, |d| d as f64 / 1e3)
-                }
-                "power_w" => {
-                    let w = number(fields[3])?;
-                    let e = b
-                        .last_power
-                        .map_or(0.0, |(t0, w0)| (w0 + w) / 2.0 * (t - t0));
-                    b.last_power = Some((t, w));
-                    e
-                }
-                other => {
-                    return Err(bad(format!(
-                        "unknown kind {other:?} (joules, counter_uj, energy_mj, power_w, process or process_sm)"
-                    )));
-                }
-            };
-            b.curve.push((t, before + added));
-        }
-        if builders.is_empty() {
-            return Err(PowerError::Invalid(format!("replay {name}: no samples")));
-        }
-        Ok(Self {
-            curves: builders.into_iter().map(|(d, b)| (d, b.curve)).collect(),
-            processes,
-            estimated,
-        })
-    }
-
     /// Reads and parses a recording file.
     pub fn load(path: &Path) -> Result<Self, PowerError> {
         let text = std::fs::read_to_string(path)
@@ -554,6 +416,13 @@ mod tests {
                 "goes backwards",
             ),
             ("0,package-0,joules,-3\n", 1, "bad value"),
+            ("0,gpu-0,energy_mj,1.5\n", 1, "bad counter value"),
+            (
+                "0,package-0,counter_uj,5,ten\n",
+                1,
+                "bad counter value \"ten\"",
+            ),
+            ("\n0,gpu-0,process,x,5\n", 2, "bad value \"x\""),
         ] {
             let err = Recording::parse(text, "f.csv").unwrap_err().to_string();
             assert!(err.contains(&format!("line {line}:")), "{text:?}: {err}");
