@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The nightly toolchain that builds the eBPF crate (aya-build runs `rustup run nightly`).
+/// The nightly toolchain that builds the eBPF crate (energy-agent's build.rs runs
+/// `rustup run nightly cargo build`).
 pub const NIGHTLY: &str = "nightly";
 
 /// What set-up found or made.
