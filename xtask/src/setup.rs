@@ -1,5 +1,5 @@
-//! Idempotent tool set-up, following shared/TOOLCHAIN.md: each step says what it does
-//! and skips itself when already done.
+//! Idempotent tool set-up, as docs/TOOLCHAIN.md describes it: each step says what it
+//! does and skips itself when already done.
 
 use std::{
     env,
@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The nightly toolchain that builds the eBPF crate (aya-build runs `rustup run nightly`).
+/// The nightly toolchain that builds the eBPF crate (energy-agent's build.rs runs
+/// `rustup run nightly cargo build`).
 pub const NIGHTLY: &str = "nightly";
 
 /// What set-up found or made.
@@ -71,12 +72,26 @@ fn nightly_sysroot() -> Result<PathBuf> {
     Ok(PathBuf::from(sysroot.trim()))
 }
 
+/// The environment variable naming an offline rust-src archive (docs/TOOLCHAIN.md).
+const RUST_SRC_ARCHIVE: &str = "ENERGY_RUST_SRC_ARCHIVE";
+
 fn ensure_rust_src() -> Result<()> {
     let sysroot = nightly_sysroot()?;
     let src = sysroot.join("lib/rustlib/src/rust/library/core");
     if src.is_dir() {
         say("already installed");
         return Ok(());
+    }
+    // An archive named explicitly wins: it is there for machines rustup cannot serve.
+    if let Some(archive) = env::var_os(RUST_SRC_ARCHIVE).map(PathBuf::from) {
+        if !archive.is_file() {
+            bail!("{RUST_SRC_ARCHIVE}={} is not a file", archive.display());
+        }
+        say(&format!(
+            "unpacking {} ({RUST_SRC_ARCHIVE})",
+            archive.display()
+        ));
+        return unpack_rust_src(&archive, &sysroot, &src);
     }
     say("installing with rustup (needed for -Z build-std=core)");
     let status = Command::new("rustup")
@@ -87,21 +102,24 @@ fn ensure_rust_src() -> Result<()> {
         say("installed");
         return Ok(());
     }
-    // rustup's server is not one of the registries every machine here reaches: fall back
-    // to the archive of the same component kept beside the project (shared/toolchain).
     let version = nightly_version()?;
-    let archive = find_rust_src_archive(&version);
-    let Some(archive) = archive else {
+    let Some(archive) = find_rust_src_archive(&version) else {
         bail!(
-            "rust-src for {NIGHTLY} is missing and rustup could not install it; install it with `rustup component add rust-src --toolchain {NIGHTLY}` or set ENERGY_RUST_SRC_ARCHIVE to a rust-src archive for this exact nightly"
+            "rust-src for {NIGHTLY} is missing and rustup could not install it; install it with `rustup component add rust-src --toolchain {NIGHTLY}` or set {RUST_SRC_ARCHIVE} to a rust-src archive for this exact nightly (docs/TOOLCHAIN.md)"
         );
     };
     say(&format!("rustup failed; unpacking {}", archive.display()));
+    unpack_rust_src(&archive, &sysroot, &src)
+}
+
+/// Unpacks a `.tar.xz` of the nightly's `lib/rustlib/src` (top entry `rust/`) into its
+/// sysroot and checks that `src` (library/core) is then there.
+fn unpack_rust_src(archive: &Path, sysroot: &Path, src: &Path) -> Result<()> {
     let dest = sysroot.join("lib/rustlib/src");
     std::fs::create_dir_all(&dest)?;
     let status = Command::new("tar")
         .arg("-xJf")
-        .arg(&archive)
+        .arg(archive)
         .arg("-C")
         .arg(&dest)
         .status()
@@ -117,11 +135,11 @@ fn ensure_rust_src() -> Result<()> {
     Ok(())
 }
 
-/// The rust-src archive matching this nightly (`rustc 1.97.0-nightly (… 2026-05-19)`).
+/// Fallback when rustup fails and no archive is named: an offline copy of the component
+/// placed beside the checkout, `shared/toolchain/rust-src-RELEASE-DATE.tar.xz` next to
+/// or inside the workspace (`rustc 1.97.0-nightly (… 2026-05-19)` gives
+/// `rust-src-1.97.0-nightly-2026-05-19.tar.xz`).
 fn find_rust_src_archive(version: &str) -> Option<PathBuf> {
-    if let Some(path) = env::var_os("ENERGY_RUST_SRC_ARCHIVE") {
-        return Some(PathBuf::from(path));
-    }
     let release = version
         .lines()
         .find_map(|l| l.strip_prefix("release: "))?
@@ -374,4 +392,66 @@ pub fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory under the system temp dir, unique to this test run.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        dir
+    }
+
+    /// An archive laid out as docs/TOOLCHAIN.md says (`rust/library/core/…` at the top).
+    fn archive_of(dir: &Path, top: &str) -> PathBuf {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join(top)).expect("creating the archive's tree");
+        std::fs::write(tree.join(top).join("lib.rs"), "").expect("writing a file to archive");
+        let archive = dir.join("rust-src.tar.xz");
+        let first = top.split('/').next().expect("a top directory");
+        let status = Command::new("tar")
+            .arg("-cJf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&tree)
+            .arg(first)
+            .status()
+            .expect("running tar");
+        assert!(status.success(), "tar -cJf failed: {status}");
+        archive
+    }
+
+    #[test]
+    fn unpacks_a_rust_src_archive_into_the_sysroot() {
+        let dir = scratch("rust-src-ok");
+        let archive = archive_of(&dir, "rust/library/core");
+        let sysroot = dir.join("sysroot");
+        let src = sysroot.join("lib/rustlib/src/rust/library/core");
+        unpack_rust_src(&archive, &sysroot, &src).expect("unpacking a well-formed archive");
+        assert!(
+            src.join("lib.rs").is_file(),
+            "{} was not unpacked",
+            src.display()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rejects_an_archive_without_library_core() {
+        let dir = scratch("rust-src-bad");
+        let archive = archive_of(&dir, "rust-src/lib/rustlib/src/rust/library/core");
+        let sysroot = dir.join("sysroot");
+        let src = sysroot.join("lib/rustlib/src/rust/library/core");
+        let err = unpack_rust_src(&archive, &sysroot, &src)
+            .expect_err("an archive with the wrong layout must be refused");
+        assert!(
+            err.to_string().contains("did not produce"),
+            "unexpected error: {err:#}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

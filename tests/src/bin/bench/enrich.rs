@@ -3,7 +3,7 @@
 //!    delay (arrival at the sink minus the span's end).
 
 use std::{
-    sync::{Arc, atomic::AtomicU64},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -28,24 +28,22 @@ fn pin(cpu: usize) {
     }
 }
 
-pub fn run(s: &Settings) -> Value {
-    let (rates, step_s): (Vec<u64>, f64) = if s.smoke {
+/// The rates offered and the seconds each is held.
+fn rates(smoke: bool) -> (Vec<u64>, f64) {
+    if smoke {
         (vec![2_000], 2.0)
     } else {
         (
             vec![5_000, 10_000, 20_000, 35_000, 50_000, 75_000, 100_000],
             5.0,
         )
-    };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (port, sink_port) = (
-        energy_tests::otlp::free_port_pair(),
-        energy_tests::otlp::free_port_pair(),
-    );
-    let receive = format!("127.0.0.1:{port}");
+    }
+}
+
+/// The agent on CPU 0, receiving on `receive` and exporting to the sink's port.
+fn start_agent(s: &Settings, receive: &str, sink_port: u16) -> Agent {
     let endpoint = format!("http://127.0.0.1:{sink_port}");
-    // The agent on CPU 0; the generator and the sink elsewhere when there is elsewhere.
-    let agent = Agent::start_with(
+    Agent::start_with(
         s,
         &["taskset", "-c", "0"],
         &[
@@ -55,14 +53,26 @@ pub fn run(s: &Settings) -> Value {
             "none",
             "--no-gpu",
             "--receive",
-            &receive,
+            receive,
             "--otlp-endpoint",
             &endpoint,
             "--otlp-queue",
             "1000000",
         ],
         false,
+    )
+}
+
+pub fn run(s: &Settings) -> Value {
+    let (rates, step_s) = rates(s.smoke);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (port, sink_port) = (
+        energy_tests::otlp::free_port_pair(),
+        energy_tests::otlp::free_port_pair(),
     );
+    let receive = format!("127.0.0.1:{port}");
+    // The agent on CPU 0; the generator and the sink elsewhere when there is elsewhere.
+    let agent = start_agent(s, &receive, sink_port);
     if cpus > 1 {
         pin(cpus - 1);
     }
@@ -75,38 +85,56 @@ pub fn run(s: &Settings) -> Value {
     std::thread::sleep(Duration::from_millis(300));
     let next_id = Arc::new(AtomicU64::new(1));
     let target = format!("http://{receive}");
-    let mut steps = Vec::new();
-    for &rate in &rates {
-        let (before, delays_before, enriched_before) = {
-            let s = sink.lock().unwrap();
-            (s.received(), s.delays_ns.len(), s.enriched)
-        };
-        let sent = runtime.block_on(otlp::generate(&target, rate, step_s, next_id.clone()));
-        // Spans are held until their interval is attributed (≤ interval + hold margin).
-        let deadline = Instant::now() + Duration::from_secs(6);
-        while sink.lock().unwrap().received() < before + sent.spans && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let st = sink.lock().unwrap();
-        let got = st.received() - before;
-        let delays: Vec<f64> = st.delays_ns[delays_before..]
-            .iter()
-            .map(|d| d / 1e6)
-            .collect();
-        steps.push(json!({
-            "offered_per_s": rate,
-            "accepted_per_s": sent.spans as f64 / sent.seconds,
-            "sent": sent.spans,
-            "failed_batches": sent.failed_batches,
-            "received": got,
-            "lost": sent.spans.saturating_sub(got),
-            "enriched_fraction": (st.enriched - enriched_before) as f64 / got.max(1) as f64,
-            "delay_p50_ms": quantile(&delays, 0.5),
-            "delay_p99_ms": quantile(&delays, 0.99),
-        }));
-    }
+    let steps: Vec<Value> = rates
+        .iter()
+        .map(|&rate| offer(&runtime, &sink, &target, rate, step_s, &next_id))
+        .collect();
     drop(runtime);
     agent.stop();
+    summary(steps, step_s)
+}
+
+/// Offers `rate` spans/s for `step_s` seconds and measures what reached the sink.
+fn offer(
+    runtime: &tokio::runtime::Runtime,
+    sink: &Mutex<otlp::SinkState>,
+    target: &str,
+    rate: u64,
+    step_s: f64,
+    next_id: &Arc<AtomicU64>,
+) -> Value {
+    let (before, delays_before, enriched_before) = {
+        let s = sink.lock().unwrap();
+        (s.received(), s.delays_ns.len(), s.enriched)
+    };
+    let sent = runtime.block_on(otlp::generate(target, rate, step_s, next_id.clone()));
+    // Spans are held until their interval is attributed (≤ interval + hold margin).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while sink.lock().unwrap().received() < before + sent.spans && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = sink.lock().unwrap();
+    let got = st.received() - before;
+    let delays: Vec<f64> = st.delays_ns[delays_before..]
+        .iter()
+        .map(|d| d / 1e6)
+        .collect();
+    json!({
+        "offered_per_s": rate,
+        "accepted_per_s": sent.spans as f64 / sent.seconds,
+        "sent": sent.spans,
+        "failed_batches": sent.failed_batches,
+        "received": got,
+        "lost": sent.spans.saturating_sub(got),
+        "enriched_fraction": (st.enriched - enriched_before) as f64 / got.max(1) as f64,
+        "delay_p50_ms": quantile(&delays, 0.5),
+        "delay_p99_ms": quantile(&delays, 0.99),
+    })
+}
+
+/// The steps with the highest rates sustained with no loss, and with the delay target
+/// met as well.
+fn summary(steps: Vec<Value>, step_s: f64) -> Value {
     let no_loss = |s: &&Value| {
         s["lost"] == 0
             && s["failed_batches"] == 0

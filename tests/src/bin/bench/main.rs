@@ -101,13 +101,24 @@ fn update_markdown(file: &Path, name: &str, body: &str) -> std::io::Result<()> {
     std::fs::write(file, updated)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] \
-                         [--out DIR] [--markdown FILE --plots DIR]";
+/// What the command line asks for.
+struct Options {
+    /// The benchmarks to run; empty: all.
+    names: Vec<String>,
+    smoke: bool,
+    out: PathBuf,
+    markdown: Option<PathBuf>,
+    plots: PathBuf,
+}
+
+const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] \
+                     [--out DIR] [--markdown FILE --plots DIR]";
+
+/// Reads the command line; prints the usage and exits on `--help` (0) or a bad argument (2).
+fn parse_args(args: &[String]) -> Options {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
-        return;
+        std::process::exit(0);
     }
     if let Some(bad) = args.iter().find(|a| {
         a.starts_with('-') && !["--smoke", "--out", "--markdown", "--plots"].contains(&a.as_str())
@@ -115,7 +126,6 @@ fn main() {
         eprintln!("bench: unknown option {bad:?}\n{USAGE}");
         std::process::exit(2);
     }
-    let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| {
         args.iter()
             .position(|a| a == f)
@@ -130,89 +140,124 @@ fn main() {
                 .and_then(|i| args.get(i + 1))
         })
         .collect();
-    let names: Vec<&str> = args
+    let names: Vec<String> = args
         .iter()
         .filter(|a| !a.starts_with("--") && !values.contains(a))
-        .map(String::as_str)
+        .cloned()
         .collect();
-    if let Some(bad) = names
-        .iter()
-        .find(|n| !BENCHES.iter().any(|b| b.name == **n))
-    {
+    if let Some(bad) = names.iter().find(|n| !BENCHES.iter().any(|b| b.name == *n)) {
         eprintln!("bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy)");
         std::process::exit(2);
     }
-    let settings = Settings {
-        smoke: flag("--smoke"),
-        agent: agent_path(),
-    };
     let out = value("--out")
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
-    std::fs::create_dir_all(&out).expect("creating the results directory");
-    let markdown = value("--markdown");
-    let plots = value("--plots").unwrap_or_else(|| out.clone());
-    std::fs::create_dir_all(&plots).expect("creating the plots directory");
+    Options {
+        names,
+        smoke: args.iter().any(|a| a == "--smoke"),
+        markdown: value("--markdown"),
+        plots: value("--plots").unwrap_or_else(|| out.clone()),
+        out,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = parse_args(&args);
+    let settings = Settings {
+        smoke: options.smoke,
+        agent: agent_path(),
+    };
+    std::fs::create_dir_all(&options.out).expect("creating the results directory");
+    std::fs::create_dir_all(&options.plots).expect("creating the plots directory");
     let machine = common::machine();
     for b in BENCHES
         .iter()
-        .filter(|b| names.is_empty() || names.contains(&b.name))
+        .filter(|b| options.names.is_empty() || options.names.iter().any(|n| n == b.name))
     {
-        eprintln!(
-            "bench: {} ({}){}",
-            b.name,
-            b.title,
-            if settings.smoke { ", smoke" } else { "" }
-        );
-        let started = std::time::Instant::now();
-        let result = (b.run)(&settings);
-        let record = json!({
-            "benchmark": b.name,
-            "date": now_utc(),
-            "machine": machine,
-            "smoke": settings.smoke,
-            "agent": settings.agent,
-            "seconds": started.elapsed().as_secs_f64(),
-            "result": result,
-        });
-        let json_path = out.join(format!("{}.json", b.name));
-        std::fs::write(&json_path, serde_json::to_string_pretty(&record).unwrap())
-            .expect("writing results");
-        let table = (b.table)(&result);
-        println!("\n## {} — {}\n\n{table}", b.name, b.title);
-        let mut plotted = None;
-        if let Some(plot) = b.plot {
-            let svg = plots.join(format!("{}.svg", b.name));
-            match plot(&result, &svg) {
-                Ok(()) => plotted = Some(svg),
-                Err(e) => eprintln!("bench: plot {}: {e}", b.name),
-            }
-        }
-        if let Some(md) = &markdown {
-            let mut body = format!(
-                "Latest: {} on {} CPUs ({}), kernel {}{}.\n\n{table}",
-                record["date"].as_str().unwrap_or(""),
-                machine["cpus"],
-                machine["cpu_model"].as_str().unwrap_or("?"),
-                machine["kernel"].as_str().unwrap_or("?"),
-                if machine["virtualized"] == true {
-                    ", a VM"
-                } else {
-                    ""
-                },
-            );
-            if let Some(svg) = &plotted {
-                let rel = svg
-                    .strip_prefix(md.parent().unwrap_or(Path::new(".")))
-                    .unwrap_or(svg);
-                body.push_str(&format!("\n![{}]({})\n", b.title, rel.display()));
-            }
-            update_markdown(md, b.name, &body).expect("updating the markdown");
-        }
-        eprintln!(
-            "bench: {} done in {:.1} s → {}",
-            b.name,
-            started.elapsed().as_secs_f64(),
-            json_path.display()
-        );
+        run_bench(b, &settings, &options, &machine);
     }
+}
+
+/// Runs one benchmark: its JSON record, its table on stdout, its plot, its section of
+/// the markdown file.
+fn run_bench(b: &Bench, settings: &Settings, options: &Options, machine: &Value) {
+    eprintln!(
+        "bench: {} ({}){}",
+        b.name,
+        b.title,
+        if settings.smoke { ", smoke" } else { "" }
+    );
+    let started = std::time::Instant::now();
+    let result = (b.run)(settings);
+    let record = json!({
+        "benchmark": b.name,
+        "date": now_utc(),
+        "machine": machine,
+        "smoke": settings.smoke,
+        "agent": settings.agent,
+        "seconds": started.elapsed().as_secs_f64(),
+        "result": result,
+    });
+    let json_path = options.out.join(format!("{}.json", b.name));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&record).unwrap())
+        .expect("writing results");
+    let table = (b.table)(&result);
+    println!("\n## {} — {}\n\n{table}", b.name, b.title);
+    let plotted = b
+        .plot
+        .and_then(|plot| draw(plot, b.name, &result, &options.plots));
+    if let Some(md) = &options.markdown {
+        let body = markdown_body(b, &record, &table, plotted.as_deref(), md);
+        update_markdown(md, b.name, &body).expect("updating the markdown");
+    }
+    eprintln!(
+        "bench: {} done in {:.1} s → {}",
+        b.name,
+        started.elapsed().as_secs_f64(),
+        json_path.display()
+    );
+}
+
+/// Draws `plot` of `result` to PLOTS/NAME.svg; the file, or None (and a message) if that
+/// failed.
+fn draw(plot: plot::Plot, name: &str, result: &Value, plots: &Path) -> Option<PathBuf> {
+    let svg = plots.join(format!("{name}.svg"));
+    match plot(result, &svg) {
+        Ok(()) => Some(svg),
+        Err(e) => {
+            eprintln!("bench: plot {name}: {e}");
+            None
+        }
+    }
+}
+
+/// The benchmark's section of the markdown file: when and where it ran, its table, and
+/// its plot (linked relative to the markdown file).
+fn markdown_body(
+    b: &Bench,
+    record: &Value,
+    table: &str,
+    plotted: Option<&Path>,
+    md: &Path,
+) -> String {
+    let machine = &record["machine"];
+    let mut body = format!(
+        "Latest: {} on {} CPUs ({}), kernel {}{}.\n\n{table}",
+        record["date"].as_str().unwrap_or(""),
+        machine["cpus"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        machine["kernel"].as_str().unwrap_or("?"),
+        if machine["virtualized"] == true {
+            ", a VM"
+        } else {
+            ""
+        },
+    );
+    if let Some(svg) = plotted {
+        let rel = svg
+            .strip_prefix(md.parent().unwrap_or(Path::new(".")))
+            .unwrap_or(svg);
+        body.push_str(&format!("\n![{}]({})\n", b.title, rel.display()));
+    }
+    body
 }
