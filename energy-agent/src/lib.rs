@@ -20,3 +20,4 @@ pub mod probe;
 pub mod receive;
 pub mod requests;
 pub mod topology;
+pub mod units;

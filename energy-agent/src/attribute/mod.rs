@@ -22,6 +22,7 @@ use crate::{
     identity::Identity,
     power::{Domain, DomainClass, PowerReading, topology::Topology},
     probe::{GpuCalls, SchedInterval},
+    units::{Joules, Nanos, Watts},
 };
 use models::ModelRules;
 
@@ -32,7 +33,7 @@ pub struct AttributionConfig {
     pub idle_policy: IdlePolicy,
     /// `--idle-power`: watts by domain name (`package-0`) or class (`package`, `dram`,
     /// `gpu`, applying to each domain of that class).
-    pub idle_power: BTreeMap<String, f64>,
+    pub idle_power: BTreeMap<String, Watts>,
     /// Model rules.
     pub models: ModelRules,
 }
@@ -44,8 +45,8 @@ pub type GpuWeights = BTreeMap<u32, BTreeMap<u32, u64>>;
 pub struct Attributor {
     config: AttributionConfig,
     topology: Topology,
-    model_idle: BTreeMap<Domain, f64>,
-    lowest_w: BTreeMap<Domain, f64>,
+    model_idle: BTreeMap<Domain, Watts>,
+    lowest_w: BTreeMap<Domain, Watts>,
 }
 
 fn class_name(d: Domain) -> &'static str {
@@ -65,7 +66,7 @@ impl Attributor {
     pub fn new(
         config: AttributionConfig,
         topology: Topology,
-        model_idle: Vec<(Domain, f64)>,
+        model_idle: Vec<(Domain, Watts)>,
     ) -> Self {
         Self {
             config,
@@ -81,7 +82,7 @@ impl Attributor {
     }
 
     /// Idle power of `domain` given its power `observed_w` this interval.
-    fn idle_power(&mut self, domain: Domain, observed_w: f64) -> IdlePower {
+    fn idle_power(&mut self, domain: Domain, observed_w: Watts) -> IdlePower {
         let configured = self
             .config
             .idle_power
@@ -119,7 +120,7 @@ impl Attributor {
         identity: &mut Identity,
     ) -> IntervalReport {
         identity.observe(&sched.lifecycle, sched.end_ns);
-        let seconds = sched.duration_ns() as f64 / 1e9;
+        let duration = Nanos::between(sched.start_ns, sched.end_ns);
         let cpu = CpuUse::of(sched, &self.topology);
         let gpu = GpuUse::of(sched);
         let gpu_ids: Vec<u32> = power
@@ -131,25 +132,25 @@ impl Attributor {
             })
             .collect();
         let (gpu_weights, gpus) = gpu::gpu_weights(&gpu_ids, &power.gpu_processes, &gpu.calls);
-        let domains = self.split_domains(power, seconds, &cpu, &gpu_weights);
+        let domains = self.split_domains(power, duration, &cpu, &gpu_weights);
         let processes = self.process_reports(cpu, gpu, &domains.joules, sched, identity);
         identity.forget_exited();
-        let total_ns: u64 = processes.iter().map(|p| p.cpu_time_ns).sum();
+        let total_cpu: Nanos = processes.iter().map(|p| p.cpu_time_ns).sum();
         let mut report = IntervalReport {
             start_ns: sched.start_ns,
             end_ns: sched.end_ns,
-            duration_s: seconds,
+            duration_s: duration.seconds(),
             models: Vec::new(),
             containers: Vec::new(),
             idle: GroupReport {
                 name: "idle".into(),
                 energy_j: domains.idle.total(),
                 joules: domains.idle,
-                watts: per_second(domains.idle.total(), seconds),
+                watts: domains.idle.total().per(duration),
                 ..Default::default()
             },
-            total_cpu_time_s: total_ns as f64 / 1e9,
-            power: PowerSummary::new(power, sources, seconds),
+            total_cpu_time_s: total_cpu.seconds(),
+            power: PowerSummary::new(power, sources, duration),
             idle_policy: self.config.idle_policy,
             idle_power: domains.idle_power,
             gpus,
@@ -167,7 +168,7 @@ impl Attributor {
     fn split_domains(
         &mut self,
         power: &PowerReading,
-        seconds: f64,
+        duration: Nanos,
         cpu: &CpuUse,
         gpu_weights: &GpuWeights,
     ) -> DomainSplits {
@@ -180,10 +181,10 @@ impl Attributor {
                 Domain::Gpu(g) => gpu_weights.get(&g).unwrap_or(&empty),
                 Domain::Core(_) | Domain::Uncore(_) => continue,
             };
-            let ip = self.idle_power(domain, per_second(energy_j, seconds));
+            let ip = self.idle_power(domain, energy_j.per(duration));
             let parts = split(
                 energy_j,
-                ip.watts * seconds,
+                ip.watts * duration,
                 weights,
                 self.config.idle_policy,
             );
@@ -204,11 +205,11 @@ impl Attributor {
         &self,
         mut cpu: CpuUse,
         mut gpu: GpuUse,
-        joules: &BTreeMap<u32, Joules>,
+        joules: &BTreeMap<u32, EnergyByClass>,
         sched: &SchedInterval,
         identity: &mut Identity,
     ) -> Vec<ProcessReport> {
-        let seconds = sched.duration_ns() as f64 / 1e9;
+        let duration = Nanos::between(sched.start_ns, sched.end_ns);
         let mut pids: Vec<u32> = cpu
             .ns
             .keys()
@@ -223,7 +224,7 @@ impl Attributor {
             .map(|pid| {
                 let cgroup_id = cpu.cgroup_of.get(&pid).copied().unwrap_or(0);
                 let info = identity.process(pid, cgroup_id, sched.end_ns);
-                let ns = cpu.ns.get(&pid).copied().unwrap_or(0);
+                let ns = Nanos(cpu.ns.get(&pid).copied().unwrap_or(0));
                 let j = joules.get(&pid).copied().unwrap_or_default();
                 ProcessReport {
                     pid,
@@ -233,7 +234,7 @@ impl Attributor {
                     model_rule: self.config.models.matched(info).is_some(),
                     cgroup: info.cgroup.clone(),
                     container_id: info.container_id.clone(),
-                    cpu_time_s: ns as f64 / 1e9,
+                    cpu_time_s: ns.seconds(),
                     cpu_time_ns: ns,
                     exited: info.exited,
                     threads: cpu.threads.remove(&pid).unwrap_or_default(),
@@ -243,7 +244,7 @@ impl Attributor {
                     gpu_timeline: GpuTimeline::default(),
                     energy_j: j.total(),
                     joules: j,
-                    watts: per_second(j.total(), seconds),
+                    watts: j.total().per(duration),
                 }
             })
             .collect();
@@ -255,11 +256,6 @@ impl Attributor {
         });
         processes
     }
-}
-
-/// `amount` per second over an interval of `seconds` (0 for an empty interval).
-fn per_second(amount: f64, seconds: f64) -> f64 {
-    if seconds > 0.0 { amount / seconds } else { 0.0 }
 }
 
 /// On-CPU time in one interval: per process, per package, per thread, and the latest
@@ -322,8 +318,8 @@ impl GpuUse {
 /// power each domain used.
 #[derive(Default)]
 struct DomainSplits {
-    joules: BTreeMap<u32, Joules>,
-    idle: Joules,
+    joules: BTreeMap<u32, EnergyByClass>,
+    idle: EnergyByClass,
     idle_power: Vec<IdlePower>,
 }
 
@@ -362,18 +358,18 @@ pub fn regroup(report: &mut IntervalReport) {
 }
 
 /// Σ processes + idle bucket of `class` in a report (for the conservation check).
-pub fn attributed_total(report: &IntervalReport, class: DomainClass) -> f64 {
-    let pick = |j: &Joules| match class {
+pub fn attributed_total(report: &IntervalReport, class: DomainClass) -> Joules {
+    let pick = |j: &EnergyByClass| match class {
         DomainClass::Cpu | DomainClass::Platform => j.cpu_j,
         DomainClass::Dram => j.dram_j,
         DomainClass::Gpu => j.gpu_j,
-        DomainClass::PartOfPackage => 0.0,
+        DomainClass::PartOfPackage => Joules::ZERO,
     };
     report
         .processes
         .iter()
         .map(|p| pick(&p.joules))
-        .sum::<f64>()
+        .sum::<Joules>()
         + pick(&report.idle.joules)
 }
 

@@ -4,31 +4,32 @@
 use crate::{
     power::{Domain, DomainClass, DomainError, PowerReading},
     probe::{GpuCalls, ProbeStats},
+    units::{Joules, Nanos, Watts},
 };
 
 use super::{gpu::GpuSplit, split::IdlePolicy};
 
-/// Energy by domain class, joules.
+/// Energy by domain class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Joules {
+pub struct EnergyByClass {
     /// CPU packages (dynamic part, plus the idle share with `--idle share`).
-    pub cpu_j: f64,
+    pub cpu_j: Joules,
     /// DRAM.
-    pub dram_j: f64,
+    pub dram_j: Joules,
     /// GPUs.
-    pub gpu_j: f64,
+    pub gpu_j: Joules,
     /// Allocated idle share (only with `--idle share`; already inside cpu/dram/gpu).
-    pub idle_j: f64,
+    pub idle_j: Joules,
 }
 
-impl Joules {
+impl EnergyByClass {
     /// cpu + dram + gpu.
-    pub fn total(&self) -> f64 {
+    pub fn total(&self) -> Joules {
         self.cpu_j + self.dram_j + self.gpu_j
     }
 
     /// Adds `j` to the total of `class`.
-    pub fn add(&mut self, class: DomainClass, j: f64) {
+    pub fn add(&mut self, class: DomainClass, j: Joules) {
         match class {
             DomainClass::Cpu | DomainClass::Platform => self.cpu_j += j,
             DomainClass::Dram => self.dram_j += j,
@@ -38,7 +39,7 @@ impl Joules {
     }
 
     /// Adds another set.
-    pub fn merge(&mut self, other: &Joules) {
+    pub fn merge(&mut self, other: &EnergyByClass) {
         self.cpu_j += other.cpu_j;
         self.dram_j += other.dram_j;
         self.gpu_j += other.gpu_j;
@@ -75,7 +76,7 @@ pub struct ProcessReport {
     /// On-CPU time in the interval, seconds (all threads, all CPUs).
     pub cpu_time_s: f64,
     /// On-CPU time in the interval, nanoseconds (exact).
-    pub cpu_time_ns: u64,
+    pub cpu_time_ns: Nanos,
     /// Whether the process exited during the interval.
     pub exited: bool,
     /// On-CPU ns per thread id (for per-request splits; not exported).
@@ -95,13 +96,13 @@ pub struct ProcessReport {
     /// splits; not exported).
     #[serde(skip)]
     pub gpu_timeline: GpuTimeline,
-    /// Energy attributed, joules (cpu + dram + gpu).
-    pub energy_j: f64,
+    /// Energy attributed (cpu + dram + gpu).
+    pub energy_j: Joules,
     /// By domain class.
     #[serde(flatten)]
-    pub joules: Joules,
-    /// Average power over the interval, watts.
-    pub watts: f64,
+    pub joules: EnergyByClass,
+    /// Average power over the interval.
+    pub watts: Watts,
 }
 
 /// A group of processes (a model, or a container).
@@ -113,13 +114,13 @@ pub struct GroupReport {
     pub processes: u32,
     /// On-CPU time, seconds.
     pub cpu_time_s: f64,
-    /// Energy, joules.
-    pub energy_j: f64,
+    /// Energy.
+    pub energy_j: Joules,
     /// By domain class.
     #[serde(flatten)]
-    pub joules: Joules,
-    /// Average watts.
-    pub watts: f64,
+    pub joules: EnergyByClass,
+    /// Average power.
+    pub watts: Watts,
 }
 
 impl GroupReport {
@@ -138,10 +139,10 @@ impl GroupReport {
 pub struct DomainPower {
     /// The domain.
     pub domain: Domain,
-    /// Joules in the interval.
-    pub joules: f64,
-    /// Average watts over the interval.
-    pub watts: f64,
+    /// Energy in the interval.
+    pub joules: Joules,
+    /// Average power over the interval.
+    pub watts: Watts,
     /// Which source measured it.
     pub source: &'static str,
     /// Whether it is an estimate.
@@ -168,19 +169,19 @@ pub struct PowerSummary {
     pub domains: Vec<DomainPower>,
     /// Domains that could not be read this interval.
     pub errors: Vec<DomainError>,
-    /// CPU packages (or the platform, where only psys exists), joules.
-    pub cpu_j: f64,
-    /// DRAM, joules.
-    pub dram_j: f64,
-    /// GPUs, joules.
-    pub gpu_j: f64,
-    /// cpu + dram + gpu, joules.
-    pub total_j: f64,
+    /// CPU packages (or the platform, where only psys exists).
+    pub cpu_j: Joules,
+    /// DRAM.
+    pub dram_j: Joules,
+    /// GPUs.
+    pub gpu_j: Joules,
+    /// cpu + dram + gpu.
+    pub total_j: Joules,
 }
 
 /// The domains whose energy is attributed: packages, DRAM and GPUs; psys stands in for
 /// the packages on hosts that only have psys.
-pub fn attributable(reading: &PowerReading) -> Vec<(Domain, f64)> {
+pub fn attributable(reading: &PowerReading) -> Vec<(Domain, Joules)> {
     let has_package = reading
         .energies
         .iter()
@@ -198,24 +199,20 @@ pub fn attributable(reading: &PowerReading) -> Vec<(Domain, f64)> {
 }
 
 impl PowerSummary {
-    /// Summarises a reading over an interval of `seconds`.
-    pub fn new(reading: &PowerReading, sources: SourceNames, seconds: f64) -> Self {
+    /// Summarises a reading over an interval of length `duration`.
+    pub fn new(reading: &PowerReading, sources: SourceNames, duration: Nanos) -> Self {
         let domains: Vec<DomainPower> = reading
             .energies
             .iter()
             .map(|e| DomainPower {
                 domain: e.domain,
                 joules: e.joules,
-                watts: if seconds > 0.0 {
-                    e.joules / seconds
-                } else {
-                    0.0
-                },
+                watts: e.joules.per(duration),
                 source: e.source,
                 estimated: e.estimated,
             })
             .collect();
-        let mut totals = Joules::default();
+        let mut totals = EnergyByClass::default();
         for (domain, j) in attributable(reading) {
             totals.add(domain.class(), j);
         }
@@ -249,10 +246,17 @@ pub enum IdleOrigin {
 pub struct IdlePower {
     /// The domain.
     pub domain: Domain,
-    /// Watts.
-    pub watts: f64,
+    /// Its idle power.
+    pub watts: Watts,
     /// Where the figure came from.
     pub origin: IdleOrigin,
+}
+
+impl IntervalReport {
+    /// The interval's length.
+    pub fn duration(&self) -> Nanos {
+        Nanos::between(self.start_ns, self.end_ns)
+    }
 }
 
 /// Everything the agent knows about one interval.

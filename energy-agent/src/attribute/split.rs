@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::units::Joules;
+
 /// What happens to idle (static) energy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,10 +34,10 @@ impl std::str::FromStr for IdlePolicy {
 /// One process's part of a domain's energy.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Share {
-    /// Dynamic joules.
-    pub dynamic_j: f64,
-    /// Allocated idle joules (only with [`IdlePolicy::Share`]).
-    pub idle_j: f64,
+    /// Dynamic energy.
+    pub dynamic_j: Joules,
+    /// Allocated idle energy (only with [`IdlePolicy::Share`]).
+    pub idle_j: Joules,
 }
 
 /// A domain's energy split among processes.
@@ -45,16 +47,16 @@ pub struct Split {
     pub shares: BTreeMap<u32, Share>,
     /// What no process was given: the idle bucket (and all of the energy of an
     /// interval in which nothing ran).
-    pub idle_bucket_j: f64,
+    pub idle_bucket_j: Joules,
 }
 
 impl Split {
     /// Σ shares + bucket: equals the domain's energy.
-    pub fn total(&self) -> f64 {
+    pub fn total(&self) -> Joules {
         self.shares
             .values()
             .map(|s| s.dynamic_j + s.idle_j)
-            .sum::<f64>()
+            .sum::<Joules>()
             + self.idle_bucket_j
     }
 }
@@ -62,13 +64,13 @@ impl Split {
 /// Splits `energy_j` of one domain: `idle_j` is its static part (clamped to the
 /// energy), `weights` the processes' claims (on-CPU ns on the domain's CPUs).
 pub fn split(
-    energy_j: f64,
-    idle_j: f64,
+    energy_j: Joules,
+    idle_j: Joules,
     weights: &BTreeMap<u32, u64>,
     policy: IdlePolicy,
 ) -> Split {
-    let energy_j = energy_j.max(0.0);
-    let idle_j = idle_j.clamp(0.0, energy_j);
+    let energy_j = energy_j.non_negative();
+    let idle_j = idle_j.non_negative().min(energy_j);
     let dynamic_j = energy_j - idle_j;
     let total_weight: u64 = weights.values().sum();
     if total_weight == 0 {
@@ -87,14 +89,18 @@ pub fn split(
                 pid,
                 Share {
                     dynamic_j: dynamic_j * f,
-                    idle_j: if spread_idle { idle_j * f } else { 0.0 },
+                    idle_j: if spread_idle {
+                        idle_j * f
+                    } else {
+                        Joules::ZERO
+                    },
                 },
             )
         })
         .collect();
     Split {
         shares,
-        idle_bucket_j: if spread_idle { 0.0 } else { idle_j },
+        idle_bucket_j: if spread_idle { Joules::ZERO } else { idle_j },
     }
 }
 
@@ -106,8 +112,12 @@ mod tests {
         pairs.iter().copied().collect()
     }
 
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+    fn close(a: Joules, b: f64) -> bool {
+        (a.get() - b).abs() <= 1e-9 * b.abs().max(1.0)
+    }
+
+    fn split(e: f64, idle: f64, weights: &BTreeMap<u32, u64>, policy: IdlePolicy) -> Split {
+        super::split(Joules(e), Joules(idle), weights, policy)
     }
 
     #[test]
@@ -115,8 +125,8 @@ mod tests {
         let s = split(100.0, 40.0, &w(&[(1, 2), (2, 1)]), IdlePolicy::Bucket);
         assert!(close(s.shares[&1].dynamic_j, 40.0));
         assert!(close(s.shares[&2].dynamic_j, 20.0));
-        assert_eq!(s.shares[&1].idle_j, 0.0);
-        assert_eq!(s.idle_bucket_j, 40.0);
+        assert_eq!(s.shares[&1].idle_j, Joules(0.0));
+        assert_eq!(s.idle_bucket_j, Joules(40.0));
         assert!(close(s.total(), 100.0));
     }
 
@@ -125,7 +135,7 @@ mod tests {
         let s = split(100.0, 40.0, &w(&[(1, 3), (2, 1)]), IdlePolicy::Share);
         assert!(close(s.shares[&1].idle_j, 30.0));
         assert!(close(s.shares[&2].idle_j, 10.0));
-        assert_eq!(s.idle_bucket_j, 0.0);
+        assert_eq!(s.idle_bucket_j, Joules(0.0));
         assert!(close(s.total(), 100.0));
     }
 
@@ -134,17 +144,17 @@ mod tests {
         for policy in [IdlePolicy::Bucket, IdlePolicy::Share] {
             let s = split(12.0, 3.0, &w(&[]), policy);
             assert!(s.shares.is_empty());
-            assert_eq!(s.idle_bucket_j, 12.0);
+            assert_eq!(s.idle_bucket_j, Joules(12.0));
         }
     }
 
     #[test]
     fn idle_above_the_measured_energy_is_clamped() {
         let s = split(5.0, 9.0, &w(&[(1, 1)]), IdlePolicy::Bucket);
-        assert_eq!(s.shares[&1].dynamic_j, 0.0);
-        assert_eq!(s.idle_bucket_j, 5.0);
+        assert_eq!(s.shares[&1].dynamic_j, Joules(0.0));
+        assert_eq!(s.idle_bucket_j, Joules(5.0));
         let s = split(-1.0, 0.0, &w(&[(1, 1)]), IdlePolicy::Bucket);
-        assert_eq!(s.total(), 0.0);
+        assert_eq!(s.total(), Joules(0.0));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::units::{Joules, Nanos, Watts};
 use crate::{
     identity::cgroup::CgroupResolver,
     power::{
@@ -39,7 +40,10 @@ fn reading(domains: &[(Domain, f64)]) -> PowerReading {
         resolution_j: 1e-6,
     };
     PowerReading {
-        energies: domains.iter().map(|&(d, j)| energy(&info, d, j)).collect(),
+        energies: domains
+            .iter()
+            .map(|&(d, j)| energy(&info, d, Joules(j)))
+            .collect(),
         errors: vec![],
         gpu_processes: vec![],
     }
@@ -61,12 +65,16 @@ fn sources() -> SourceNames {
 fn configured(idle: &[(&str, f64)], policy: IdlePolicy) -> AttributionConfig {
     AttributionConfig {
         idle_policy: policy,
-        idle_power: idle.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        idle_power: idle
+            .iter()
+            .map(|(k, v)| (k.to_string(), Watts(*v)))
+            .collect(),
         models: ModelRules::default(),
     }
 }
 
-fn close(a: f64, b: f64) -> bool {
+fn close(a: impl Into<f64>, b: f64) -> bool {
+    let a: f64 = a.into();
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
@@ -99,7 +107,7 @@ fn conservation_per_domain_and_proportional_split() {
     // Package 1: 30 − 10 = 20 J, all to 30 (the only one on CPUs 2, 3).
     assert!(close(j(30).cpu_j, 20.0));
     // DRAM 0: 8 − 2 = 6 J, split like package 0.
-    assert!(close(j(10).dram_j, 4.0) && close(j(20).dram_j, 2.0) && j(30).dram_j == 0.0);
+    assert!(close(j(10).dram_j, 4.0) && close(j(20).dram_j, 2.0) && j(30).dram_j == Joules(0.0));
     // Σ processes + idle = measured, per class; core and psys are not attributed.
     assert!(close(attributed_total(&r, DomainClass::Cpu), 100.0));
     assert!(close(attributed_total(&r, DomainClass::Dram), 8.0));
@@ -131,7 +139,7 @@ fn share_policy_allocates_idle_and_still_conserves() {
     let p1 = r.processes.iter().find(|p| p.pid == 1).unwrap();
     // 20 J idle and 40 J dynamic, both 3:1.
     assert!(close(p1.joules.cpu_j, 45.0) && close(p1.joules.idle_j, 15.0));
-    assert_eq!(r.idle.energy_j, 0.0);
+    assert_eq!(r.idle.energy_j, Joules(0.0));
     assert!(close(attributed_total(&r, DomainClass::Cpu), 60.0));
 }
 
@@ -172,7 +180,7 @@ fn model_idle_figures_come_before_calibration() {
     let mut a = Attributor::new(
         AttributionConfig::default(),
         Topology::single(1),
-        vec![(Domain::Package(0), 1.5)],
+        vec![(Domain::Package(0), Watts(1.5))],
     );
     let r = a.attribute(
         &sched(vec![slice(1, 0, S)]),
@@ -263,7 +271,7 @@ fn gpu_energy_follows_gpu_weights_or_stays_idle() {
     let r = a.attribute(&s, &p, sources(), &mut id);
     assert_eq!(r.gpus[0].basis, gpu::GpuSplitBasis::DriverBusyTime);
     let proc8 = r.processes.iter().find(|x| x.pid == 8).unwrap();
-    assert!(close(proc8.joules.gpu_j, 320.0) && proc8.cpu_time_ns == 0);
+    assert!(close(proc8.joules.gpu_j, 320.0) && proc8.cpu_time_ns == Nanos(0));
     assert_eq!(proc8.gpu_activity.busy_ns, 400);
     let proc7 = r.processes.iter().find(|x| x.pid == 7).unwrap();
     assert_eq!(proc7.gpu_threads.len(), 2);
@@ -301,7 +309,7 @@ fn exited_processes_keep_their_share_and_groups_add_up() {
     let gone = r.processes.iter().find(|p| p.pid == 6).unwrap();
     assert!(gone.exited && close(gone.energy_j, 5.0));
     assert_eq!(gone.model, "batch");
-    let total_models: f64 = r.models.iter().map(|m| m.energy_j).sum();
+    let total_models: Joules = r.models.iter().map(|m| m.energy_j).sum();
     assert!(close(total_models + r.idle.energy_j, 10.0));
     assert_eq!(r.containers.len(), 1);
 }

@@ -15,7 +15,7 @@ use std::{path::PathBuf, time::Duration, time::SystemTime};
 
 use remote::{Api, Remote, RemoteOptions};
 
-use crate::attribute::IntervalReport;
+use crate::{attribute::IntervalReport, units::Joules};
 pub use report::{CarbonReport, CarbonSummary, Footprint};
 use series::Series;
 use table::{Fixed, Table};
@@ -24,8 +24,8 @@ use table::{Fixed, Table};
 pub const J_PER_KWH: f64 = 3.6e6;
 /// Operational grams of `joules` at `g_per_kwh` in a facility of `pue`: kWh × g/kWh ×
 /// PUE. Every carbon figure the agent gives goes through here.
-pub fn operational_grams(joules: f64, g_per_kwh: f64, pue: f64) -> f64 {
-    joules / J_PER_KWH * g_per_kwh * pue
+pub fn operational_grams(joules: Joules, g_per_kwh: f64, pue: f64) -> f64 {
+    joules.get() / J_PER_KWH * g_per_kwh * pue
 }
 
 /// Seconds in a (Julian) year, for lifetimes.
@@ -169,7 +169,7 @@ impl Carbon {
     }
 
     /// Operational grams of `joules` at `intensity`: kWh × g/kWh × PUE.
-    pub fn grams(&self, joules: f64, intensity: &Intensity) -> f64 {
+    pub fn grams(&self, joules: Joules, intensity: &Intensity) -> f64 {
         operational_grams(joules, intensity.g_per_kwh, self.pue)
     }
 
@@ -204,7 +204,7 @@ mod tests {
         let i = c.intensity(SystemTime::now());
         assert_eq!(i.source, "fixed (--carbon-intensity)");
         // 3.6 MJ = 1 kWh → 400 g × 1.5.
-        assert!((c.grams(3.6e6, &i) - 600.0).abs() < 1e-9);
+        assert!((c.grams(Joules(3.6e6), &i) - 600.0).abs() < 1e-9);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! two can never disagree.
 
 use super::{Embodied, Intensity, operational_grams};
-use crate::attribute::{GroupReport, IntervalReport, ProcessReport};
+use crate::{
+    attribute::{GroupReport, IntervalReport, ProcessReport},
+    units::Joules,
+};
 
 /// The grams of CO2e of one figure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -33,12 +36,12 @@ pub struct CarbonSummary {
 
 impl CarbonSummary {
     /// Operational grams of `joules` in this interval.
-    pub fn grams(&self, joules: f64) -> f64 {
+    pub fn grams(&self, joules: Joules) -> f64 {
         operational_grams(joules, self.intensity.g_per_kwh, self.pue)
     }
 
     /// Grams of `joules` and of the embodied share of `cpu_seconds` of CPU time.
-    pub fn footprint(&self, joules: f64, cpu_seconds: f64) -> Footprint {
+    pub fn footprint(&self, joules: Joules, cpu_seconds: f64) -> Footprint {
         Footprint {
             carbon_g: self.grams(joules),
             embodied_g: self.embodied.map_or(0.0, |e| e.process_g(cpu_seconds)),

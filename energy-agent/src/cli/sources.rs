@@ -18,6 +18,7 @@ use crate::{
     power::{SourceChoice, powercap, select::PowerOptions},
     probe::ProbeConfig,
     topology::PipelineConfig,
+    units::Watts,
 };
 
 /// Source, carbon and attribution flags.
@@ -241,7 +242,9 @@ impl SourceArgs {
     pub fn attribution(&self) -> AttributionConfig {
         AttributionConfig {
             idle_policy: self.idle,
-            idle_power: self.idle_power.iter().cloned().collect(),
+            idle_power: (self.idle_power.iter())
+                .map(|(domain, w)| (domain.clone(), Watts(*w)))
+                .collect(),
             models: ModelRules::new(self.models.clone()),
         }
     }

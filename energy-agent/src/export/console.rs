@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use super::Sink;
+use crate::units::{Joules, Watts};
 use crate::{
     attribute::GroupReport,
     carbon::{CarbonReport, CarbonSummary},
@@ -36,8 +37,8 @@ fn row(
     pid: &str,
     name: &str,
     cpu_pct: Option<f64>,
-    watts: f64,
-    joules: f64,
+    watts: Watts,
+    joules: Joules,
     mg: f64,
 ) {
     let cpu = cpu_pct.map_or(String::new(), |c| format!("{c:.1}"));
@@ -107,14 +108,14 @@ pub fn render(report: &CarbonReport, top: usize) -> String {
         idle.energy_j,
         report.idle().carbon_g * 1e3,
     );
-    let attributed: f64 = report.processes.iter().map(|p| p.energy_j).sum::<f64>() + idle.energy_j;
+    let attributed = report.processes.iter().map(|p| p.energy_j).sum::<Joules>() + idle.energy_j;
     let carbon = report.carbon.grams(attributed);
     row(
         &mut s,
         "",
         &format!("total ({} proc)", report.processes.len()),
         Some(100.0 * report.total_cpu_time_s / secs),
-        attributed / secs,
+        attributed.per(report.duration()),
         attributed,
         carbon * 1e3,
     );
@@ -137,7 +138,6 @@ pub fn render(report: &CarbonReport, top: usize) -> String {
 /// The domain line, the host line and the carbon line.
 fn render_power(report: &CarbonReport) -> String {
     let p = &report.power;
-    let secs = report.duration_s.max(1e-9);
     let domains: Vec<String> = p
         .domains
         .iter()
@@ -152,7 +152,7 @@ fn render_power(report: &CarbonReport) -> String {
     let mut s = format!(
         "  domains: {}\n  host {:.2} W ({:.2} J: cpu {:.2}, dram {:.2}, gpu {:.2}); sources: cpu {}, gpu {} — {}\n  carbon {:.1} g/kWh from {} × PUE {} = {:.3} mg{}\n",
         domains.join(" · "),
-        p.total_j / secs,
+        p.total_j.per(report.duration()),
         p.total_j,
         p.cpu_j,
         p.dram_j,
@@ -195,8 +195,8 @@ mod tests {
             comm: comm.into(),
             model: "shared".into(),
             cpu_time_s: s,
-            energy_j: j,
-            watts: j,
+            energy_j: Joules(j),
+            watts: Watts(j),
             ..Default::default()
         };
         let mut energy = IntervalReport {
@@ -209,8 +209,8 @@ mod tests {
             total_cpu_time_s: 0.85,
             ..Default::default()
         };
-        energy.idle.energy_j = 2.0;
-        energy.idle.watts = 2.0;
+        energy.idle.energy_j = Joules(2.0);
+        energy.idle.watts = Watts(2.0);
         crate::attribute::regroup(&mut energy);
         let mut carbon = CarbonSummary {
             pue: 1.0,

@@ -84,6 +84,7 @@ impl<W: Write> Sink for JsonLines<W> {
 mod tests {
     use super::*;
     use crate::attribute::ProcessReport;
+    use crate::units::Joules;
 
     #[test]
     fn one_parseable_line_per_interval() {
@@ -97,7 +98,7 @@ mod tests {
                 duration_s: 1.0,
                 processes: vec![ProcessReport {
                     pid: 7,
-                    energy_j: 36_000.0,
+                    energy_j: Joules(36_000.0),
                     cpu_time_s: 0.5,
                     ..Default::default()
                 }],

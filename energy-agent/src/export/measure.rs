@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::{attribute::Joules, carbon::CarbonReport};
+use crate::{attribute::EnergyByClass, carbon::CarbonReport, units::Joules};
 
 /// Which processes belong to the measured command.
 pub trait Membership {
@@ -22,10 +22,10 @@ pub struct MeasuredProcess {
     pub comm: String,
     /// On-CPU time, seconds.
     pub cpu_time_s: f64,
-    /// Energy attributed, joules.
-    pub energy_j: f64,
-    /// GPU energy attributed, joules.
-    pub gpu_energy_j: f64,
+    /// Energy attributed.
+    pub energy_j: Joules,
+    /// GPU energy attributed.
+    pub gpu_energy_j: Joules,
     /// CUDA kernel launches.
     pub gpu_launches: u64,
     /// Seconds blocked in CUDA synchronisation.
@@ -36,16 +36,16 @@ pub struct MeasuredProcess {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct EnergyJ {
     /// cpu + dram + gpu.
-    pub total: f64,
+    pub total: Joules,
     /// CPU packages.
-    pub cpu: f64,
+    pub cpu: Joules,
     /// DRAM.
-    pub dram: f64,
+    pub dram: Joules,
     /// GPUs.
-    pub gpu: f64,
+    pub gpu: Joules,
     /// Idle (host only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle: Option<f64>,
+    pub idle: Option<Joules>,
 }
 
 /// Which sources measured.
@@ -99,9 +99,9 @@ pub struct MeasureReport {
 pub struct Accumulator {
     report: MeasureReport,
     processes: BTreeMap<u32, MeasuredProcess>,
-    tree_j: Joules,
-    host_j: Joules,
-    host_idle_j: f64,
+    tree_j: EnergyByClass,
+    host_j: EnergyByClass,
+    host_idle_j: Joules,
     grams_for_intensity: f64,
 }
 
@@ -109,11 +109,11 @@ impl Accumulator {
     /// Adds one interval; only `tree` members count towards the command.
     pub fn add(&mut self, r: &CarbonReport, tree: &impl Membership) {
         self.report.window_s += r.duration_s;
-        self.host_j.merge(&Joules {
+        self.host_j.merge(&EnergyByClass {
             cpu_j: r.power.cpu_j,
             dram_j: r.power.dram_j,
             gpu_j: r.power.gpu_j,
-            idle_j: 0.0,
+            idle_j: Joules::ZERO,
         });
         self.host_idle_j += r.idle.energy_j;
         for p in r.processes.iter().filter(|p| tree.contains(p.pid)) {
@@ -136,7 +136,7 @@ impl Accumulator {
             let grams = r.carbon.process(p);
             self.report.carbon_g += grams.carbon_g;
             self.report.embodied_g += grams.embodied_g;
-            self.grams_for_intensity += p.energy_j * r.carbon.intensity.g_per_kwh;
+            self.grams_for_intensity += p.energy_j.get() * r.carbon.intensity.g_per_kwh;
         }
         self.report.pue = r.carbon.pue;
         self.report.intensity_source = r.carbon.intensity.source.clone();
@@ -158,7 +158,7 @@ impl Accumulator {
         exit_code: i32,
         duration: Duration,
     ) -> MeasureReport {
-        let energy = |j: &Joules, idle: Option<f64>| EnergyJ {
+        let energy = |j: &EnergyByClass, idle: Option<Joules>| EnergyJ {
             total: j.total(),
             cpu: j.cpu_j,
             dram: j.dram_j,
@@ -171,8 +171,8 @@ impl Accumulator {
         r.duration_s = duration.as_secs_f64();
         r.energy_j = energy(&self.tree_j, None);
         r.host_energy_j = energy(&self.host_j, Some(self.host_idle_j));
-        if self.tree_j.total() > 0.0 {
-            r.intensity_g_per_kwh = self.grams_for_intensity / self.tree_j.total();
+        if self.tree_j.total() > Joules::ZERO {
+            r.intensity_g_per_kwh = self.grams_for_intensity / self.tree_j.total().get();
         }
         let mut processes: Vec<MeasuredProcess> = self.processes.into_values().collect();
         processes.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j).then(a.pid.cmp(&b.pid)));
@@ -223,7 +223,7 @@ pub fn render(r: &MeasureReport) -> String {
         "{:>16.3} J    host in the same {:.3} s (idle {:.3} J, idle policy {})\n\n",
         r.host_energy_j.total,
         r.window_s,
-        r.host_energy_j.idle.unwrap_or(0.0),
+        r.host_energy_j.idle.unwrap_or_default(),
         r.idle_policy
     ));
     s
@@ -240,10 +240,10 @@ pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry::KeyValue> {
         format!("{}+{}", r.sources.cpu, r.sources.gpu)
     };
     vec![
-        KeyValue::new(names::ENERGY_JOULES, r.energy_j.total),
-        KeyValue::new(names::ENERGY_CPU, r.energy_j.cpu),
-        KeyValue::new(names::ENERGY_DRAM, r.energy_j.dram),
-        KeyValue::new(names::ENERGY_GPU, r.energy_j.gpu),
+        KeyValue::new(names::ENERGY_JOULES, r.energy_j.total.get()),
+        KeyValue::new(names::ENERGY_CPU, r.energy_j.cpu.get()),
+        KeyValue::new(names::ENERGY_DRAM, r.energy_j.dram.get()),
+        KeyValue::new(names::ENERGY_GPU, r.energy_j.gpu.get()),
         KeyValue::new(names::ENERGY_ESTIMATED, r.estimated),
         KeyValue::new(names::ENERGY_SOURCE, source),
         KeyValue::new(names::CARBON_G, r.carbon_g),
@@ -253,10 +253,10 @@ pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry::KeyValue> {
         KeyValue::new("process.command_line", r.command.join(" ")),
         KeyValue::new("process.exit.code", i64::from(r.exit_code)),
         KeyValue::new("process.cpu.time", r.cpu_time_s),
-        KeyValue::new("energy.host.joules", r.host_energy_j.total),
+        KeyValue::new("energy.host.joules", r.host_energy_j.total.get()),
         KeyValue::new(
             "energy.host.idle.joules",
-            r.host_energy_j.idle.unwrap_or(0.0),
+            r.host_energy_j.idle.unwrap_or_default().get(),
         ),
     ]
 }
@@ -284,26 +284,26 @@ mod tests {
                     pid: 1,
                     comm: "cmd".into(),
                     cpu_time_s: 0.5,
-                    energy_j: 6.0,
-                    joules: Joules {
-                        cpu_j: 5.0,
-                        dram_j: 1.0,
-                        gpu_j: 0.0,
-                        idle_j: 0.0,
+                    energy_j: Joules(6.0),
+                    joules: EnergyByClass {
+                        cpu_j: Joules(5.0),
+                        dram_j: Joules(1.0),
+                        gpu_j: Joules(0.0),
+                        idle_j: Joules(0.0),
                     },
                     ..Default::default()
                 },
                 ProcessReport {
                     pid: 2,
-                    energy_j: 100.0,
+                    energy_j: Joules(100.0),
                     ..Default::default()
                 },
             ],
             ..Default::default()
         };
-        energy.power.cpu_j = 20.0;
-        energy.power.dram_j = 4.0;
-        energy.idle.energy_j = 10.0;
+        energy.power.cpu_j = Joules(20.0);
+        energy.power.dram_j = Joules(4.0);
+        energy.idle.energy_j = Joules(10.0);
         let mut carbon = CarbonSummary {
             pue: 1.0,
             ..Default::default()
@@ -314,13 +314,13 @@ mod tests {
         acc.add(&r, &tree);
         acc.add(&r, &tree);
         let m = acc.finish(vec!["cmd".into()], 0, Duration::from_secs(2));
-        assert_eq!(m.energy_j.total, 12.0);
+        assert_eq!(m.energy_j.total, Joules(12.0));
         assert_eq!(
             m.energy_j.cpu + m.energy_j.dram + m.energy_j.gpu,
             m.energy_j.total
         );
-        assert_eq!(m.host_energy_j.total, 48.0);
-        assert_eq!(m.host_energy_j.idle, Some(20.0));
+        assert_eq!(m.host_energy_j.total, Joules(48.0));
+        assert_eq!(m.host_energy_j.idle, Some(Joules(20.0)));
         assert_eq!(m.cpu_time_s, 1.0);
         assert_eq!(m.processes.len(), 1);
         assert_eq!(m.intensity_g_per_kwh, 400.0);

@@ -259,13 +259,13 @@ fn l(pairs: &[(&'static str, &str)]) -> Labels {
     v
 }
 
-/// Reads one domain class out of a [`crate::attribute::Joules`].
-type Getter = fn(&crate::attribute::Joules) -> f64;
+/// Reads one domain class out of a [`crate::attribute::EnergyByClass`].
+type Getter = fn(&crate::attribute::EnergyByClass) -> f64;
 
 const DOMAINS: [(&str, Getter); 3] = [
-    ("cpu", |j| j.cpu_j),
-    ("dram", |j| j.dram_j),
-    ("gpu", |j| j.gpu_j),
+    ("cpu", |j| j.cpu_j.get()),
+    ("dram", |j| j.dram_j.get()),
+    ("gpu", |j| j.gpu_j.get()),
 ];
 
 impl MetricsState {
@@ -294,7 +294,7 @@ impl MetricsState {
             self.add(
                 ENERGY_CONTAINER,
                 l(&[("container.id", &c.name)]),
-                c.energy_j,
+                c.energy_j.get(),
             );
         }
         self.observe_host(r);
@@ -361,7 +361,6 @@ impl MetricsState {
 
     /// `hw.host.energy` and `hw.host.power` per domain, and the idle bucket.
     fn observe_host(&mut self, r: &CarbonReport) {
-        let secs = r.duration_s.max(1e-9);
         for d in &r.power.domains {
             let id = d.domain.to_string();
             let class = id.split('-').next().unwrap_or(&id).to_string();
@@ -370,16 +369,16 @@ impl MetricsState {
                 ("hw.id", &id),
                 ("source", d.source),
             ]);
-            self.add(HW_HOST_ENERGY, labels.clone(), d.joules);
-            self.set(HW_HOST_POWER, labels, d.watts);
+            self.add(HW_HOST_ENERGY, labels.clone(), d.joules.get());
+            self.set(HW_HOST_POWER, labels, d.watts.get());
         }
         let idle = l(&[
             ("energy.domain", "idle"),
             ("hw.id", "idle"),
             ("source", r.power.sources.cpu),
         ]);
-        self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j);
-        self.set(HW_HOST_POWER, idle, r.idle.energy_j / secs);
+        self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j.get());
+        self.set(HW_HOST_POWER, idle, r.idle.energy_j.per(r.duration()).get());
     }
 
     /// The agent's own state: sources in use and the probe's health.

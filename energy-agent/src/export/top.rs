@@ -12,7 +12,7 @@ use ratatui::{
     widgets::{Paragraph, Row, Table},
 };
 
-use crate::carbon::CarbonReport;
+use crate::{carbon::CarbonReport, units::Joules};
 
 /// What the rows are sorted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +167,6 @@ impl View {
             return vec!["energy-agent top — waiting for the first interval…".into()];
         };
         let p = &r.power;
-        let secs = r.duration_s.max(1e-9);
         let domains: Vec<String> = p
             .domains
             .iter()
@@ -190,11 +189,11 @@ impl View {
             ),
             format!(
                 "host {:.2} W: cpu {:.2} W, dram {:.2} W, gpu {:.2} W, idle {:.2} W — {}",
-                p.total_j / secs,
-                p.cpu_j / secs,
-                p.dram_j / secs,
-                p.gpu_j / secs,
-                r.idle.energy_j / secs,
+                p.total_j.per(r.duration()),
+                p.cpu_j.per(r.duration()),
+                p.dram_j.per(r.duration()),
+                p.gpu_j.per(r.duration()),
+                r.idle.energy_j.per(r.duration()),
                 domains.join(", ")
             ),
             format!(
@@ -250,11 +249,11 @@ impl View {
     }
 }
 
-fn fold(e: &mut Entry, cpu_s: f64, joules: f64, gpu_j: f64, grams: f64, secs: f64) {
+fn fold(e: &mut Entry, cpu_s: f64, joules: Joules, gpu_j: Joules, grams: f64, secs: f64) {
     e.cpu_pct = 100.0 * cpu_s / secs;
-    e.watts = joules / secs;
-    e.gpu_watts = gpu_j / secs;
-    e.joules += joules;
+    e.watts = joules.get() / secs;
+    e.gpu_watts = gpu_j.get() / secs;
+    e.joules += joules.get();
     e.grams += grams;
     e.grams_per_hour = grams / secs * 3600.0;
 }
@@ -273,7 +272,7 @@ mod tests {
             comm: comm.into(),
             model: comm.into(),
             cpu_time_s: 0.5,
-            energy_j: j,
+            energy_j: Joules(j),
             ..Default::default()
         };
         let energy = IntervalReport {
@@ -281,7 +280,7 @@ mod tests {
             models: vec![GroupReport {
                 name: comm.into(),
                 processes: 1,
-                energy_j: j,
+                energy_j: Joules(j),
                 ..Default::default()
             }],
             processes: vec![p],
@@ -307,7 +306,7 @@ mod tests {
         assert_eq!(rows[0].cpu_pct, 50.0);
         assert!((rows[0].grams_per_hour - 5e-4 * 3600.0).abs() < 1e-9);
         let mut r = report(1, "a", 5.0);
-        r.energy.processes[0].joules.gpu_j = 4.0;
+        r.energy.processes[0].joules.gpu_j = Joules(4.0);
         v.update(r);
         assert_eq!(v.rows()[0].gpu_watts, 4.0);
     }

@@ -11,6 +11,7 @@
 //! - DRAM: 0.392 W per GiB installed (Cloud Carbon Footprint's memory coefficient),
 //!   split evenly across packages; a constant, so all of it is idle energy.
 
+use crate::units::{Nanos, Watts};
 use std::path::Path;
 
 use super::{
@@ -282,38 +283,39 @@ impl PowerSource for Estimate {
 
     fn sample(&mut self, ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
-        if ctx.elapsed_ns == 0 {
+        if ctx.elapsed == Nanos(0) {
             return reading;
         }
-        let seconds = ctx.elapsed_ns as f64 / 1e9;
-        let dram_share = self.model.dram_w / self.model.packages.len().max(1) as f64;
+        let dram_share = Watts(self.model.dram_w / self.model.packages.len().max(1) as f64);
         for (package, figures) in &self.model.packages {
             let cpus = self.topology.cpus_of(*package);
-            let busy: u64 = cpus
+            let busy: Nanos = cpus
                 .iter()
-                .map(|&c| ctx.cpu_busy_ns.get(c as usize).copied().unwrap_or(0))
+                .map(|&c| ctx.cpu_busy.get(c as usize).copied().unwrap_or_default())
                 .sum();
-            let u = busy as f64 / (ctx.elapsed_ns as f64 * cpus.len().max(1) as f64);
+            let u = busy.seconds() / (ctx.elapsed.seconds() * cpus.len().max(1) as f64);
             reading.energies.push(energy(
                 &INFO,
                 Domain::Package(*package),
-                figures.power_w(u) * seconds,
+                Watts(figures.power_w(u)) * ctx.elapsed,
             ));
-            reading
-                .energies
-                .push(energy(&INFO, Domain::Dram(*package), dram_share * seconds));
+            reading.energies.push(energy(
+                &INFO,
+                Domain::Dram(*package),
+                dram_share * ctx.elapsed,
+            ));
         }
         reading
     }
 
-    fn idle_power(&self) -> Vec<(Domain, f64)> {
-        let dram_share = self.model.dram_w / self.model.packages.len().max(1) as f64;
+    fn idle_power(&self) -> Vec<(Domain, Watts)> {
+        let dram_share = Watts(self.model.dram_w / self.model.packages.len().max(1) as f64);
         self.model
             .packages
             .iter()
             .flat_map(|(p, f)| {
                 [
-                    (Domain::Package(*p), f.idle_w),
+                    (Domain::Package(*p), Watts(f.idle_w)),
                     (Domain::Dram(*p), dram_share),
                 ]
             })
@@ -433,8 +435,8 @@ mod tests {
         // 2 s with CPU 0 fully busy and CPU 1 idle: u = 0.5 → 1.48 + 5.52 × 0.5 = 4.24 W.
         let ctx = SampleContext {
             now_ns: 2_000_000_000,
-            elapsed_ns: 2_000_000_000,
-            cpu_busy_ns: vec![2_000_000_000, 0],
+            elapsed: Nanos(2_000_000_000),
+            cpu_busy: vec![Nanos(2_000_000_000), Nanos(0)],
         };
         let r = e.sample(&ctx);
         let pkg = r
@@ -442,13 +444,13 @@ mod tests {
             .iter()
             .find(|x| x.domain == Domain::Package(0))
             .unwrap();
-        assert!((pkg.joules - 8.48).abs() < 1e-9, "{}", pkg.joules);
+        assert!((pkg.joules.get() - 8.48).abs() < 1e-9, "{}", pkg.joules);
         assert!(pkg.estimated);
         let dram = r
             .energies
             .iter()
             .find(|x| x.domain == Domain::Dram(0))
             .unwrap();
-        assert!((dram.joules - 16.0 * 0.392 * 2.0).abs() < 1e-9);
+        assert!((dram.joules.get() - 16.0 * 0.392 * 2.0).abs() < 1e-9);
     }
 }

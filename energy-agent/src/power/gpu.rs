@@ -3,6 +3,7 @@
 //! integrated over time. The NVML source and the replay source share this logic, and
 //! the plain data that says which processes use each GPU.
 
+use crate::units::{Joules, Nanos, Watts};
 use std::collections::BTreeMap;
 
 use super::counter::EnergyCounter;
@@ -44,26 +45,26 @@ pub enum GpuSample {
 /// Integrates power readings with the trapezoidal rule.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PowerIntegrator {
-    last: Option<(u64, f64)>,
-    joules: f64,
+    last: Option<(u64, Watts)>,
+    joules: Joules,
 }
 
 impl PowerIntegrator {
     /// Adds a reading of `watts` taken at `ts_ns` (monotonic). Readings must come in
     /// time order; an older one is ignored.
-    pub fn add(&mut self, ts_ns: u64, watts: f64) {
-        let watts = watts.max(0.0);
+    pub fn add(&mut self, ts_ns: u64, watts: Watts) {
+        let watts = Watts(watts.get().max(0.0));
         if let Some((t0, w0)) = self.last {
             if ts_ns < t0 {
                 return;
             }
-            self.joules += (w0 + watts) / 2.0 * (ts_ns - t0) as f64 / 1e9;
+            self.joules += (w0 + watts) * 0.5 * Nanos::between(t0, ts_ns);
         }
         self.last = Some((ts_ns, watts));
     }
 
     /// The energy integrated since the previous call.
-    pub fn take(&mut self) -> f64 {
+    pub fn take(&mut self) -> Joules {
         std::mem::take(&mut self.joules)
     }
 }
@@ -73,7 +74,7 @@ impl PowerIntegrator {
 pub struct GpuMeter {
     counter: EnergyCounter,
     integrator: PowerIntegrator,
-    counted_j: f64,
+    counted: Joules,
 }
 
 impl Default for GpuMeter {
@@ -81,7 +82,7 @@ impl Default for GpuMeter {
         Self {
             counter: EnergyCounter::restarting(),
             integrator: PowerIntegrator::default(),
-            counted_j: 0.0,
+            counted: Joules::ZERO,
         }
     }
 }
@@ -92,16 +93,16 @@ impl GpuMeter {
         match sample {
             GpuSample::EnergyMj(mj) => {
                 if let Some(delta) = self.counter.advance(mj) {
-                    self.counted_j += delta as f64 / 1e3;
+                    self.counted += Joules::from_milli(delta);
                 }
             }
-            GpuSample::PowerMw(mw) => self.integrator.add(ts_ns, f64::from(mw) / 1e3),
+            GpuSample::PowerMw(mw) => self.integrator.add(ts_ns, Watts(f64::from(mw) / 1e3)),
         }
     }
 
     /// Joules since the previous call: counter deltas plus integrated power.
-    pub fn take(&mut self) -> f64 {
-        std::mem::take(&mut self.counted_j) + self.integrator.take()
+    pub fn take(&mut self) -> Joules {
+        std::mem::take(&mut self.counted) + self.integrator.take()
     }
 }
 
@@ -115,10 +116,10 @@ mod tests {
     fn counter_deltas_in_joules() {
         let mut m = GpuMeter::default();
         m.feed(0, GpuSample::EnergyMj(1_000_000));
-        assert_eq!(m.take(), 0.0);
+        assert_eq!(m.take(), Joules(0.0));
         m.feed(S, GpuSample::EnergyMj(1_250_000));
         m.feed(2 * S, GpuSample::EnergyMj(1_300_000));
-        assert_eq!(m.take(), 300.0);
+        assert_eq!(m.take(), Joules(300.0));
     }
 
     #[test]
@@ -127,7 +128,7 @@ mod tests {
         m.feed(0, GpuSample::EnergyMj(9_000_000));
         m.feed(S, GpuSample::EnergyMj(2_000));
         m.feed(2 * S, GpuSample::EnergyMj(3_000));
-        assert_eq!(m.take(), 1.0);
+        assert_eq!(m.take(), Joules(1.0));
     }
 
     #[test]
@@ -137,18 +138,18 @@ mod tests {
         m.feed(0, GpuSample::PowerMw(100_000));
         m.feed(S, GpuSample::PowerMw(100_000));
         m.feed(2 * S, GpuSample::PowerMw(300_000));
-        assert!((m.take() - 300.0).abs() < 1e-9);
+        assert!((m.take().get() - 300.0).abs() < 1e-9);
         // Next interval continues from the last reading.
         m.feed(3 * S, GpuSample::PowerMw(300_000));
-        assert!((m.take() - 300.0).abs() < 1e-9);
+        assert!((m.take().get() - 300.0).abs() < 1e-9);
     }
 
     #[test]
     fn out_of_order_power_readings_are_ignored() {
         let mut p = PowerIntegrator::default();
-        p.add(10, 50.0);
-        p.add(5, 1e9);
-        p.add(10 + S, 50.0);
-        assert!((p.take() - 50.0).abs() < 1e-9);
+        p.add(10, Watts(50.0));
+        p.add(5, Watts(1e9));
+        p.add(10 + S, Watts(50.0));
+        assert!((p.take().get() - 50.0).abs() < 1e-9);
     }
 }

@@ -19,6 +19,8 @@ use std::{fmt, str::FromStr, time::Duration};
 
 pub use select::{PowerSources, SourceChoice, SourceStatus, select, survey};
 
+use crate::units::{Joules, Nanos, Watts};
+
 /// A hardware energy domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
@@ -127,8 +129,8 @@ pub struct SourceInfo {
 pub struct DomainEnergy {
     /// The domain.
     pub domain: Domain,
-    /// Joules in the interval (never negative).
-    pub joules: f64,
+    /// Energy in the interval (never negative).
+    pub joules: Joules,
     /// The source that measured or estimated it.
     pub source: &'static str,
     /// Whether it is an estimate.
@@ -158,7 +160,7 @@ pub struct PowerReading {
 
 impl PowerReading {
     /// Joules of one domain, when it was read.
-    pub fn joules_of(&self, domain: Domain) -> Option<f64> {
+    pub fn joules_of(&self, domain: Domain) -> Option<Joules> {
         self.energies
             .iter()
             .find(|e| e.domain == domain)
@@ -166,17 +168,17 @@ impl PowerReading {
     }
 
     /// Joules of all domains of `class`.
-    pub fn total(&self, class: DomainClass) -> f64 {
+    pub fn total(&self, class: DomainClass) -> Joules {
         self.energies
             .iter()
             .filter(|e| e.domain.class() == class)
             .map(|e| e.joules)
-            .sum::<f64>()
-            + 0.0 // an empty f64 sum is -0.0
+            .sum::<Joules>()
+            + Joules::ZERO // an empty f64 sum is -0.0
     }
 
-    /// Adds one raw read of a meter's counter: advanced through `counter` and scaled by
-    /// `joules_per_step`. The first read only sets the baseline; a failed read resets the
+    /// Adds one raw read of a meter's counter: advanced through `counter`, each step
+    /// worth `step` (1 µJ for powercap, the MSR's energy unit, perf's scale). The first read only sets the baseline; a failed read resets the
     /// counter (so no stale value makes a jump later) and is reported for the domain, as
     /// is a value beyond the counter's range.
     pub fn add_counter_read(
@@ -185,14 +187,13 @@ impl PowerReading {
         domain: Domain,
         counter: &mut counter::EnergyCounter,
         read: Result<u64, String>,
-        joules_per_step: f64,
+        step: Joules,
     ) {
         match read {
             Ok(raw) => match counter.advance(raw) {
-                Some(steps) => {
-                    self.energies
-                        .push(energy(info, domain, steps as f64 * joules_per_step))
-                }
+                Some(steps) => self
+                    .energies
+                    .push(energy(info, domain, step * steps as f64)),
                 None if raw >= counter.range() => self.errors.push(DomainError {
                     domain,
                     error: format!(
@@ -222,11 +223,11 @@ impl PowerReading {
 pub struct SampleContext {
     /// Now (monotonic ns).
     pub now_ns: u64,
-    /// Time since the previous sample, ns.
-    pub elapsed_ns: u64,
-    /// Busy nanoseconds per CPU (index = CPU id) in that time, from the probe; models
-    /// use it, meters ignore it.
-    pub cpu_busy_ns: Vec<u64>,
+    /// Time since the previous sample.
+    pub elapsed: Nanos,
+    /// Busy time per CPU (index = CPU id) in that time, from the probe; models use it,
+    /// meters ignore it.
+    pub cpu_busy: Vec<Nanos>,
 }
 
 /// Why a source cannot be used on this host.
@@ -254,7 +255,7 @@ pub trait PowerSource: Send {
 
     /// The source's own idle power per domain, when it has a model of it (the
     /// estimate does); meters have none and are calibrated by the attribution stage.
-    fn idle_power(&self) -> Vec<(Domain, f64)> {
+    fn idle_power(&self) -> Vec<(Domain, Watts)> {
         Vec::new()
     }
 
@@ -289,7 +290,7 @@ pub trait Meter: PowerSource {
         self.sample(&SampleContext::default());
         std::thread::sleep(wait);
         let reading = self.sample(&SampleContext::default());
-        if reading.energies.iter().any(|e| e.joules > 0.0) {
+        if reading.energies.iter().any(|e| e.joules > Joules::ZERO) {
             return Ok(());
         }
         Err(PowerError::Unavailable(self.not_advancing(wait)))
@@ -297,10 +298,10 @@ pub trait Meter: PowerSource {
 }
 
 /// Builds a [`DomainEnergy`] for `source`.
-pub fn energy(info: &SourceInfo, domain: Domain, joules: f64) -> DomainEnergy {
+pub fn energy(info: &SourceInfo, domain: Domain, joules: Joules) -> DomainEnergy {
     DomainEnergy {
         domain,
-        joules: joules.max(0.0),
+        joules: joules.non_negative(),
         source: info.name,
         estimated: info.estimated,
     }
@@ -335,17 +336,17 @@ mod tests {
         };
         let reading = PowerReading {
             energies: vec![
-                energy(&info, Domain::Package(0), 10.0),
-                energy(&info, Domain::Core(0), 6.0),
-                energy(&info, Domain::Package(1), 5.0),
-                energy(&info, Domain::Dram(0), 2.0),
-                energy(&info, Domain::Psys, 30.0),
+                energy(&info, Domain::Package(0), Joules(10.0)),
+                energy(&info, Domain::Core(0), Joules(6.0)),
+                energy(&info, Domain::Package(1), Joules(5.0)),
+                energy(&info, Domain::Dram(0), Joules(2.0)),
+                energy(&info, Domain::Psys, Joules(30.0)),
             ],
             ..Default::default()
         };
-        assert_eq!(reading.total(DomainClass::Cpu), 15.0);
-        assert_eq!(reading.total(DomainClass::Dram), 2.0);
-        assert_eq!(reading.total(DomainClass::Gpu), 0.0);
+        assert_eq!(reading.total(DomainClass::Cpu), Joules(15.0));
+        assert_eq!(reading.total(DomainClass::Dram), Joules(2.0));
+        assert_eq!(reading.total(DomainClass::Gpu), Joules(0.0));
     }
 
     #[test]
@@ -355,6 +356,9 @@ mod tests {
             estimated: true,
             resolution_j: 0.0,
         };
-        assert_eq!(energy(&info, Domain::Psys, -1.0).joules, 0.0);
+        assert_eq!(
+            energy(&info, Domain::Psys, Joules(-1.0)).joules,
+            Joules(0.0)
+        );
     }
 }

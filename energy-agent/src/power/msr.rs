@@ -3,6 +3,7 @@
 //! (CVE-2020-8694) exploited, and the kernel now restricts it; prefer the powercap or
 //! perf interfaces, which the kernel rate-limits and permission-checks.
 
+use crate::units::Joules;
 use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -175,7 +176,7 @@ impl PowerSource for MsrRapl {
             let read = read_msr(&r.device, r.msr)
                 .map(energy_counter)
                 .map_err(|e| format!("{} msr {:#x}: {e}", r.device.display(), r.msr));
-            reading.add_counter_read(&INFO, r.domain, &mut r.counter, read, r.unit);
+            reading.add_counter_read(&INFO, r.domain, &mut r.counter, read, Joules(r.unit));
         }
         reading
     }
@@ -232,8 +233,8 @@ mod tests {
         write_msr(&dev, MSR_DRAM_ENERGY_STATUS, 100 + 16384);
         let r = rapl.sample(&SampleContext::default());
         let j = |d| r.energies.iter().find(|e| e.domain == d).unwrap().joules;
-        assert_eq!(j(Domain::Package(0)), 2.0);
-        assert_eq!(j(Domain::Dram(0)), 1.0);
+        assert_eq!(j(Domain::Package(0)), Joules(2.0));
+        assert_eq!(j(Domain::Dram(0)), Joules(1.0));
     }
 
     #[test]

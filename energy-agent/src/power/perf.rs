@@ -3,6 +3,7 @@
 //! The kernel extends the 32-bit RAPL registers to 64 bits for perf, so these counters
 //! do not wrap in practice; the shared counter type still guards the difference.
 
+use crate::units::Joules;
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -261,7 +262,7 @@ impl PowerSource for PerfRapl {
         let mut reading = PowerReading::default();
         for c in &mut self.counters {
             let read = read_count(&c.fd).map_err(|e| format!("reading the perf counter: {e}"));
-            reading.add_counter_read(&INFO, c.domain, &mut c.counter, read, c.scale);
+            reading.add_counter_read(&INFO, c.domain, &mut c.counter, read, Joules(c.scale));
         }
         reading
     }

@@ -5,6 +5,7 @@
 //! `intel-rapl-mmio:*` zones are skipped: they expose the same package counter through
 //! MMIO and would count it twice.
 
+use crate::units::Joules;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -193,7 +194,13 @@ impl PowerSource for Powercap {
         let mut reading = PowerReading::default();
         for zone in &mut self.zones {
             let read = read_u64(&zone.dir.join("energy_uj"));
-            reading.add_counter_read(&INFO, zone.domain, &mut zone.counter, read, 1e-6);
+            reading.add_counter_read(
+                &INFO,
+                zone.domain,
+                &mut zone.counter,
+                read,
+                Joules::from_micro(1),
+            );
         }
         reading
     }
@@ -256,7 +263,7 @@ pub(crate) mod tests {
         assert!(pc.sample(&SampleContext::default()).energies.is_empty());
         std::fs::write(z.join("energy_uj"), "3500000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 2.5);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), Joules(2.5));
     }
 
     #[test]
@@ -268,7 +275,7 @@ pub(crate) mod tests {
         pc.sample(&SampleContext::default());
         std::fs::write(z.join("energy_uj"), "500000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 1.5);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), Joules(1.5));
     }
 
     #[test]
@@ -283,7 +290,7 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&p1).unwrap();
         std::fs::write(p0.join("energy_uj"), "1000000").unwrap();
         let r = pc.sample(&SampleContext::default());
-        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), 1.0);
+        assert_eq!(r.joules_of(Domain::Package(0)).unwrap(), Joules(1.0));
         assert_eq!(r.errors.len(), 1);
         assert_eq!(r.errors[0].domain, Domain::Package(1));
         assert!(

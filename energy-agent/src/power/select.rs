@@ -3,6 +3,7 @@
 //! explicit choice is used or fails with its reason. [`survey`] reports every source for
 //! `energy-agent check`.
 
+use crate::units::Watts;
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
@@ -132,7 +133,7 @@ impl PowerSources {
     }
 
     /// The sources' own idle power figures (see [`PowerSource::idle_power`]).
-    pub fn idle_power(&self) -> Vec<(Domain, f64)> {
+    pub fn idle_power(&self) -> Vec<(Domain, Watts)> {
         let mut v = self.cpu.idle_power();
         if let Some(g) = &self.gpu {
             v.extend(g.idle_power());

@@ -484,7 +484,7 @@ impl Enricher {
                 .model_of(all[*i].pid)
                 .unwrap_or("unknown")
                 .to_string();
-            self.requests.push((model, energy.joules.total()));
+            self.requests.push((model, energy.joules.total().get()));
             let span = span_at_mut(request, *at);
             spans::add_energy(span, energy);
             self.traces

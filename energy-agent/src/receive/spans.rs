@@ -169,12 +169,13 @@ pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     a.reserve(11);
     a.push(kv(
         names::ENERGY_JOULES,
-        Value::DoubleValue(e.joules.total()),
+        Value::DoubleValue(e.joules.total().get()),
     ));
-    a.push(kv(names::ENERGY_CPU, Value::DoubleValue(e.joules.cpu_j)));
-    a.push(kv(names::ENERGY_DRAM, Value::DoubleValue(e.joules.dram_j)));
-    a.push(kv(names::ENERGY_GPU, Value::DoubleValue(e.joules.gpu_j)));
-    a.push(kv(names::ENERGY_IDLE, Value::DoubleValue(e.joules.idle_j)));
+    let j = &e.joules;
+    a.push(kv(names::ENERGY_CPU, Value::DoubleValue(j.cpu_j.get())));
+    a.push(kv(names::ENERGY_DRAM, Value::DoubleValue(j.dram_j.get())));
+    a.push(kv(names::ENERGY_GPU, Value::DoubleValue(j.gpu_j.get())));
+    a.push(kv(names::ENERGY_IDLE, Value::DoubleValue(j.idle_j.get())));
     a.push(kv(names::ENERGY_ESTIMATED, Value::BoolValue(e.estimated)));
     a.push(kv(
         names::ENERGY_SOURCE,
@@ -204,7 +205,8 @@ pub fn mark_unattributed(span: &mut Span, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribute::Joules;
+    use crate::attribute::EnergyByClass;
+    use crate::units::Joules;
 
     fn span(kind: SpanKind, attrs: Vec<KeyValue>, name: &str) -> Span {
         Span {
@@ -265,11 +267,11 @@ mod tests {
             "x",
         );
         let e = SpanEnergy {
-            joules: Joules {
-                cpu_j: 2.0,
-                dram_j: 0.5,
-                gpu_j: 7.5,
-                idle_j: 0.0,
+            joules: EnergyByClass {
+                cpu_j: Joules(2.0),
+                dram_j: Joules(0.5),
+                gpu_j: Joules(7.5),
+                idle_j: Joules(0.0),
             },
             carbon_g: 0.001,
             embodied_g: 0.0002,

@@ -16,12 +16,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::{
     attribute::{
-        GpuTimeline, Joules,
+        EnergyByClass, GpuTimeline,
         gpu::{GpuSplitBasis, activity_weights},
     },
     carbon::{CarbonReport, operational_grams},
     clock::WallClock,
     probe::GpuCalls,
+    units::{Joules, Nanos},
 };
 
 /// One process in one interval, as the span split needs it.
@@ -30,11 +31,11 @@ pub struct ProcessInterval {
     /// The process's model (for per-model request metrics).
     pub model: String,
     /// Energy attributed to the process.
-    pub joules: Joules,
+    pub joules: EnergyByClass,
     /// Its embodied carbon share, grams.
     pub embodied_g: f64,
-    /// On-CPU ns of the process.
-    pub cpu_ns: u64,
+    /// On-CPU time of the process.
+    pub cpu_ns: Nanos,
     /// On-CPU ns per thread id.
     pub threads: BTreeMap<u32, u64>,
     /// When each thread ran: (start, end, ns) per sub-interval read, Unix ns; absent
@@ -244,7 +245,7 @@ pub struct RequestSpan {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpanEnergy {
     /// Energy by domain class (idle_j: allocated idle share within it).
-    pub joules: Joules,
+    pub joules: EnergyByClass,
     /// Operational carbon, grams.
     pub carbon_g: f64,
     /// Embodied carbon share, grams.
@@ -263,19 +264,25 @@ impl SpanEnergy {
     /// Adds a share of an interval's energy `j`: `share.cpu` of its CPU and DRAM parts
     /// (and of the embodied carbon), `share.gpu` of its GPU part; returns the joules
     /// added.
-    fn add(&mut self, j: &Joules, share: Share, record: &IntervalRecord, embodied_g: f64) -> f64 {
+    fn add(
+        &mut self,
+        j: &EnergyByClass,
+        share: Share,
+        record: &IntervalRecord,
+        embodied_g: f64,
+    ) -> Joules {
         // The allocated idle part (`--idle share`) sits inside the classes; taken as
         // spread over them by their size.
         let total = j.total();
-        let (cpu_idle, gpu_idle) = if total > 0.0 {
+        let (cpu_idle, gpu_idle) = if total > Joules::ZERO {
             (
-                j.idle_j * (j.cpu_j + j.dram_j) / total,
-                j.idle_j * j.gpu_j / total,
+                j.idle_j * ((j.cpu_j + j.dram_j) / total),
+                j.idle_j * (j.gpu_j / total),
             )
         } else {
-            (0.0, 0.0)
+            (Joules::ZERO, Joules::ZERO)
         };
-        let part = Joules {
+        let part = EnergyByClass {
             cpu_j: j.cpu_j * share.cpu,
             dram_j: j.dram_j * share.cpu,
             gpu_j: j.gpu_j * share.gpu,
@@ -347,8 +354,8 @@ fn fractions(
     let on_threads = here.iter().all(|&i| all[i].tid.is_some());
     let even = |ns: u64| vec![(record.start_ns, record.end_ns, ns)];
     let segments = segment_fractions(record, &here, all);
-    let cpu = if on_threads && proc.cpu_ns > 0 {
-        thread_fractions(&here, all, proc.cpu_ns, |tid| {
+    let cpu = if on_threads && proc.cpu_ns > Nanos(0) {
+        thread_fractions(&here, all, proc.cpu_ns.get(), |tid| {
             proc.timeline
                 .get(&tid)
                 .cloned()
@@ -494,14 +501,14 @@ pub fn enrich(
                     gpu: f.gpu * gpu_scale,
                 };
                 let k = slot[&i];
-                weighted[k] +=
-                    out[k].add(&proc.joules, share, record, proc.embodied_g) * record.g_per_kwh;
+                let added = out[k].add(&proc.joules, share, record, proc.embodied_g);
+                weighted[k] += added.get() * record.g_per_kwh;
             }
         }
     }
     for (s, w) in out.iter_mut().zip(weighted) {
-        if s.joules.total() > 0.0 {
-            s.g_per_kwh = w / s.joules.total();
+        if s.joules.total() > Joules::ZERO {
+            s.g_per_kwh = w / s.joules.total().get();
         }
     }
     out

@@ -1,4 +1,5 @@
 use super::*;
+use crate::units::{Joules, Nanos};
 
 const S: u64 = 1_000_000_000;
 
@@ -11,14 +12,14 @@ fn record(start: u64, pid: u32, cpu_j: f64, threads: &[(u32, u64)]) -> IntervalR
             pid,
             ProcessInterval {
                 model: "m".into(),
-                joules: Joules {
-                    cpu_j,
-                    dram_j: cpu_j / 10.0,
-                    gpu_j: 0.0,
-                    idle_j: 0.0,
+                joules: EnergyByClass {
+                    cpu_j: Joules(cpu_j),
+                    dram_j: Joules(cpu_j / 10.0),
+                    gpu_j: Joules(0.0),
+                    idle_j: Joules(0.0),
                 },
                 embodied_g: 1.0,
-                cpu_ns,
+                cpu_ns: Nanos(cpu_ns),
                 threads: threads.iter().copied().collect(),
                 timeline: BTreeMap::new(),
                 gpu_threads: BTreeMap::new(),
@@ -54,7 +55,8 @@ fn enrich_all(spans: &[RequestSpan], h: &History) -> Vec<SpanEnergy> {
     )
 }
 
-fn close(a: f64, b: f64) -> bool {
+fn close(a: impl Into<f64>, b: f64) -> bool {
+    let a: f64 = a.into();
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
@@ -95,7 +97,7 @@ fn concurrent_spans_on_threads_split_by_thread_cpu_and_leave_the_rest() {
     assert!(close(e[0].joules.cpu_j, cpu * 0.5), "{:?}", e[0].joules);
     assert!(close(e[1].joules.cpu_j, cpu * 0.25));
     // A quarter stays with the process: the requests claim ≤ the process.
-    assert!(e[0].joules.total() + e[1].joules.total() < 33.0);
+    assert!(e[0].joules.total() + e[1].joules.total() < Joules(33.0));
 }
 
 #[test]
@@ -209,7 +211,7 @@ fn history_is_bounded_and_knows_threads() {
     assert!(h.is_thread_of(7, 74) && !h.is_thread_of(7, 70));
     assert!(h.knows(7) && !h.knows(8));
     assert!(
-        enrich_all(&[span(0, S, None, None)], &h)[0].joules.total() == 0.0,
+        enrich_all(&[span(0, S, None, None)], &h)[0].joules.total() == Joules(0.0),
         "outside the history"
     );
 }
@@ -220,7 +222,7 @@ fn gpu_energy_follows_the_threads_gpu_activity_then_the_span_rules() {
     // CPU 2:1 between threads 71 and 72, but GPU activity 1:3.
     let mut r = record(0, 7, 9.0, &[(71, 2 * S / 3), (72, S / 3)]);
     let p = r.processes.get_mut(&7).unwrap();
-    p.joules.gpu_j = 40.0;
+    p.joules.gpu_j = Joules(40.0);
     p.gpu_threads = [(71, 100), (72, 300)].into();
     h.push(r.clone());
     let e = enrich_all(

@@ -18,6 +18,7 @@ use crate::{
         topology::Topology,
     },
     probe::{Lifecycle, Probe, SchedInterval, possible_cpus},
+    units::Nanos,
 };
 
 /// What the interval stages are built from.
@@ -120,8 +121,10 @@ impl Pipeline {
     fn sample_power(&mut self, sched: &SchedInterval) -> anyhow::Result<PowerReading> {
         let ctx = SampleContext {
             now_ns: sched.end_ns,
-            elapsed_ns: sched.duration_ns(),
-            cpu_busy_ns: sched.busy_ns_per_cpu(self.cpus),
+            elapsed: Nanos(sched.duration_ns()),
+            cpu_busy: (sched.busy_ns_per_cpu(self.cpus).into_iter())
+                .map(Nanos)
+                .collect(),
         };
         let reading = self.power.sample(&ctx);
         if let Some(r) = &mut self.recorder {

@@ -6,7 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use energy_agent::{clock::monotonic_ns, power::gpu::PowerIntegrator};
+use energy_agent::{
+    clock::monotonic_ns,
+    power::gpu::PowerIntegrator,
+    units::{Joules, Watts},
+};
 use nvml_wrapper::Nvml;
 
 fn main() {
@@ -38,7 +42,7 @@ fn main() {
     while Instant::now() < until {
         for (d, integ) in devices.iter().zip(&mut integrators) {
             if let Ok(mw) = d.power_usage() {
-                integ.add(monotonic_ns(), f64::from(mw) / 1e3);
+                integ.add(monotonic_ns(), Watts(f64::from(mw) / 1e3));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -49,12 +53,12 @@ fn main() {
     );
     for (i, d) in devices.iter().enumerate() {
         let counter_j = match (start_mj[i], d.total_energy_consumption().ok()) {
-            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / 1e3),
+            (Some(a), Some(b)) => Some(Joules::from_milli(b.saturating_sub(a))),
             _ => None,
         };
         let integrated = integrators[i].take();
         let ratio = counter_j.map(|c| {
-            if integrated > 0.0 {
+            if integrated > Joules::ZERO {
                 c / integrated
             } else {
                 f64::NAN

@@ -1,6 +1,7 @@
 use super::*;
+use crate::units::Joules;
 use crate::{
-    attribute::{GroupReport, IntervalReport, Joules, ProcessReport},
+    attribute::{EnergyByClass, GroupReport, IntervalReport, ProcessReport},
     carbon::CarbonSummary,
     export::{
         otlp::MetricsEncoding,
@@ -15,9 +16,9 @@ fn process(pid: u32, exe: &str, cpu_j: f64, rule: bool) -> ProcessReport {
         exe_name: exe.into(),
         model: if rule { "llama".into() } else { exe.into() },
         model_rule: rule,
-        energy_j: cpu_j,
-        joules: Joules {
-            cpu_j,
+        energy_j: Joules(cpu_j),
+        joules: EnergyByClass {
+            cpu_j: Joules(cpu_j),
             ..Default::default()
         },
         ..Default::default()
@@ -29,7 +30,7 @@ fn report(processes: Vec<ProcessReport>) -> CarbonReport {
         duration_s: 1.0,
         processes,
         idle: GroupReport {
-            energy_j: 2.0,
+            energy_j: Joules(2.0),
             ..Default::default()
         },
         ..Default::default()
@@ -161,8 +162,8 @@ fn gone_processes_series_are_evicted_eventually() {
 fn gpu_joules_get_their_own_domain_series() {
     let mut s = MetricsState::new(5);
     let mut p = process(9, "vllm", 1.0, true);
-    p.joules.gpu_j = 40.0;
-    p.energy_j = 41.0;
+    p.joules.gpu_j = Joules(40.0);
+    p.energy_j = Joules(41.0);
     s.observe(&report(vec![p]));
     let labels = |domain| {
         [

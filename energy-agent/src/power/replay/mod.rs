@@ -24,6 +24,7 @@
 //! piecewise-linear cumulative curve of each domain. Past the end, each domain reports
 //! that the recording ended instead of a silent zero.
 
+use crate::units::Joules;
 use std::{collections::BTreeMap, io::Write, path::Path};
 
 mod parse;
@@ -125,10 +126,12 @@ impl Recording {
     }
 
     /// Energy of `domain` between `t0` and `t1` seconds into the recording.
-    pub fn energy_between(&self, domain: Domain, t0: f64, t1: f64) -> f64 {
-        self.curves
+    pub fn energy_between(&self, domain: Domain, t0: f64, t1: f64) -> Joules {
+        let j = self
+            .curves
             .get(&domain)
-            .map_or(0.0, |c| (curve_at(c, t1) - curve_at(c, t0)).max(0.0))
+            .map_or(0.0, |c| (curve_at(c, t1) - curve_at(c, t0)).max(0.0));
+        Joules(j)
     }
 
     /// The recorded domains.
@@ -297,14 +300,14 @@ mod tests {
         let rec = Recording::parse(text, "t").unwrap();
         assert_eq!(
             rec.energy_between(Domain::Package(0), 0.0, 1.0),
-            1.5,
+            Joules(1.5),
             "wrapped counter"
         );
-        assert_eq!(rec.energy_between(Domain::Dram(0), 0.0, 1.0), 2.5);
-        assert_eq!(rec.energy_between(Domain::Gpu(0), 0.0, 1.0), 300.0);
-        assert_eq!(rec.energy_between(Domain::Gpu(1), 0.0, 1.0), 200.0);
+        assert_eq!(rec.energy_between(Domain::Dram(0), 0.0, 1.0), Joules(2.5));
+        assert_eq!(rec.energy_between(Domain::Gpu(0), 0.0, 1.0), Joules(300.0));
+        assert_eq!(rec.energy_between(Domain::Gpu(1), 0.0, 1.0), Joules(200.0));
         // Linear in between.
-        assert_eq!(rec.energy_between(Domain::Gpu(0), 0.0, 0.5), 150.0);
+        assert_eq!(rec.energy_between(Domain::Gpu(0), 0.0, 0.5), Joules(150.0));
     }
 
     #[test]
@@ -316,13 +319,13 @@ mod tests {
             r.sample(&ctx(11 * S))
                 .joules_of(Domain::Package(0))
                 .unwrap(),
-            10.0
+            Joules(10.0)
         );
         assert_eq!(
             r.sample(&ctx(12 * S))
                 .joules_of(Domain::Package(0))
                 .unwrap(),
-            10.0
+            Joules(10.0)
         );
         let after = r.sample(&ctx(13 * S));
         assert!(after.energies.is_empty());
@@ -455,8 +458,8 @@ mod tests {
         for &(t, pkg, gpu) in &readings {
             let reading = PowerReading {
                 energies: vec![
-                    energy(&info, Domain::Package(0), pkg),
-                    energy(&info, Domain::Gpu(0), gpu),
+                    energy(&info, Domain::Package(0), Joules(pkg)),
+                    energy(&info, Domain::Gpu(0), Joules(gpu)),
                 ],
                 errors: vec![],
                 gpu_processes: vec![],
@@ -468,8 +471,8 @@ mod tests {
         replay.sample(&ctx(100 * S));
         for (i, &(_, pkg, gpu)) in readings.iter().enumerate() {
             let r = replay.sample(&ctx((101 + i as u64) * S));
-            assert!((r.joules_of(Domain::Package(0)).unwrap() - pkg).abs() < 1e-9);
-            assert!((r.joules_of(Domain::Gpu(0)).unwrap() - gpu).abs() < 1e-9);
+            assert!((r.joules_of(Domain::Package(0)).unwrap().get() - pkg).abs() < 1e-9);
+            assert!((r.joules_of(Domain::Gpu(0)).unwrap().get() - gpu).abs() < 1e-9);
         }
     }
 }

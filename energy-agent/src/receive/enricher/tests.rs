@@ -1,5 +1,6 @@
 use super::*;
-use crate::{attribute::Joules, requests::ProcessInterval};
+use crate::units::Joules;
+use crate::{attribute::EnergyByClass, requests::ProcessInterval};
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     resource::v1::Resource,
@@ -66,12 +67,12 @@ fn record(start: u64, pid: u32, cpu_j: f64) -> IntervalRecord {
             pid,
             ProcessInterval {
                 model: "llm".into(),
-                joules: Joules {
-                    cpu_j,
+                joules: EnergyByClass {
+                    cpu_j: Joules(cpu_j),
                     ..Default::default()
                 },
                 embodied_g: 0.0,
-                cpu_ns: S,
+                cpu_ns: crate::units::Nanos(S),
                 threads: [(pid, S)].into(),
                 timeline: Default::default(),
                 gpu_threads: Default::default(),
