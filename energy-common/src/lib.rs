@@ -3,7 +3,8 @@
 //! Every type here crosses the kernel/user boundary as raw bytes, so each one is
 //! `#[repr(C)]`, `Copy`, built from fixed-width integers with explicit padding, and
 //! has its size pinned by a compile-time assertion. The `user` feature adds
-//! `aya::Pod` so the agent can read them out of maps.
+//! `aya::Pod` so the agent can read them out of maps, and the agent's helpers and
+//! `serde::Serialize` on [`GpuCalls`], which it reports as they are.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
@@ -167,13 +168,13 @@ pub const NVIDIA_IOCTL_TYPE: u8 = b'F';
 /// Default capacity of the GPU activity map (threads that called the driver).
 pub const DEFAULT_MAX_GPU_TASKS: u32 = 16_384;
 
-/// One thread's use of the GPU driver, cumulative since its first call.
-///
-/// Only the thread itself updates its entry (programs run in its context, one at a
-/// time), so plain adds are safe; the agent reads the counters and takes differences.
+/// GPU-driver counters: one thread's cumulative totals in the kernel map (inside
+/// [`GpuActivity`]) and, in the agent, per-interval differences and their sums. One
+/// definition serves both sides so a counter added here reaches the agent's report.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GpuActivity {
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct GpuCalls {
     /// Kernel launches (`cuLaunchKernel*`).
     pub launches: u64,
     /// Memory copies (`cuMemcpy*`).
@@ -189,14 +190,28 @@ pub struct GpuActivity {
     /// Nanoseconds blocked in synchronize calls.
     pub sync_ns: u64,
     /// Nanoseconds from the first submission after a completed synchronisation to the
-    /// end of the next one: how long this thread had work in flight, closed periods.
+    /// end of the next one: how long this thread had work in flight (in the kernel map,
+    /// closed periods only).
     pub busy_ns: u64,
+    /// NVIDIA-type ioctls (the driver-level signal, whatever the runtime).
+    pub ioctls: u64,
+}
+const _: () = assert!(core::mem::size_of::<GpuCalls>() == 72);
+
+/// One thread's use of the GPU driver, cumulative since its first call: the counters
+/// and the bookkeeping of its open busy period.
+///
+/// Only the thread itself updates its entry (programs run in its context, one at a
+/// time), so plain adds are safe; the agent reads the counters and takes differences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuActivity {
+    /// The cumulative counters.
+    pub calls: GpuCalls,
     /// Start of the open busy period (`bpf_ktime_get_ns`), 0 when none is open.
     pub busy_since_ns: u64,
     /// Time of the thread's last driver call.
     pub last_ns: u64,
-    /// NVIDIA-type ioctls (the driver-level signal, whatever the runtime).
-    pub ioctls: u64,
 }
 const _: () = assert!(core::mem::size_of::<GpuActivity>() == 88);
 
@@ -334,6 +349,53 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::GpuActivity {}
     unsafe impl aya::Pod for super::SyncEntry {}
+}
+
+#[cfg(feature = "user")]
+impl GpuCalls {
+    /// Whether nothing happened.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Submissions: launches, copies and memsets.
+    pub fn submissions(&self) -> u64 {
+        self.launches + self.copies + self.memsets
+    }
+
+    /// Adds another thread's or interval's activity.
+    pub fn add(&mut self, o: &GpuCalls) {
+        self.launches += o.launches;
+        self.copies += o.copies;
+        self.copy_bytes += o.copy_bytes;
+        self.memsets += o.memsets;
+        self.memset_bytes += o.memset_bytes;
+        self.syncs += o.syncs;
+        self.sync_ns += o.sync_ns;
+        self.busy_ns += o.busy_ns;
+        self.ioctls += o.ioctls;
+    }
+
+    /// Field-wise `self − mark`, never negative (a kernel counter that went back, as a
+    /// reused thread id's does, gives 0); `mark` becomes the high-water mark.
+    pub fn advance(&self, mark: &mut GpuCalls) -> GpuCalls {
+        let step = |now: u64, mark: &mut u64| {
+            let d = now.saturating_sub(*mark);
+            *mark = (*mark).max(now);
+            d
+        };
+        GpuCalls {
+            launches: step(self.launches, &mut mark.launches),
+            copies: step(self.copies, &mut mark.copies),
+            copy_bytes: step(self.copy_bytes, &mut mark.copy_bytes),
+            memsets: step(self.memsets, &mut mark.memsets),
+            memset_bytes: step(self.memset_bytes, &mut mark.memset_bytes),
+            syncs: step(self.syncs, &mut mark.syncs),
+            sync_ns: step(self.sync_ns, &mut mark.sync_ns),
+            busy_ns: step(self.busy_ns, &mut mark.busy_ns),
+            ioctls: step(self.ioctls, &mut mark.ioctls),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -142,13 +142,13 @@ pub fn cuda_call(ctx: ProbeContext) -> u32 {
     };
     a.last_ns = now;
     if kind == CALL_LAUNCH {
-        a.launches += 1;
+        a.calls.launches += 1;
     } else if kind == CALL_COPY {
-        a.copies += 1;
-        a.copy_bytes = a.copy_bytes.saturating_add(bytes);
+        a.calls.copies += 1;
+        a.calls.copy_bytes = a.calls.copy_bytes.saturating_add(bytes);
     } else {
-        a.memsets += 1;
-        a.memset_bytes = a.memset_bytes.saturating_add(bytes);
+        a.calls.memsets += 1;
+        a.calls.memset_bytes = a.calls.memset_bytes.saturating_add(bytes);
     }
     if a.busy_since_ns == 0 {
         a.busy_since_ns = now;
@@ -178,10 +178,10 @@ pub fn cuda_sync_return(_ctx: RetProbeContext) -> u32 {
         return 0;
     };
     a.last_ns = now;
-    a.syncs += 1;
-    a.sync_ns += now.saturating_sub(start);
+    a.calls.syncs += 1;
+    a.calls.sync_ns += now.saturating_sub(start);
     if a.busy_since_ns != 0 {
-        a.busy_ns += now.saturating_sub(a.busy_since_ns);
+        a.calls.busy_ns += now.saturating_sub(a.busy_since_ns);
         a.busy_since_ns = 0;
     }
     0
@@ -198,7 +198,7 @@ pub fn nvidia_ioctl(ctx: TracePointContext) -> u32 {
     }
     let key = current_key();
     if let Some(a) = activity(&key) {
-        a.ioctls += 1;
+        a.calls.ioctls += 1;
         // SAFETY: BPF helper with no preconditions.
         a.last_ns = unsafe { bpf_ktime_get_ns() };
     }

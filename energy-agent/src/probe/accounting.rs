@@ -11,7 +11,8 @@
 use std::collections::HashMap;
 
 use energy_common::{
-    COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, TaskKey, TaskTime,
+    COMM_LEN, CpuState, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, TaskKey,
+    TaskTime,
 };
 
 /// Rounds an account may go unseen before it is dropped (its exit record was lost).
@@ -141,56 +142,74 @@ impl Accountant {
         running: &[Running],
     ) -> Round {
         self.round += 1;
-        let round = self.round;
         let mut out = Round::default();
-
         for event in events {
-            let key = TaskKey {
-                tgid: event.tgid,
-                pid: event.pid,
-            };
-            match event.kind {
-                EVENT_EXIT_CPU => {
-                    let before = self
-                        .accounts
-                        .remove(&(key, event.cpu))
-                        .map_or(0, |a| a.reported_ns);
-                    push_slice(
-                        &mut out.slices,
-                        key,
-                        event.cpu,
-                        event.value,
-                        before,
-                        event.cgroup_id,
-                    );
-                    self.dead.insert(key, round);
-                }
-                EVENT_EXIT => {
-                    self.accounts.retain(|(k, _), _| *k != key);
-                    self.dead.insert(key, round);
-                    out.lifecycle.push(Lifecycle::Exit {
-                        tgid: key.tgid,
-                        tid: key.pid,
-                        comm: comm_str(&event.comm),
-                        group_dead: event.value != 0,
-                        cgroup_id: event.cgroup_id,
-                        ts_ns: event.ts_ns,
-                    });
-                }
-                EVENT_EXEC => out.lifecycle.push(Lifecycle::Exec {
-                    tgid: key.tgid,
-                    comm: comm_str(&event.comm),
-                    ts_ns: event.ts_ns,
-                }),
-                EVENT_FORK => out.lifecycle.push(Lifecycle::Fork {
-                    parent_tgid: key.tgid,
-                    child: event.value as u32,
-                    ts_ns: event.ts_ns,
-                }),
-                other => log::debug!("unknown probe event kind {other}"),
-            }
+            self.apply_event(event, &mut out);
         }
+        self.report_snapshot(snapshot, running, &mut out.slices);
+        self.forget_stale();
+        out
+    }
 
+    /// One ring-buffer record: a thread's final totals close its account on that CPU,
+    /// its exit closes the rest (and marks it dead, so a stale map read cannot revive
+    /// it); exits, execs and forks become lifecycle records.
+    fn apply_event(&mut self, event: &Event, out: &mut Round) {
+        let key = TaskKey {
+            tgid: event.tgid,
+            pid: event.pid,
+        };
+        match event.kind {
+            EVENT_EXIT_CPU => {
+                let before = self
+                    .accounts
+                    .remove(&(key, event.cpu))
+                    .map_or(0, |a| a.reported_ns);
+                push_slice(
+                    &mut out.slices,
+                    key,
+                    event.cpu,
+                    event.value,
+                    before,
+                    event.cgroup_id,
+                );
+                self.dead.insert(key, self.round);
+            }
+            EVENT_EXIT => {
+                self.accounts.retain(|(k, _), _| *k != key);
+                self.dead.insert(key, self.round);
+                out.lifecycle.push(Lifecycle::Exit {
+                    tgid: key.tgid,
+                    tid: key.pid,
+                    comm: comm_str(&event.comm),
+                    group_dead: event.value != 0,
+                    cgroup_id: event.cgroup_id,
+                    ts_ns: event.ts_ns,
+                });
+            }
+            EVENT_EXEC => out.lifecycle.push(Lifecycle::Exec {
+                tgid: key.tgid,
+                comm: comm_str(&event.comm),
+                ts_ns: event.ts_ns,
+            }),
+            EVENT_FORK => out.lifecycle.push(Lifecycle::Fork {
+                parent_tgid: key.tgid,
+                child: event.value as u32,
+                ts_ns: event.ts_ns,
+            }),
+            other => log::debug!("unknown probe event kind {other}"),
+        }
+    }
+
+    /// The map's totals of the live threads, each with the slice it is running now on
+    /// that CPU; then the running threads the map does not have yet (they have not
+    /// switched out since they started): their live slice alone.
+    fn report_snapshot(
+        &mut self,
+        snapshot: &[(TaskKey, Vec<TaskTime>)],
+        running: &[Running],
+        slices: &mut Vec<TaskSlice>,
+    ) {
         let running_on: HashMap<u32, Running> = running
             .iter()
             .filter(|r| r.pid != 0)
@@ -210,12 +229,11 @@ impl Accountant {
                     running_left.remove(&cpu);
                 }
                 if total > 0 {
-                    self.report(&mut out.slices, *key, cpu, total, time.cgroup_id, round);
+                    self.report(slices, *key, cpu, total, time.cgroup_id);
                 }
             }
         }
 
-        // Threads running since before they ever switched out: only their live slice.
         for r in running_left.values() {
             let key = TaskKey {
                 tgid: r.tgid,
@@ -224,14 +242,18 @@ impl Accountant {
             if self.dead.contains_key(&key) {
                 continue;
             }
-            self.report(&mut out.slices, key, r.cpu, r.ran_ns, 0, round);
+            self.report(slices, key, r.cpu, r.ran_ns, 0);
         }
+    }
 
+    /// Drops the accounts not seen for [`GRACE_ROUNDS`] (their exit record was lost) and
+    /// the finished threads' keys after [`DEAD_ROUNDS`].
+    fn forget_stale(&mut self) {
+        let round = self.round;
         self.accounts
             .retain(|_, a| round.saturating_sub(a.seen_round) < GRACE_ROUNDS);
         self.dead
             .retain(|_, &mut died| round.saturating_sub(died) < DEAD_ROUNDS);
-        out
     }
 
     fn report(
@@ -241,8 +263,8 @@ impl Accountant {
         cpu: u32,
         total_ns: u64,
         cgroup_id: u64,
-        round: u64,
     ) {
+        let round = self.round;
         let account = self.accounts.entry((key, cpu)).or_insert(Account {
             reported_ns: 0,
             seen_round: round,
@@ -252,6 +274,31 @@ impl Accountant {
         account.reported_ns = before.max(total_ns);
         push_slice(slices, key, cpu, total_ns, before, cgroup_id);
     }
+}
+
+/// The running slices (one per CPU, from `before`) that a seqlock read can trust: the
+/// CPU's switch counter is even and the same in `before` and `after`, on the same
+/// thread, so no switch happened while the map was read.
+pub(super) fn consistent_running(
+    before: &[CpuState],
+    after: &[CpuState],
+    slices: Vec<Option<u64>>,
+) -> Vec<Running> {
+    before
+        .iter()
+        .zip(after)
+        .zip(slices)
+        .enumerate()
+        .filter_map(|(cpu, ((b, a), ran))| {
+            let consistent = b.seq == a.seq && a.seq % 2 == 0 && a.pid == b.pid;
+            Some(Running {
+                cpu: cpu as u32,
+                pid: a.pid,
+                tgid: a.tgid,
+                ran_ns: ran.filter(|_| consistent)?,
+            })
+        })
+        .collect()
 }
 
 fn push_slice(
@@ -500,5 +547,31 @@ mod tests {
         assert_eq!(comm_str(&comm).len(), COMM_LEN);
         comm[2] = 0;
         assert_eq!(comm_str(&comm), "xx");
+    }
+
+    #[test]
+    fn only_slices_read_without_a_switch_in_between_are_trusted() {
+        let cpu = |pid, seq| CpuState {
+            pid,
+            tgid: 1,
+            seq,
+            ..Default::default()
+        };
+        // CPU 0: steady. 1: switched during the read. 2: mid-switch. 3: same seq,
+        // another thread (cannot happen with a working seqlock; still not trusted).
+        // 4: steady, but no slice was read (idle).
+        let before = [cpu(10, 4), cpu(11, 4), cpu(12, 5), cpu(13, 6), cpu(0, 8)];
+        let after = [cpu(10, 4), cpu(11, 6), cpu(12, 5), cpu(14, 6), cpu(0, 8)];
+        let slices = vec![Some(100), Some(200), Some(300), Some(400), None];
+        let running = consistent_running(&before, &after, slices);
+        assert_eq!(
+            running,
+            [Running {
+                cpu: 0,
+                pid: 10,
+                tgid: 1,
+                ran_ns: 100
+            }]
+        );
     }
 }

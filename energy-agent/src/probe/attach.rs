@@ -1,21 +1,22 @@
-//! Attaching the GPU-driver programs: the CUDA uprobes (to the library file, so every
-//! process that maps it is covered, those started later included) and the NVIDIA ioctl
-//! tracepoint. Neither is required: without libcuda or syscall tracepoints the agent
-//! runs on, and [`GpuProbeStatus`] says what is missing and why.
+//! Loading and attaching the programs. The scheduler programs (raw tracepoints) are
+//! required. The GPU-driver programs are not: the CUDA uprobes (attached to the library
+//! file, so every process that maps it is covered, those started later included) and
+//! the NVIDIA ioctl tracepoint; without libcuda or syscall tracepoints the agent runs
+//! on, and [`GpuProbeStatus`] says what is missing and why.
 
 use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
     programs::{
-        Program, ProgramError, TracePoint, UProbe,
+        Program, ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use energy_common::{CudaCall, names};
 
 use super::{
-    KernelLayout, ProbeError,
+    KernelLayout, ProbeError, SCHED_TRACEPOINTS,
     cuda::{self, ProbePoint},
     privileged,
 };
@@ -66,6 +67,25 @@ impl GpuProbeStatus {
         };
         vec![cuda, ioctl]
     }
+}
+
+/// Loads the scheduler programs without attaching them (for `check`).
+pub fn load_sched_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (program, _) in SCHED_TRACEPOINTS {
+        raw_tracepoint(ebpf, program)?;
+    }
+    Ok(())
+}
+
+/// Loads the scheduler programs and attaches each to its raw tracepoint; any failure
+/// fails the agent.
+pub fn sched_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for (program, tracepoint) in SCHED_TRACEPOINTS {
+        raw_tracepoint(ebpf, program)?
+            .attach(tracepoint)
+            .map_err(|e| privileged(program_error(program, "attach", e)))?;
+    }
+    Ok(())
 }
 
 /// Loads the GPU-driver programs without attaching them (for `check`).
@@ -147,6 +167,11 @@ fn attach_cuda(
         ));
     }
     Ok(attached)
+}
+
+/// The named raw tracepoint program, loaded.
+fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, ProbeError> {
+    loaded(ebpf, name, RawTracePoint::load, |p| p.fd().is_ok())
 }
 
 /// The named uprobe program, loaded.

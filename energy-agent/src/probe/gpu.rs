@@ -9,99 +9,28 @@ use std::collections::HashMap;
 
 use energy_common::{GpuActivity, TaskKey};
 
-/// One thread's (or process's) GPU-driver activity in an interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GpuCalls {
-    /// Kernel launches.
-    pub launches: u64,
-    /// Memory copies.
-    pub copies: u64,
-    /// Bytes copied (where the call's arguments give them).
-    pub copy_bytes: u64,
-    /// Memsets.
-    pub memsets: u64,
-    /// Bytes set.
-    pub memset_bytes: u64,
-    /// Completed synchronize calls.
-    pub syncs: u64,
-    /// Nanoseconds blocked in synchronize calls.
-    pub sync_ns: u64,
-    /// Nanoseconds with submitted work not yet synchronised.
-    pub busy_ns: u64,
-    /// NVIDIA ioctls.
-    pub ioctls: u64,
-}
+/// One thread's (or process's) GPU-driver activity in an interval: the kernel record's
+/// counters, as differences.
+pub use energy_common::GpuCalls;
 
-impl GpuCalls {
-    /// Whether nothing happened.
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// Submissions: launches, copies and memsets.
-    pub fn submissions(&self) -> u64 {
-        self.launches + self.copies + self.memsets
-    }
-
-    /// Adds another thread's or interval's activity.
-    pub fn add(&mut self, o: &GpuCalls) {
-        self.launches += o.launches;
-        self.copies += o.copies;
-        self.copy_bytes += o.copy_bytes;
-        self.memsets += o.memsets;
-        self.memset_bytes += o.memset_bytes;
-        self.syncs += o.syncs;
-        self.sync_ns += o.sync_ns;
-        self.busy_ns += o.busy_ns;
-        self.ioctls += o.ioctls;
-    }
-
-    /// The cumulative figures of a kernel record. An open busy period counts up to
-    /// `now_ns` while the thread is blocked in a synchronize call (waiting for the GPU
-    /// to finish its work), else up to its last driver call (a thread that stopped
-    /// calling and is not waiting stops being busy).
-    pub fn from_kernel(a: &GpuActivity, in_sync: bool, now_ns: u64) -> Self {
-        let until = if in_sync {
-            now_ns.max(a.last_ns)
-        } else {
-            a.last_ns
-        };
-        let open = if a.busy_since_ns != 0 {
-            until.saturating_sub(a.busy_since_ns)
-        } else {
-            0
-        };
-        Self {
-            launches: a.launches,
-            copies: a.copies,
-            copy_bytes: a.copy_bytes,
-            memsets: a.memsets,
-            memset_bytes: a.memset_bytes,
-            syncs: a.syncs,
-            sync_ns: a.sync_ns,
-            busy_ns: a.busy_ns + open,
-            ioctls: a.ioctls,
-        }
-    }
-
-    /// Field-wise `self − before`, never negative; `before` becomes the high-water mark.
-    fn advance(&self, mark: &mut GpuCalls) -> GpuCalls {
-        let step = |now: u64, mark: &mut u64| {
-            let d = now.saturating_sub(*mark);
-            *mark = (*mark).max(now);
-            d
-        };
-        GpuCalls {
-            launches: step(self.launches, &mut mark.launches),
-            copies: step(self.copies, &mut mark.copies),
-            copy_bytes: step(self.copy_bytes, &mut mark.copy_bytes),
-            memsets: step(self.memsets, &mut mark.memsets),
-            memset_bytes: step(self.memset_bytes, &mut mark.memset_bytes),
-            syncs: step(self.syncs, &mut mark.syncs),
-            sync_ns: step(self.sync_ns, &mut mark.sync_ns),
-            busy_ns: step(self.busy_ns, &mut mark.busy_ns),
-            ioctls: step(self.ioctls, &mut mark.ioctls),
-        }
+/// The cumulative counters of a kernel record, its open busy period included. That
+/// period counts up to `now_ns` while the thread is blocked in a synchronize call
+/// (waiting for the GPU to finish its work), else up to its last driver call (a thread
+/// that stopped calling and is not waiting stops being busy).
+fn cumulative(a: &GpuActivity, in_sync: bool, now_ns: u64) -> GpuCalls {
+    let until = if in_sync {
+        now_ns.max(a.last_ns)
+    } else {
+        a.last_ns
+    };
+    let open = if a.busy_since_ns != 0 {
+        until.saturating_sub(a.busy_since_ns)
+    } else {
+        0
+    };
+    GpuCalls {
+        busy_ns: a.calls.busy_ns + open,
+        ..a.calls
     }
 }
 
@@ -147,8 +76,7 @@ impl GpuTracker {
         for (key, record) in records {
             present.insert(*key);
             let mark = self.marks.entry(*key).or_default();
-            let calls =
-                GpuCalls::from_kernel(record, in_sync.contains(&key.pid), now_ns).advance(mark);
+            let calls = cumulative(record, in_sync.contains(&key.pid), now_ns).advance(mark);
             if !calls.is_zero() {
                 round.threads.push(GpuThreadActivity {
                     tgid: key.tgid,
@@ -185,20 +113,30 @@ mod tests {
         Default::default()
     }
 
+    fn launches(launches: u64) -> GpuCalls {
+        GpuCalls {
+            launches,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn intervals_get_differences_and_gone_threads_are_dropped() {
         let mut t = GpuTracker::default();
         let mut a = GpuActivity {
-            launches: 3,
-            syncs: 1,
-            sync_ns: 500,
-            busy_ns: 900,
+            calls: GpuCalls {
+                launches: 3,
+                syncs: 1,
+                sync_ns: 500,
+                busy_ns: 900,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let r = t.round(&[(key(7), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.launches, 3);
         assert_eq!(r.threads[0].calls.busy_ns, 900);
-        a.launches = 5;
+        a.calls.launches = 5;
         let r = t.round(&[(key(7), a)], &none(), 0, |_| true);
         assert_eq!(r.threads.len(), 1);
         assert_eq!(r.threads[0].calls.launches, 2);
@@ -216,16 +154,15 @@ mod tests {
     fn an_open_busy_period_counts_to_the_last_call_and_never_twice() {
         let mut t = GpuTracker::default();
         let mut a = GpuActivity {
-            launches: 1,
+            calls: launches(1),
             busy_since_ns: 1_000,
             last_ns: 1_400,
-            ..Default::default()
         };
         let r = t.round(&[(key(1), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.busy_ns, 400);
         // The period closes at 2_000: 1_000 ns in all, 600 more.
         a.busy_since_ns = 0;
-        a.busy_ns = 1_000;
+        a.calls.busy_ns = 1_000;
         a.last_ns = 2_000;
         let r = t.round(&[(key(1), a)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.busy_ns, 600);
@@ -235,10 +172,9 @@ mod tests {
     fn a_thread_waiting_in_sync_is_busy_until_now() {
         let mut t = GpuTracker::default();
         let mut a = GpuActivity {
-            launches: 1,
+            calls: launches(1),
             busy_since_ns: 1_000,
             last_ns: 1_000,
-            ..Default::default()
         };
         let waiting: std::collections::HashSet<u32> = [1].into();
         let r = t.round(&[(key(1), a)], &waiting, 5_000, |_| true);
@@ -247,7 +183,7 @@ mod tests {
         assert_eq!(r.threads[0].calls.busy_ns, 4_000);
         // The sync returns at 9_500: 500 ns more, never the first 8_000 twice.
         a.busy_since_ns = 0;
-        a.busy_ns = 8_500;
+        a.calls.busy_ns = 8_500;
         a.last_ns = 9_500;
         let r = t.round(&[(key(1), a)], &none(), 10_000, |_| true);
         assert_eq!(r.threads[0].calls.busy_ns, 500);
@@ -257,22 +193,49 @@ mod tests {
     fn a_counter_going_back_never_gives_a_negative() {
         let mut t = GpuTracker::default();
         let a = GpuActivity {
-            launches: 10,
+            calls: launches(10),
             ..Default::default()
         };
         t.round(&[(key(1), a)], &none(), 0, |_| true);
         // A reused tid restarted its record at 4: nothing until it passes 10.
         let b = GpuActivity {
-            launches: 4,
+            calls: launches(4),
             ..Default::default()
         };
         let r = t.round(&[(key(1), b)], &none(), 0, |_| true);
         assert!(r.threads.is_empty());
         let c = GpuActivity {
-            launches: 12,
+            calls: launches(12),
             ..Default::default()
         };
         let r = t.round(&[(key(1), c)], &none(), 0, |_| true);
         assert_eq!(r.threads[0].calls.launches, 2);
+    }
+
+    #[test]
+    fn reports_keep_the_counter_names() {
+        // gpu_activity and gpu_threads in the JSON output are this struct, as it is.
+        let json = serde_json::to_value(launches(1)).expect("GpuCalls serializes");
+        let mut names: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "launches",
+            "copies",
+            "copy_bytes",
+            "memsets",
+            "memset_bytes",
+            "syncs",
+            "sync_ns",
+            "busy_ns",
+            "ioctls",
+        ];
+        names.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(names, expected, "{json}");
+        assert_eq!(json["launches"], 1, "{json}");
     }
 }

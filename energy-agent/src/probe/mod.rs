@@ -20,12 +20,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use accounting::consistent_running;
 pub use accounting::{Accountant, Lifecycle, Round, Running, TaskSlice, comm_str};
 pub use attach::{CudaAttached, GpuProbeStatus};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::RawTracePoint,
 };
 use energy_common::{
     CpuState, DEFAULT_MAX_TASKS, Event, GpuActivity, STAT_COUNT, STAT_EVENTS_LOST,
@@ -236,17 +236,8 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges and tracefs, loads the programs and attaches them.
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(ProbeError::NoObject);
-        }
-        if let Ok(caps) = Capabilities::current(Path::new("/proc")) {
-            let missing = caps.missing_for_bpf();
-            if !missing.is_empty() {
-                return Err(ProbeError::Privileges {
-                    missing: missing.join(", "),
-                });
-            }
-        }
+        check_object()?;
+        check_privileges()?;
         let layout = KernelLayout::read()?;
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
         let mut ebpf = layout
@@ -256,39 +247,17 @@ impl Probe {
             .load(EBPF_OBJECT)
             .map_err(map_load_error)?;
         let logger = if config.ebpf_log {
-            match aya_log::EbpfLogger::init(&mut ebpf) {
-                Ok(logger) => Some(logger),
-                Err(e) => {
-                    log::warn!("eBPF diagnostics unavailable: {e}");
-                    None
-                }
-            }
+            start_logger(&mut ebpf)
         } else {
             None
         };
-        for (program, tracepoint) in SCHED_TRACEPOINTS {
-            load_raw_tracepoint(&mut ebpf, program)?
-                .attach(tracepoint)
-                .map_err(|source| {
-                    privileged(ProbeError::Program {
-                        program: program.to_string(),
-                        action: "attach",
-                        source,
-                    })
-                })?;
-        }
-        let tasks = PerCpuHashMap::try_from(take_map(&mut ebpf, names::TASKS)?)
-            .map_err(|e| map_type_error(names::TASKS, e))?;
-        let cpu_state = PerCpuArray::try_from(take_map(&mut ebpf, names::CPU_STATE)?)
-            .map_err(|e| map_type_error(names::CPU_STATE, e))?;
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, names::STATS)?)
-            .map_err(|e| map_type_error(names::STATS, e))?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
-            .map_err(|e| map_type_error(names::EVENTS, e))?;
-        let gpu_activity = HashMap::try_from(take_map(&mut ebpf, names::GPU_ACTIVITY)?)
-            .map_err(|e| map_type_error(names::GPU_ACTIVITY, e))?;
-        let sync_entry = HashMap::try_from(take_map(&mut ebpf, names::SYNC_ENTRY)?)
-            .map_err(|e| map_type_error(names::SYNC_ENTRY, e))?;
+        attach::sched_programs(&mut ebpf)?;
+        let tasks = typed_map(&mut ebpf, names::TASKS)?;
+        let cpu_state = typed_map(&mut ebpf, names::CPU_STATE)?;
+        let stats = typed_map(&mut ebpf, names::STATS)?;
+        let events = typed_map(&mut ebpf, names::EVENTS)?;
+        let gpu_activity = typed_map(&mut ebpf, names::GPU_ACTIVITY)?;
+        let sync_entry = typed_map(&mut ebpf, names::SYNC_ENTRY)?;
         let gpu_status = attach::gpu_programs(&mut ebpf, &layout, config.libcuda.as_deref());
         for line in gpu_status.lines() {
             log::info!("{line}");
@@ -350,42 +319,14 @@ impl Probe {
         // then `after` (its seq is read last again). A CPU whose seq is even and
         // unchanged had no switch in between, so its map values and slice agree.
         let before = self.read_cpu_state()?;
-        let mut snapshot = Vec::new();
-        for entry in self.tasks.iter() {
-            match entry {
-                Ok((key, values)) => snapshot.push((key, values.iter().copied().collect())),
-                // An entry deleted between get_next_key and lookup: the thread just ended
-                // and its exit records are on the ring buffer.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(ProbeError::Read {
-                        map: names::TASKS,
-                        source,
-                    });
-                }
-            }
-        }
+        let snapshot = self.read_tasks()?;
         let now = monotonic_ns();
         let slices: Vec<Option<u64>> = before
             .iter()
             .map(|s| (s.pid != 0 && s.start_ns != 0).then(|| running_slice(s, now)))
             .collect();
         let after = self.read_cpu_state()?;
-        let running: Vec<Running> = before
-            .iter()
-            .zip(&after)
-            .zip(slices)
-            .enumerate()
-            .filter_map(|(cpu, ((b, a), ran))| {
-                let consistent = b.seq == a.seq && a.seq % 2 == 0 && a.pid == b.pid;
-                Some(Running {
-                    cpu: cpu as u32,
-                    pid: a.pid,
-                    tgid: a.tgid,
-                    ran_ns: ran.filter(|_| consistent)?,
-                })
-            })
-            .collect();
+        let running = consistent_running(&before, &after, slices);
         let round = self.accountant.account(&events, &snapshot, &running);
         let gpu = self.read_gpu()?;
         let mut stats = self.stats()?;
@@ -407,6 +348,26 @@ impl Probe {
         };
         self.last_read_ns = now;
         Ok(interval)
+    }
+
+    /// The task map: each thread's cumulative time per CPU.
+    fn read_tasks(&self) -> Result<Vec<(TaskKey, Vec<TaskTime>)>, ProbeError> {
+        let mut snapshot = Vec::new();
+        for entry in self.tasks.iter() {
+            match entry {
+                Ok((key, values)) => snapshot.push((key, values.iter().copied().collect())),
+                // An entry deleted between get_next_key and lookup: the thread just ended
+                // and its exit records are on the ring buffer.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(ProbeError::Read {
+                        map: names::TASKS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(snapshot)
     }
 
     /// GPU-driver activity since the last read; forgets threads that are gone.
@@ -513,16 +474,45 @@ impl std::os::fd::AsRawFd for Probe {
 /// Loads the object and its programs into the kernel without attaching them, to check
 /// that the verifier accepts them here; everything is unloaded again on return.
 pub fn try_load() -> Result<(), ProbeError> {
+    check_object()?;
+    let layout = KernelLayout::read()?;
+    let mut ebpf = layout.loader().load(EBPF_OBJECT).map_err(map_load_error)?;
+    attach::load_sched_programs(&mut ebpf)?;
+    attach::load_gpu_programs(&mut ebpf)?;
+    Ok(())
+}
+
+/// Refuses a binary built without the eBPF object, with how to build it.
+fn check_object() -> Result<(), ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    let layout = KernelLayout::read()?;
-    let mut ebpf = layout.loader().load(EBPF_OBJECT).map_err(map_load_error)?;
-    for (program, _) in SCHED_TRACEPOINTS {
-        load_raw_tracepoint(&mut ebpf, program)?;
-    }
-    attach::load_gpu_programs(&mut ebpf)?;
     Ok(())
+}
+
+/// Refuses early, with the missing capabilities named, when they are known to be
+/// missing (when they cannot be read, the kernel decides at load).
+fn check_privileges() -> Result<(), ProbeError> {
+    if let Ok(caps) = Capabilities::current(Path::new("/proc")) {
+        let missing = caps.missing_for_bpf();
+        if !missing.is_empty() {
+            return Err(ProbeError::Privileges {
+                missing: missing.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Forwards the programs' diagnostics to the log; without them the probe still runs.
+fn start_logger(ebpf: &mut Ebpf) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::warn!("eBPF diagnostics unavailable: {e}");
+            None
+        }
+    }
 }
 
 /// What the task on a CPU has run since its switch-in: its runtime counter now (from
@@ -544,39 +534,19 @@ pub fn possible_cpus() -> u32 {
     aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1)
 }
 
-fn load_raw_tracepoint<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &str,
-) -> Result<&'a mut RawTracePoint, ProbeError> {
-    let prog_err = |action, source| ProbeError::Program {
-        program: program.to_string(),
-        action,
-        source,
-    };
-    let tp: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| ProbeError::Map {
-            map: "programs",
-            reason: format!("program {program} missing from the object"),
-        })?
-        .try_into()
-        .map_err(|e| prog_err("load", e))?;
-    tp.load().map_err(|e| privileged(prog_err("load", e)))?;
-    Ok(tp)
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::Map {
+/// Takes map `name` out of the object as the type the agent reads it as.
+fn typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
         map: name,
         reason: "missing from the object".into(),
-    })
-}
-
-fn map_type_error(map: &'static str, e: aya::maps::MapError) -> ProbeError {
-    ProbeError::Map {
-        map,
+    })?;
+    T::try_from(map).map_err(|e| ProbeError::Map {
+        map: name,
         reason: e.to_string(),
-    }
+    })
 }
 
 /// Maps a permission failure from the kernel to the one-line privileges error.
