@@ -20,7 +20,7 @@ use split::{IdlePolicy, split};
 
 use crate::{
     identity::Identity,
-    power::{Domain, DomainClass, PowerReading, topology::Topology},
+    power::{Domain, DomainClass, PowerReading, packages::CpuPackages},
     probe::{GpuCalls, SchedInterval},
     units::{Joules, Nanos, Watts},
 };
@@ -44,7 +44,7 @@ pub type GpuWeights = BTreeMap<u32, BTreeMap<u32, u64>>;
 /// The stateful attribution stage (it remembers each domain's lowest power).
 pub struct Attributor {
     config: AttributionConfig,
-    topology: Topology,
+    packages: CpuPackages,
     model_idle: BTreeMap<Domain, Watts>,
     lowest_w: BTreeMap<Domain, Watts>,
 }
@@ -61,16 +61,16 @@ fn class_name(d: Domain) -> &'static str {
 }
 
 impl Attributor {
-    /// An attributor for a host's `topology`; `model_idle` is the power source's own idle
+    /// An attributor for a host.s CPU `packages`; `model_idle` is the power source's own idle
     /// figures (the estimate model's), used when `--idle-power` does not give one.
     pub fn new(
         config: AttributionConfig,
-        topology: Topology,
+        packages: CpuPackages,
         model_idle: Vec<(Domain, Watts)>,
     ) -> Self {
         Self {
             config,
-            topology,
+            packages,
             model_idle: model_idle.into_iter().collect(),
             lowest_w: BTreeMap::new(),
         }
@@ -121,7 +121,7 @@ impl Attributor {
     ) -> IntervalReport {
         identity.observe(&sched.lifecycle, sched.end_ns);
         let duration = Nanos::between(sched.start_ns, sched.end_ns);
-        let cpu = CpuUse::of(sched, &self.topology);
+        let cpu = CpuUse::of(sched, &self.packages);
         let gpu = GpuUse::of(sched);
         let gpu_ids: Vec<u32> = power
             .energies
@@ -269,7 +269,7 @@ struct CpuUse {
 }
 
 impl CpuUse {
-    fn of(sched: &SchedInterval, topology: &Topology) -> Self {
+    fn of(sched: &SchedInterval, packages: &CpuPackages) -> Self {
         let mut cpu = Self::default();
         for s in &sched.slices {
             *cpu.ns.entry(s.tgid).or_default() += s.on_cpu_ns;
@@ -279,7 +279,7 @@ impl CpuUse {
                 .entry(s.tid)
                 .or_default() += s.on_cpu_ns;
             *cpu.by_package
-                .entry(topology.package_of(s.cpu))
+                .entry(packages.package_of(s.cpu))
                 .or_default()
                 .entry(s.tgid)
                 .or_default() += s.on_cpu_ns;

@@ -82,7 +82,7 @@ fn close(a: impl Into<f64>, b: f64) -> bool {
 fn conservation_per_domain_and_proportional_split() {
     let (_d, mut id) = identity();
     // Two packages: CPUs 0,1 in package 0; CPUs 2,3 in package 1.
-    let topo = Topology::from_pairs([(0, 0), (1, 0), (2, 1), (3, 1)]);
+    let topo = CpuPackages::from_pairs([(0, 0), (1, 0), (2, 1), (3, 1)]);
     let mut a = Attributor::new(
         configured(&[("package", 5.0), ("dram", 1.0)], IdlePolicy::Bucket),
         topo,
@@ -126,7 +126,7 @@ fn share_policy_allocates_idle_and_still_conserves() {
     let (_d, mut id) = identity();
     let mut a = Attributor::new(
         configured(&[("package-0", 10.0)], IdlePolicy::Share),
-        Topology::single(2),
+        CpuPackages::single(2),
         vec![],
     );
     let s = sched(vec![slice(1, 0, 3 * S / 2), slice(2, 1, S / 2)]);
@@ -146,7 +146,7 @@ fn share_policy_allocates_idle_and_still_conserves() {
 #[test]
 fn calibrated_idle_is_the_lowest_power_seen() {
     let (_d, mut id) = identity();
-    let mut a = Attributor::new(AttributionConfig::default(), Topology::single(1), vec![]);
+    let mut a = Attributor::new(AttributionConfig::default(), CpuPackages::single(1), vec![]);
     let busy = sched(vec![slice(1, 0, 2 * S)]);
     // 2 s at 40 W: no lower power seen yet, so it is all idle.
     let r = a.attribute(
@@ -179,7 +179,7 @@ fn model_idle_figures_come_before_calibration() {
     let (_d, mut id) = identity();
     let mut a = Attributor::new(
         AttributionConfig::default(),
-        Topology::single(1),
+        CpuPackages::single(1),
         vec![(Domain::Package(0), Watts(1.5))],
     );
     let r = a.attribute(
@@ -197,7 +197,7 @@ fn psys_alone_is_attributed_as_cpu() {
     let (_d, mut id) = identity();
     let mut a = Attributor::new(
         configured(&[("psys", 0.0)], IdlePolicy::Bucket),
-        Topology::single(2),
+        CpuPackages::single(2),
         vec![],
     );
     let r = a.attribute(
@@ -216,7 +216,7 @@ fn gpu_energy_follows_gpu_weights_or_stays_idle() {
     let (_d, mut id) = identity();
     let mut a = Attributor::new(
         configured(&[("gpu", 50.0)], IdlePolicy::Bucket),
-        Topology::single(1),
+        CpuPackages::single(1),
         vec![],
     );
     let p = reading(&[(Domain::Gpu(0), 500.0)]);
@@ -288,7 +288,7 @@ fn exited_processes_keep_their_share_and_groups_add_up() {
             models: rules,
             ..configured(&[("package", 0.0)], IdlePolicy::Bucket)
         },
-        Topology::single(1),
+        CpuPackages::single(1),
         vec![],
     );
     let mut s = sched(vec![slice(5, 0, S), slice(6, 0, S)]);

@@ -15,7 +15,7 @@ use crate::units::{Nanos, Watts};
 use std::path::Path;
 
 use super::{
-    Domain, PowerReading, PowerSource, SampleContext, SourceInfo, energy, topology::Topology,
+    Domain, PowerReading, PowerSource, SampleContext, SourceInfo, energy, packages::CpuPackages,
 };
 
 /// Watts per hardware thread at 0% utilisation (CCF average, SPECpower-derived).
@@ -182,7 +182,7 @@ pub struct Model {
 
 impl Model {
     /// Builds the model for a host.
-    pub fn for_host(facts: &HostFacts, topology: &Topology) -> Self {
+    pub fn for_host(facts: &HostFacts, topology: &CpuPackages) -> Self {
         let table = lookup_tdp(&facts.model_name);
         let basis = match (facts.hypervisor, table) {
             (false, Some((model, tdp_w))) => Basis::Tdp { model, tdp_w },
@@ -247,12 +247,12 @@ impl Model {
 /// The estimate source.
 pub struct Estimate {
     model: Model,
-    topology: Topology,
+    topology: CpuPackages,
 }
 
 impl Estimate {
     /// A model of `facts` on `topology`.
-    pub fn new(facts: &HostFacts, topology: Topology) -> Self {
+    pub fn new(facts: &HostFacts, topology: CpuPackages) -> Self {
         Self {
             model: Model::for_host(facts, &topology),
             topology,
@@ -374,7 +374,7 @@ mod tests {
         // At u = 0.25: 74 + (350 − 74) × 0.25 = 143 W.
         let m = Model::for_host(
             &facts("Intel(R) Xeon(R) Platinum 8480+", 112, false),
-            &Topology::single(112),
+            &CpuPackages::single(112),
         );
         let f = m.packages[0].1;
         assert!((f.idle_w - 74.0).abs() < 1e-9);
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn hand_computed_epyc_on_two_sockets() {
         // EPYC 7763: TDP 280 W per socket. Idle = 59.2 W; at full load 280 W.
-        let topo = Topology::from_pairs((0..256).map(|c| (c, c / 128)));
+        let topo = CpuPackages::from_pairs((0..256).map(|c| (c, c / 128)));
         let m = Model::for_host(&facts("AMD EPYC 7763 64-Core Processor", 256, false), &topo);
         assert_eq!(m.packages.len(), 2);
         for (_, f) in &m.packages {
@@ -402,12 +402,15 @@ mod tests {
 
     #[test]
     fn unknown_cpu_and_vms_use_per_thread_figures() {
-        let m = Model::for_host(&facts("Mystery CPU 3000", 8, false), &Topology::single(8));
+        let m = Model::for_host(
+            &facts("Mystery CPU 3000", 8, false),
+            &CpuPackages::single(8),
+        );
         assert!((m.packages[0].1.idle_w - 8.0 * 0.74).abs() < 1e-9);
         assert!((m.packages[0].1.max_w - 28.0).abs() < 1e-9);
         let vm = Model::for_host(
             &facts("Intel(R) Xeon(R) Platinum 8375C", 2, true),
-            &Topology::single(2),
+            &CpuPackages::single(2),
         );
         assert!(matches!(vm.basis, Basis::PerThread { .. }));
         assert!((vm.packages[0].1.max_w - 7.0).abs() < 1e-9);
@@ -417,7 +420,7 @@ mod tests {
 
     #[test]
     fn monotone_in_utilisation_with_positive_idle() {
-        let f = Model::for_host(&facts("Mystery", 4, false), &Topology::single(4)).packages[0].1;
+        let f = Model::for_host(&facts("Mystery", 4, false), &CpuPackages::single(4)).packages[0].1;
         assert!(f.power_w(0.0) > 0.0);
         let mut last = 0.0;
         for step in 0..=20 {
@@ -430,7 +433,7 @@ mod tests {
 
     #[test]
     fn sample_turns_busy_time_into_energy() {
-        let mut e = Estimate::new(&facts("Mystery", 2, true), Topology::single(2));
+        let mut e = Estimate::new(&facts("Mystery", 2, true), CpuPackages::single(2));
         assert!(e.sample(&SampleContext::default()).energies.is_empty());
         // 2 s with CPU 0 fully busy and CPU 1 idle: u = 0.5 → 1.48 + 5.52 × 0.5 = 4.24 W.
         let ctx = SampleContext {

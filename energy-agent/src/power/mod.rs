@@ -9,11 +9,11 @@ pub mod estimate;
 pub mod gpu;
 pub mod msr;
 pub mod nvml;
+pub mod packages;
 pub mod perf;
 pub mod powercap;
 pub mod replay;
 pub mod select;
-pub mod topology;
 
 use std::{fmt, str::FromStr, time::Duration};
 

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     Domain, Meter, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, topology::Topology,
+    counter::EnergyCounter, packages::CpuPackages,
 };
 
 /// Default directory of the per-CPU MSR devices.
@@ -76,7 +76,7 @@ const INFO: SourceInfo = SourceInfo {
 impl MsrRapl {
     /// Opens the MSR devices under `dev` (normally /dev/cpu) for one CPU per package,
     /// keeping each energy register that reads.
-    pub fn open(dev: &Path, topology: &Topology) -> Result<Self, PowerError> {
+    pub fn open(dev: &Path, topology: &CpuPackages) -> Result<Self, PowerError> {
         let mut registers = Vec::new();
         let mut why = Vec::new();
         for package in topology.packages() {
@@ -222,7 +222,7 @@ mod tests {
         write_msr(&dev, MSR_RAPL_POWER_UNIT, 0x000A_0E03);
         write_msr(&dev, MSR_PKG_ENERGY_STATUS, 0xFFFF_C000);
         write_msr(&dev, MSR_DRAM_ENERGY_STATUS, 100);
-        let mut rapl = MsrRapl::open(dir.path(), &Topology::single(1)).unwrap();
+        let mut rapl = MsrRapl::open(dir.path(), &CpuPackages::single(1)).unwrap();
         let mut domains = rapl.domains();
         domains.sort();
         // Every register of the fake device reads (it is a file), so all are found.
@@ -244,7 +244,7 @@ mod tests {
         std::fs::create_dir_all(dev.parent().unwrap()).unwrap();
         write_msr(&dev, MSR_RAPL_POWER_UNIT, 0x000A_0E03);
         write_msr(&dev, MSR_PKG_ENERGY_STATUS, 0);
-        let mut rapl = MsrRapl::open(dir.path(), &Topology::single(1)).unwrap();
+        let mut rapl = MsrRapl::open(dir.path(), &CpuPackages::single(1)).unwrap();
         let err = rapl
             .check_advancing(std::time::Duration::from_millis(5))
             .unwrap_err()
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn missing_devices_say_how_to_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let err = MsrRapl::open(dir.path(), &Topology::single(2))
+        let err = MsrRapl::open(dir.path(), &CpuPackages::single(2))
             .err()
             .unwrap();
         assert!(err.to_string().contains("modprobe msr"), "{err}");

@@ -13,7 +13,7 @@ use std::{
 
 use super::{
     Domain, Meter, PowerError, PowerReading, PowerSource, SampleContext, SourceInfo,
-    counter::EnergyCounter, topology::Topology,
+    counter::EnergyCounter, packages::CpuPackages,
 };
 
 /// Default location of the PMU.
@@ -193,7 +193,7 @@ pub struct PerfRapl {
 
 impl PerfRapl {
     /// Opens every RAPL event of the PMU at `pmu`, once per package (psys once).
-    pub fn open(pmu: &Path, topology: &Topology) -> Result<Self, PowerError> {
+    pub fn open(pmu: &Path, topology: &CpuPackages) -> Result<Self, PowerError> {
         let (pmu_type, events) = read_pmu(pmu)?;
         let cpus = std::fs::read_to_string(pmu.join("cpumask"))
             .map(|t| parse_cpu_list(&t))

@@ -15,10 +15,10 @@ use super::{
     estimate::{Estimate, HostFacts},
     msr::{self, MsrRapl},
     nvml::NvmlSource,
+    packages::CpuPackages,
     perf::{self, PerfRapl},
     powercap::{self, Powercap},
     replay::{Recording, Replay},
-    topology::Topology,
 };
 
 /// The `--power-source` values.
@@ -159,7 +159,7 @@ fn status(name: &str, usable: bool, selected: bool, detail: impl Into<String>) -
     }
 }
 
-fn open_perf(opts: &PowerOptions, topology: &Topology) -> Result<PerfRapl, PowerError> {
+fn open_perf(opts: &PowerOptions, topology: &CpuPackages) -> Result<PerfRapl, PowerError> {
     let mut p = PerfRapl::open(&opts.perf_pmu, topology)?;
     p.check_advancing(opts.settle)?;
     Ok(p)
@@ -171,7 +171,7 @@ fn open_powercap(opts: &PowerOptions) -> Result<Powercap, PowerError> {
     Ok(p)
 }
 
-fn open_msr(opts: &PowerOptions, topology: &Topology) -> Result<MsrRapl, PowerError> {
+fn open_msr(opts: &PowerOptions, topology: &CpuPackages) -> Result<MsrRapl, PowerError> {
     let mut m = MsrRapl::open(&opts.msr_dev, topology)?;
     m.check_advancing(opts.settle)?;
     Ok(m)
@@ -194,7 +194,7 @@ fn boxed<S: PowerSource + 'static>(source: S) -> Box<dyn PowerSource> {
 /// estimate. Each meter tried leaves its status.
 fn auto_cpu(
     opts: &PowerOptions,
-    topology: &Topology,
+    topology: &CpuPackages,
     facts: &HostFacts,
     statuses: &mut Vec<SourceStatus>,
 ) -> Box<dyn PowerSource> {
@@ -251,7 +251,7 @@ fn gpu_source(
 
 /// Opens the sources `opts` asks for.
 pub fn select(opts: &PowerOptions) -> Result<PowerSources, PowerError> {
-    let topology = Topology::read(&opts.cpu_root);
+    let topology = CpuPackages::read(&opts.cpu_root);
     let facts = HostFacts::read(&opts.proc_root);
     let mut statuses = Vec::new();
     let mut gpu_from_replay = None;
@@ -278,7 +278,7 @@ pub fn select(opts: &PowerOptions) -> Result<PowerSources, PowerError> {
 
 /// Every source, whether it works on this host, and why not (nothing is kept open).
 pub fn survey(opts: &PowerOptions) -> Vec<SourceStatus> {
-    let topology = Topology::read(&opts.cpu_root);
+    let topology = CpuPackages::read(&opts.cpu_root);
     let facts = HostFacts::read(&opts.proc_root);
     let selected = select(opts).ok();
     let in_use = |name: &str| {

@@ -14,8 +14,8 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     identity::Identity,
     power::{
-        PowerReading, PowerSources, SampleContext, replay::Recorder, select::PowerOptions,
-        topology::Topology,
+        PowerReading, PowerSources, SampleContext, packages::CpuPackages, replay::Recorder,
+        select::PowerOptions,
     },
     probe::{Lifecycle, Probe, SchedInterval, possible_cpus},
     units::Nanos,
@@ -53,10 +53,10 @@ impl Pipeline {
     pub fn new(config: &PipelineConfig, probe: &mut Probe) -> anyhow::Result<Self> {
         let mut power = crate::power::select(&config.power).context("choosing the power source")?;
         log_sources(&power);
-        let topology = Topology::host();
+        let packages = CpuPackages::host();
         let carbon =
-            Carbon::new(&config.carbon, topology.cpu_count()).map_err(anyhow::Error::msg)?;
-        let attributor = Attributor::new(config.attribution.clone(), topology, power.idle_power());
+            Carbon::new(&config.carbon, packages.cpu_count()).map_err(anyhow::Error::msg)?;
+        let attributor = Attributor::new(config.attribution.clone(), packages, power.idle_power());
         // Baseline: the probe's first interval and the meters both start here.
         probe.read_interval()?;
         let now = monotonic_ns();

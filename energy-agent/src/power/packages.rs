@@ -4,11 +4,11 @@ use std::{collections::BTreeMap, path::Path};
 
 /// CPU → package map of a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Topology {
+pub struct CpuPackages {
     package_of: BTreeMap<u32, u32>,
 }
 
-impl Topology {
+impl CpuPackages {
     /// Reads `<cpu_root>/cpuN/topology/physical_package_id` for every CPU directory
     /// (`cpu_root` is normally /sys/devices/system/cpu). A CPU without the file (offline
     /// CPUs on some kernels) is put in package 0.
@@ -99,7 +99,7 @@ mod tests {
             std::fs::write(t.join("physical_package_id"), format!("{pkg}\n")).unwrap();
         }
         std::fs::create_dir_all(dir.path().join("cpufreq")).unwrap();
-        let t = Topology::read(dir.path());
+        let t = CpuPackages::read(dir.path());
         assert_eq!(t.packages(), vec![0, 1]);
         assert_eq!(t.cpus_of(1), vec![2, 3]);
         assert_eq!(t.package_of(3), 1);
@@ -108,12 +108,12 @@ mod tests {
 
     #[test]
     fn missing_tree_is_one_package() {
-        let t = Topology::read(Path::new("/nonexistent"));
+        let t = CpuPackages::read(Path::new("/nonexistent"));
         assert_eq!(t.packages(), vec![0]);
     }
 
     #[test]
     fn this_host_has_a_package() {
-        assert!(!Topology::host().packages().is_empty());
+        assert!(!CpuPackages::host().packages().is_empty());
     }
 }
