@@ -75,7 +75,7 @@ pub enum ProbeError {
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
     /// The kernel's BTF is missing or lacks a field the programs read.
-    #[error("kernel BTF ({KERNEL_BTF}): {0}")]
+    #[error("kernel BTF: {0}")]
     Btf(#[from] btf::BtfError),
     /// The object or one of its maps could not be loaded.
     #[error("loading the eBPF object failed: {0}")]
