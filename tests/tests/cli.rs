@@ -173,3 +173,75 @@ fn table_output_shows_a_burning_process() {
         "{text}"
     );
 }
+
+/// The Prometheus text of the agent listening on `port`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn a_failing_output_is_logged_once_counted_and_the_run_goes_on() {
+    require_root();
+    // Every write to /dev/full fails with ENOSPC: the daemon must survive it (it used
+    // to stop at the first failed interval), log it once within the rate limit, count
+    // it, and end when --duration says, with exit code 0.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let port = energy_tests::otlp::free_port_pair();
+    let started = std::time::Instant::now();
+    let agent = Command::new(agent_bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--interval",
+            "200ms",
+            "--duration",
+            "3s",
+        ])
+        .args(["--prometheus", &format!("127.0.0.1:{port}")])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let counted = energy_tests::otlp::wait_for(Duration::from_secs(3), || {
+        scrape(port)
+            .lines()
+            .find(|l| l.starts_with("energy_agent_errors_total{component=\"output\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 2.0)
+    });
+    let out = agent.wait_with_output().expect("the agent's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        counted.is_some(),
+        "energy_agent_errors_total{{component=\"output\"}} did not count the failed writes:\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "exit status {} with a failing output:\n{stderr}",
+        out.status
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the run ended before its --duration: {:?}\n{stderr}",
+        started.elapsed()
+    );
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("writing the interval report") && l.contains("going on"))
+        .count();
+    assert_eq!(
+        logged, 1,
+        "about 15 failed writes in 3 s, logged once within the 10 s rate limit:\n{stderr}"
+    );
+}

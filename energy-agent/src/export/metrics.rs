@@ -175,8 +175,16 @@ def!(
     "Items forwarded downstream."
 );
 
+def!(
+    AGENT_ERRORS,
+    "energy_agent.errors",
+    "1",
+    Counter,
+    "Transient failures the running agent logged and survived, by component."
+);
+
 /// Every metric, in exposition order.
-pub const ALL: [Def; 17] = [
+pub const ALL: [Def; 18] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -194,6 +202,7 @@ pub const ALL: [Def; 17] = [
     AGENT_OTLP_QUEUED,
     AGENT_OTLP_DROPPED,
     AGENT_OTLP_FORWARDED,
+    AGENT_ERRORS,
 ];
 
 /// Label set, sorted by key.

@@ -3,7 +3,11 @@
 //! spans are received, the ring buffer is drained as it fills, and SIGINT/SIGTERM (or
 //! `--duration`) end the run after the partial interval so nothing measured is lost.
 
-use std::{io::stdout, time::Duration};
+use std::{
+    io::stdout,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,6 +18,7 @@ use tokio::{
 
 use super::{
     exporters::{ExportConfig, Exporters},
+    faults::Faults,
     pipeline::{Pipeline, PipelineConfig},
 };
 use crate::{
@@ -62,15 +67,24 @@ pub struct DaemonConfig {
     pub request_resolution: Duration,
 }
 
+/// Longest the agent takes to stop after a signal: releasing held spans, the final
+/// interval, draining the forward queue. A second signal stops it at once.
+pub const STOP_BUDGET: Duration = Duration::from_millis(1500);
+
 /// Runs the agent until the duration elapses or a signal arrives; returns the exit
 /// code.
 pub fn run(config: DaemonConfig) -> anyhow::Result<i32> {
+    catch_stop_signals_early();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run_async(config))
+    let result = runtime.block_on(run_async(config));
+    // A start-up abandoned on a signal may still be loading on a blocking thread: the
+    // process exits without waiting for it (the kernel detaches what it attached).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// The running stages.
@@ -79,6 +93,7 @@ struct Daemon {
     pipeline: Pipeline,
     sink: Option<Box<dyn Sink>>,
     exporters: Exporters,
+    faults: Faults,
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -87,15 +102,22 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
             "--interval must be at least {MIN_INTERVAL:?}: energy counters are never exposed finer (CVE-2020-8694)"
         );
     }
-    let mut daemon = Daemon::start(&config).await?;
+    // First of all, so that no signal is missed, whatever phase it comes in (a
+    // background job of a script starts with SIGINT ignored; catching it here is what
+    // makes it stop the agent).
+    let mut signals = Signals::install()?;
+    if STOP_REQUESTED.load(Ordering::Relaxed) {
+        log::info!("stopped before starting");
+        return Ok(0);
+    }
+    let Some(mut daemon) = Daemon::start(&config, &mut signals).await? else {
+        log::info!("stopped while starting");
+        return Ok(0);
+    };
     log::info!("probe attached; interval {:?}", config.interval);
-    daemon.run_loop(&config).await?;
+    let ended = daemon.run_loop(&config, &mut signals).await;
     log::info!("detaching");
-    let Daemon {
-        probe, exporters, ..
-    } = daemon;
-    drop(probe);
-    exporters.shutdown().await;
+    daemon.stop(ended, &mut signals).await;
     Ok(0)
 }
 
@@ -114,37 +136,55 @@ fn console_sink(console: Console, clock: WallClock) -> Option<Box<dyn Sink>> {
     }
 }
 
+/// Loads the probe and starts the interval stages at the same moment (blocking work:
+/// BTF, the verifier, the meters' first reads, a carbon API's first answer).
+fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
+    let mut probe = Probe::load(&config.probe)?;
+    let pipeline = Pipeline::new(&config.pipeline, &mut probe)?;
+    Ok((probe, pipeline))
+}
+
 impl Daemon {
-    /// Loads the probe, starts the interval stages at the same moment, and the
-    /// exporters.
-    async fn start(config: &DaemonConfig) -> anyhow::Result<Self> {
-        let mut probe = Probe::load(&config.probe)?;
-        let pipeline = Pipeline::new(&config.pipeline, &mut probe)?;
+    /// Starts every stage; `None` when a signal came first (the start-up, on its own
+    /// thread, is abandoned).
+    async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Self>> {
+        let stages = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || start_stages(&config))
+        };
+        let (probe, pipeline) = tokio::select! {
+            biased;
+            _ = signals.recv() => return Ok(None),
+            started = stages => started.context("starting the probe")??,
+        };
         let clock = pipeline.clock();
         let sink = console_sink(config.console, clock);
-        let exporters = Exporters::start(&config.export, config.interval, clock).await?;
+        let exporters = tokio::select! {
+            biased;
+            _ = signals.recv() => return Ok(None),
+            exporters = Exporters::start(&config.export, config.interval, clock) => exporters?,
+        };
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
         let probe = unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watching the probe's ring buffer: {e}"))?;
-        Ok(Self {
+        Ok(Some(Self {
             probe,
             pipeline,
             sink,
             exporters,
-        })
+            faults: Faults::default(),
+        }))
     }
 
-    /// Ticks until the end; the partial interval since the last tick is emitted too.
-    async fn run_loop(&mut self, config: &DaemonConfig) -> anyhow::Result<()> {
+    /// Ticks until a signal, the end of `--duration` or a closed output. A failure
+    /// within an interval is logged, counted and survived.
+    async fn run_loop(&mut self, config: &DaemonConfig, signals: &mut Signals) -> Ended {
         let mut tick = ticker(config.interval, MissedTickBehavior::Delay);
         let deadline = config.duration.map(|d| Instant::now() + d);
         let sub_period = config.request_resolution.max(MIN_SUB_PERIOD);
         let mut sub_tick = ticker(sub_period, MissedTickBehavior::Skip);
         let sub_sampling = self.exporters.receiving() && sub_period < config.interval;
-        // Made once, before the loop: a signal that arrives while an interval is being
-        // processed is then still seen by the next select.
-        let mut signals = Signals::install()?;
         loop {
             let stop = async {
                 match deadline {
@@ -152,53 +192,129 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
-            let finished = tokio::select! {
+            tokio::select! {
                 biased;
-                _ = signals.recv() => true,
+                _ = signals.recv() => return Ended::Between,
                 _ = tick.tick() => {
-                    if !self.emit_interval()? {
-                        return Ok(());
+                    if self.emit_interval() == Emitted::OutputClosed {
+                        return Ended::OutputClosed;
                     }
                     // A duration that is a whole number of intervals ends on this tick.
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(());
+                        return Ended::OnTick;
                     }
-                    false
                 }
                 _ = sub_tick.tick(), if sub_sampling => {
-                    self.pipeline.sub_sample(self.probe.get_mut())?;
-                    false
+                    if let Err(e) = self.pipeline.sub_sample(self.probe.get_mut()) {
+                        self.faults.record("probe", &e);
+                    }
                 }
-                guard = self.probe.readable_mut() => {
-                    let mut guard = guard.context("polling the ring buffer")?;
-                    guard.get_inner_mut().drain_events();
-                    guard.get_inner_mut().flush_log();
-                    guard.clear_ready();
-                    false
-                }
-                _ = stop => true,
-            };
-            if finished {
-                // The partial interval since the last tick, so nothing measured is lost.
-                self.emit_interval()?;
-                return Ok(());
+                guard = self.probe.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().drain_events();
+                        guard.get_inner_mut().flush_log();
+                        guard.clear_ready();
+                    }
+                    Err(e) => self.faults.record("probe", &anyhow::Error::from(e)),
+                },
+                _ = stop => return Ended::Between,
             }
         }
     }
 
-    /// Closes, exports and prints one interval; false when the output went away (a
-    /// closed pipe), which ends the run quietly like other Unix tools.
-    fn emit_interval(&mut self) -> anyhow::Result<bool> {
-        let report = self.pipeline.next(self.probe.get_mut())?;
+    /// Closes, exports and prints one interval.
+    fn emit_interval(&mut self) -> Emitted {
+        let report = match self.pipeline.next(self.probe.get_mut()) {
+            Ok(report) => report,
+            Err(e) => {
+                self.faults.record("interval", &e);
+                self.exporters.observe_faults(&self.faults);
+                return Emitted::Failed;
+            }
+        };
         let lag = monotonic_ns().saturating_sub(report.end_ns);
         self.exporters.observe(&report, Duration::from_nanos(lag));
-        let Some(sink) = &mut self.sink else {
-            return Ok(true);
+        let written = match &mut self.sink {
+            None => Ok(()),
+            Some(sink) => sink.emit(&report),
         };
-        match sink.emit(&report) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-            Err(e) => Err(e).context("writing the interval report"),
+        let emitted = match written {
+            Ok(()) => Emitted::Done,
+            // A closed pipe ends the run quietly, like other Unix tools.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Emitted::OutputClosed,
+            Err(e) => {
+                let e = anyhow::Error::from(e).context("writing the interval report");
+                self.faults.record("output", &e);
+                Emitted::Failed
+            }
+        };
+        self.exporters.observe_faults(&self.faults);
+        emitted
+    }
+
+    /// The partial interval since the last tick (so nothing measured is lost), then the
+    /// exporters' flush, within [`STOP_BUDGET`]; a second signal cuts it short.
+    async fn stop(mut self, ended: Ended, signals: &mut Signals) {
+        if ended == Ended::Between {
+            self.emit_interval();
+        }
+        let Daemon {
+            probe, exporters, ..
+        } = self;
+        drop(probe);
+        tokio::select! {
+            biased;
+            _ = signals.recv() => log::warn!("second signal: stopping without flushing"),
+            _ = exporters.shutdown() => {}
+            _ = tokio::time::sleep(STOP_BUDGET) => {
+                log::warn!("stopping: the exporters did not flush within {STOP_BUDGET:?}");
+            }
+        }
+    }
+}
+
+/// How the loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Between ticks (a signal, or `--duration` elapsed): a partial interval is due.
+    Between,
+    /// On a tick that closed the last interval.
+    OnTick,
+    /// The console's output went away.
+    OutputClosed,
+}
+
+/// What became of one interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emitted {
+    /// Attributed and handed to every sink.
+    Done,
+    /// Lost to a failure that was logged and counted.
+    Failed,
+    /// The console's output went away.
+    OutputClosed,
+}
+
+/// Set by a SIGINT or SIGTERM that came before the async handlers existed.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_stop(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// Catches SIGINT and SIGTERM from the first moment `run` starts, before the runtime
+/// and its handlers exist: a background job of a script starts with SIGINT ignored,
+/// and a signal delivered while it is ignored is lost for good.
+fn catch_stop_signals_early() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a handler that only stores an atomic; the struct is zeroed, then its
+        // handler and flags set, as sigaction(2) expects.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = note_stop as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }

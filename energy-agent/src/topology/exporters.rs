@@ -133,6 +133,15 @@ impl Exporters {
         }
     }
 
+    /// Publishes the running loop's failure counts (`energy_agent.errors`).
+    pub fn observe_faults(&self, faults: &super::faults::Faults) {
+        if let Ok(mut m) = self.metrics.lock() {
+            for (component, n) in faults.totals() {
+                m.set_value(metrics::AGENT_ERRORS, &[("component", component)], n as f64);
+            }
+        }
+    }
+
     /// Releases held spans, queues a last metrics push, drains the forward queue
     /// (bounded wait).
     pub async fn shutdown(self) {

@@ -18,6 +18,7 @@
 
 pub mod daemon;
 pub mod exporters;
+pub mod faults;
 pub mod measure;
 pub mod pipeline;
 pub mod top;
