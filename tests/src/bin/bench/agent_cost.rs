@@ -23,7 +23,7 @@ pub const TARGET_CPU_PCT: f64 = 0.5;
 pub const TARGET_RSS_MIB: f64 = 30.0;
 
 /// Spawns `per_s` short processes a second until `stop`.
-fn churn(per_s: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+pub fn churn(per_s: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let gap = Duration::from_secs_f64(1.0 / f64::from(per_s));
         let (start, mut n) = (Instant::now(), 0u64);

@@ -18,6 +18,8 @@ pub struct Settings {
     pub smoke: bool,
     /// The agent binary.
     pub agent: PathBuf,
+    /// `--soak-seconds`: the soak's length when not a smoke run (default 600).
+    pub soak_seconds: Option<u64>,
 }
 
 /// A program built beside this one (`burner`, `ioctler`, `energy-agent`).

@@ -2,8 +2,8 @@
 //! enrichment throughput and delay, and accuracy against procfs sampling. Method and
 //! latest numbers: BENCHMARKS.md.
 //!
-//! usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] [--out DIR]
-//!              [--markdown FILE --plots DIR]
+//! usage: bench [probe|slowdown|agent|enrich|accuracy|soak …] [--smoke] [--out DIR]
+//!              [--markdown FILE --plots DIR] [--soak-seconds N]
 //!
 //! Each benchmark writes DIR/NAME.json (default target/bench) and prints its table;
 //! with --markdown, the table between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`
@@ -18,6 +18,7 @@ mod otlp;
 mod plot;
 mod probe_cost;
 mod slowdown;
+mod soak;
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,7 @@ struct Bench {
     plot: Option<plot::Plot>,
 }
 
-const BENCHES: [Bench; 5] = [
+const BENCHES: [Bench; 6] = [
     Bench {
         name: "probe",
         title: "per-probe cost",
@@ -69,6 +70,13 @@ const BENCHES: [Bench; 5] = [
         run: accuracy::run,
         table: accuracy::table,
         plot: Some(plot::accuracy),
+    },
+    Bench {
+        name: "soak",
+        title: "soak: churn, load and outages",
+        run: soak::run,
+        table: soak::table,
+        plot: None,
     },
 ];
 
@@ -109,10 +117,14 @@ struct Options {
     out: PathBuf,
     markdown: Option<PathBuf>,
     plots: PathBuf,
+    soak_seconds: Option<u64>,
 }
 
-const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] \
-                     [--out DIR] [--markdown FILE --plots DIR]";
+const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy|soak …] [--smoke] \
+                     [--out DIR] [--markdown FILE --plots DIR] [--soak-seconds N]";
+
+/// Options that take a value.
+const VALUE_OPTIONS: [&str; 4] = ["--out", "--markdown", "--plots", "--soak-seconds"];
 
 /// Reads the command line; prints the usage and exits on `--help` (0) or a bad argument (2).
 fn parse_args(args: &[String]) -> Options {
@@ -121,7 +133,7 @@ fn parse_args(args: &[String]) -> Options {
         std::process::exit(0);
     }
     if let Some(bad) = args.iter().find(|a| {
-        a.starts_with('-') && !["--smoke", "--out", "--markdown", "--plots"].contains(&a.as_str())
+        a.starts_with('-') && a.as_str() != "--smoke" && !VALUE_OPTIONS.contains(&a.as_str())
     }) {
         eprintln!("bench: unknown option {bad:?}\n{USAGE}");
         std::process::exit(2);
@@ -132,7 +144,7 @@ fn parse_args(args: &[String]) -> Options {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
     };
-    let values: Vec<&String> = ["--out", "--markdown", "--plots"]
+    let values: Vec<&String> = VALUE_OPTIONS
         .iter()
         .filter_map(|f| {
             args.iter()
@@ -146,13 +158,26 @@ fn parse_args(args: &[String]) -> Options {
         .cloned()
         .collect();
     if let Some(bad) = names.iter().find(|n| !BENCHES.iter().any(|b| b.name == *n)) {
-        eprintln!("bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy)");
+        eprintln!(
+            "bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy, soak)"
+        );
         std::process::exit(2);
     }
     let out = value("--out")
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
+    let soak_seconds = match value("--soak-seconds") {
+        None => None,
+        Some(v) => match v.to_str().and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("bench: --soak-seconds {v:?} is not a positive number\n{USAGE}");
+                std::process::exit(2);
+            }
+        },
+    };
     Options {
         names,
+        soak_seconds,
         smoke: args.iter().any(|a| a == "--smoke"),
         markdown: value("--markdown"),
         plots: value("--plots").unwrap_or_else(|| out.clone()),
@@ -166,6 +191,7 @@ fn main() {
     let settings = Settings {
         smoke: options.smoke,
         agent: agent_path(),
+        soak_seconds: options.soak_seconds,
     };
     std::fs::create_dir_all(&options.out).expect("creating the results directory");
     std::fs::create_dir_all(&options.plots).expect("creating the plots directory");

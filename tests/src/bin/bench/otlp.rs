@@ -11,6 +11,10 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_client::TraceServiceClient,
@@ -85,6 +89,89 @@ impl TraceService for Sink {
     }
 }
 
+/// Takes the agent's own metrics and drops them (so that a drop the agent counts is a
+/// span's, not a metric refused as unimplemented).
+#[derive(Clone, Copy)]
+struct MetricsSink;
+
+#[tonic::async_trait]
+impl MetricsService for MetricsSink {
+    async fn export(
+        &self,
+        _: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A sink that can be taken away and brought back on its address (the soak's outages),
+/// keeping one record of what it received.
+#[derive(Clone)]
+pub struct SinkHandle {
+    addr: SocketAddr,
+    state: Arc<Mutex<SinkState>>,
+    running: Arc<
+        Mutex<
+            Option<(
+                tokio::sync::oneshot::Sender<()>,
+                tokio::task::JoinHandle<()>,
+            )>,
+        >,
+    >,
+}
+
+impl SinkHandle {
+    /// Serves a sink on `addr` (inside a tokio runtime).
+    pub async fn start(addr: SocketAddr) -> Self {
+        let handle = Self {
+            addr,
+            state: Arc::new(Mutex::new(SinkState::default())),
+            running: Arc::new(Mutex::new(None)),
+        };
+        handle.restart().await;
+        handle
+    }
+
+    /// Stops serving: connections are refused until [`SinkHandle::restart`].
+    pub async fn stop(&self) {
+        let running = self.running.lock().unwrap().take();
+        if let Some((stop, task)) = running {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// Serves again on the same address.
+    pub async fn restart(&self) {
+        let service =
+            TraceServiceServer::new(Sink(self.state.clone())).max_decoding_message_size(64 << 20);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let addr = self.addr;
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .add_service(MetricsServiceServer::new(MetricsSink))
+                .serve_with_shutdown(addr, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        *self.running.lock().unwrap() = Some((stop, task));
+        // Until it accepts connections.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Distinct spans received.
+    pub fn received(&self) -> u64 {
+        self.state.lock().unwrap().received()
+    }
+}
+
 /// Serves a sink on `addr` in the current runtime; returns what it records.
 pub fn start_sink(addr: SocketAddr) -> Arc<Mutex<SinkState>> {
     let state = Arc::new(Mutex::new(SinkState::default()));
@@ -149,6 +236,16 @@ pub struct Sent {
     pub failed_batches: u64,
     /// Seconds the step took.
     pub seconds: f64,
+}
+
+/// [`generate`] as a task of its own.
+pub async fn generate_owned(
+    endpoint: String,
+    rate: u64,
+    seconds: f64,
+    next_id: Arc<AtomicU64>,
+) -> Sent {
+    generate(&endpoint, rate, seconds, next_id).await
 }
 
 /// Sends `rate` spans/s to `endpoint` for `seconds`, in batches of up to 500, at most
