@@ -104,20 +104,19 @@ impl MetricsService for MetricsSink {
     }
 }
 
+/// A running server: what stops it, and its task.
+type Serving = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// A sink that can be taken away and brought back on its address (the soak's outages),
 /// keeping one record of what it received.
 #[derive(Clone)]
 pub struct SinkHandle {
     addr: SocketAddr,
     state: Arc<Mutex<SinkState>>,
-    running: Arc<
-        Mutex<
-            Option<(
-                tokio::sync::oneshot::Sender<()>,
-                tokio::task::JoinHandle<()>,
-            )>,
-        >,
-    >,
+    running: Arc<Mutex<Option<Serving>>>,
 }
 
 impl SinkHandle {
