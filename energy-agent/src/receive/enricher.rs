@@ -251,6 +251,8 @@ impl Enricher {
     /// Adds an attributed interval; returns the batches now ready, enriched.
     pub fn on_interval(&mut self, record: IntervalRecord) -> Vec<ExportTraceServiceRequest> {
         self.history.push(record);
+        let known = &self.known;
+        self.history.compact(|pid| known.has_process(pid));
         self.release(false)
     }
 

@@ -157,14 +157,23 @@ impl IntervalRecord {
 pub struct History {
     records: VecDeque<IntervalRecord>,
     max: usize,
+    /// The newest intervals kept with every process; older ones keep only the
+    /// processes that sent spans (see [`History::compact`]).
+    whole: usize,
+    /// Records at the front already compacted.
+    compacted: usize,
 }
 
 impl History {
-    /// Keeps at most `max` intervals.
+    /// Keeps at most `max` intervals, the newest tenth of them (at least 8) with every
+    /// process.
     pub fn new(max: usize) -> Self {
+        let max = max.max(1);
         Self {
             records: VecDeque::new(),
-            max: max.max(1),
+            max,
+            whole: (max / 10).max(8),
+            compacted: 0,
         }
     }
 
@@ -173,7 +182,21 @@ impl History {
         self.records.push_back(record);
         while self.records.len() > self.max {
             self.records.pop_front();
+            self.compacted = self.compacted.saturating_sub(1);
         }
+    }
+
+    /// Drops, from intervals older than the newest whole ones, the processes `keep`
+    /// rejects (those that never sent a span): a busy host has hundreds of processes an
+    /// interval, and ten minutes of all of them is most of the agent's memory. A process
+    /// whose first span arrives later finds its energy only in the whole intervals.
+    pub fn compact(&mut self, keep: impl Fn(u32) -> bool) {
+        let end = self.records.len().saturating_sub(self.whole);
+        for r in self.records.range_mut(self.compacted.min(end)..end) {
+            r.processes.retain(|pid, _| keep(*pid));
+            r.processes.shrink_to_fit();
+        }
+        self.compacted = self.compacted.max(end);
     }
 
     /// The end of the newest attributed interval (Unix ns); 0 before any.

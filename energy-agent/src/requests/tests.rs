@@ -217,6 +217,29 @@ fn history_is_bounded_and_knows_threads() {
 }
 
 #[test]
+fn old_intervals_keep_only_the_processes_that_sent_spans() {
+    let mut h = History::new(20);
+    for i in 0..20 {
+        let mut r = record(i * S, 7, 1.0, &[(70, S)]);
+        let other = record(i * S, 8, 5.0, &[(80, S)]);
+        r.processes.extend(other.processes);
+        h.push(r);
+        h.compact(|pid| pid == 7);
+    }
+    // History::new(20) keeps its newest 8 whole.
+    let with = |pid| {
+        h.records
+            .iter()
+            .filter(|r| r.processes.contains_key(&pid))
+            .count()
+    };
+    assert_eq!((with(7), with(8)), (20, 8));
+    // The span of the process that sent spans still finds its energy in old intervals.
+    let e = enrich_all(&[span(0, 3 * S, Some(70), None)], &h);
+    assert!(close(e[0].joules.cpu_j, 3.0), "{:?}", e[0].joules);
+}
+
+#[test]
 fn gpu_energy_follows_the_threads_gpu_activity_then_the_span_rules() {
     let mut h = History::new(8);
     // CPU 2:1 between threads 71 and 72, but GPU activity 1:3.

@@ -33,6 +33,11 @@ pub(super) struct KnownSpans {
 }
 
 impl KnownSpans {
+    /// Whether any span of `pid` is remembered.
+    pub fn has_process(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
     /// Remembers a span (spans arrive roughly in start order, so inserting is cheap).
     pub fn insert(&mut self, known: Known) {
         let list = self.by_pid.entry(known.request.pid).or_default();
