@@ -86,8 +86,8 @@ pub struct ExportArgs {
     /// of the agent's own metrics are dropped past it, and counted.
     #[arg(long, default_value_t = 200_000, help_heading = "Export")]
     pub otlp_queue: usize,
-    /// Bytes (protobuf size, as received) accepted and not yet forwarded; the same
-    /// throttling past it. At least --max-message-bytes.
+    /// Memory, bytes, that what was accepted and not yet forwarded may take (decoded
+    /// while it waits for enrichment, encoded once queued); the same throttling past it.
     #[arg(long, default_value_t = DEFAULT_QUEUE_BYTES, help_heading = "Export")]
     pub otlp_queue_bytes: usize,
     /// Exports to --otlp-endpoint in flight at once.
@@ -146,7 +146,7 @@ fn parse_service(s: &str) -> Result<ServiceRule, String> {
 }
 
 /// The default `--otlp-queue-bytes`.
-const DEFAULT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The default `--receive`: used only when an endpoint is set.
 const DEFAULT_RECEIVE: &str = "127.0.0.1:4317";
@@ -199,7 +199,7 @@ impl ExportArgs {
                 proc_root: PathBuf::from("/proc"),
             },
             max_pending_items: self.otlp_queue.max(1),
-            max_pending_bytes: self.otlp_queue_bytes.max(self.max_message_bytes),
+            max_pending_bytes: self.otlp_queue_bytes.max(1),
         })
     }
 }

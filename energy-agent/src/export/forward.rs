@@ -286,7 +286,10 @@ impl Forwarder {
     /// Encodes and queues a payload the receiver accepted, with its budget share,
     /// given back once the payload is delivered or dropped.
     pub fn forward(&self, payload: Payload, ticket: Ticket) {
-        let encoded = payload.encode(ticket);
+        let mut encoded = payload.encode(ticket);
+        encoded
+            .ticket
+            .resize(encoded.body.len() + size_of::<Encoded>());
         let shared = &self.handle.0;
         self.stats
             .queued

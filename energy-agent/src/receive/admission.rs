@@ -1,5 +1,7 @@
 //! What the receiver may take in: one budget, in items (spans, data points, log
-//! records) and bytes, for everything accepted and not yet out of the agent — waiting
+//! records) and bytes of memory (decoded while waiting for the enricher and held by it,
+//! encoded once queued for the downstream; see [`super::memory`]), for everything
+//! accepted and not yet out of the agent — waiting
 //! to be enriched, held by the enricher, queued or in flight to the downstream. A
 //! request is answered OK only once its share of the budget is taken; with no room it
 //! gets OTLP's throttling reply (gRPC `RESOURCE_EXHAUSTED` with `RetryInfo`, HTTP 429
@@ -24,6 +26,8 @@ use opentelemetry_proto::tonic::{
     metrics::v1::{Metric, metric::Data},
 };
 use prost::Message;
+
+use super::memory::{Footprint, size_of_message};
 
 /// How long a throttled sender is asked to wait before retrying.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -118,11 +122,18 @@ impl Budget {
         })
     }
 
-    /// Admits `message` (`items` items; its bytes are its protobuf size), if there is
-    /// room.
-    pub fn admit<T: Message>(self: &Arc<Self>, message: T, items: usize) -> Option<Admitted<T>> {
-        let ticket = self.try_take(items, message.encoded_len())?;
+    /// Admits `message` (`items` items; its bytes are what it takes in memory,
+    /// decoded), if there is room.
+    pub fn admit<T: Footprint>(self: &Arc<Self>, message: T, items: usize) -> Option<Admitted<T>> {
+        let ticket = self.try_take(items, size_of_message(&message))?;
         Some(Admitted { message, ticket })
+    }
+
+    /// Changes a ticket's bytes from `from` to `to`.
+    fn resize(&self, from: u64, to: u64) {
+        if let Ok(mut used) = self.used.lock() {
+            used.1 = (used.1 + to).saturating_sub(from);
+        }
     }
 
     fn give_back(&self, items: u64, bytes: u64) {
@@ -155,6 +166,16 @@ impl Ticket {
     /// Whether it holds a share of a budget (what was accepted from a sender).
     pub fn is_tracked(&self) -> bool {
         self.budget.is_some()
+    }
+
+    /// The message now takes `bytes` (it was encoded for the downstream, which takes
+    /// less than decoded): the budget counts that from now on.
+    pub fn resize(&mut self, bytes: usize) {
+        let bytes = bytes as u64;
+        if let Some(b) = &self.budget {
+            b.resize(self.bytes, bytes);
+        }
+        self.bytes = bytes;
     }
 }
 
@@ -352,6 +373,17 @@ mod tests {
             b.try_take(1, 1001).is_some(),
             "larger than all: taken alone"
         );
+    }
+
+    #[test]
+    fn a_resized_ticket_counts_its_new_size() {
+        let b = Budget::new(10, 1000);
+        let mut t = b.try_take(1, 600).expect("room");
+        t.resize(100);
+        assert_eq!(b.taken(), (1, 100), "encoded, it takes less");
+        assert!(b.try_take(1, 800).is_some());
+        drop(t);
+        assert_eq!(b.taken(), (0, 0));
     }
 
     #[test]

@@ -258,12 +258,35 @@ impl Enricher {
         &mut self,
         record: IntervalRecord,
     ) -> Vec<Admitted<ExportTraceServiceRequest>> {
+        let mut out = Vec::new();
+        self.on_interval_each(record, |b| out.push(b));
+        out
+    }
+
+    /// [`Enricher::on_interval`], handing each batch on as soon as it is enriched.
+    pub fn on_interval_each(
+        &mut self,
+        record: IntervalRecord,
+        hand_on: impl FnMut(Admitted<ExportTraceServiceRequest>),
+    ) {
         self.history.push(record);
-        self.release(false)
+        self.release_each(false, hand_on);
     }
 
     /// Releases batches that are covered or have waited their longest (`flush`: all).
     pub fn release(&mut self, flush: bool) -> Vec<Admitted<ExportTraceServiceRequest>> {
+        let mut out = Vec::new();
+        self.release_each(flush, |b| out.push(b));
+        out
+    }
+
+    /// [`Enricher::release`], handing each batch on as soon as it is enriched (so only
+    /// one enriched batch at a time is held decoded, outside the receiver's budget).
+    pub fn release_each(
+        &mut self,
+        flush: bool,
+        mut hand_on: impl FnMut(Admitted<ExportTraceServiceRequest>),
+    ) {
         let covered = self.history.covered_until();
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
@@ -277,18 +300,17 @@ impl Enricher {
         self.held = waiting;
         self.claims.prune(self.history.covered_from());
         self.known.prune(self.history.covered_from(), MAX_KNOWN);
-        let mut out = Vec::with_capacity(ready.len());
         let mut threadless = ThreadlessSpans::default();
         for mut h in ready {
             self.held_spans -= h.spans;
+            self.stats.held = self.held_spans as u64;
             let ticket = std::mem::replace(&mut h.ticket, Ticket::untracked());
-            out.push(Admitted {
+            hand_on(Admitted {
                 message: self.process(h, &mut threadless),
                 ticket,
             });
         }
         self.stats.held = self.held_spans as u64;
-        out
     }
 
     fn service_pid(&mut self, service: &str) -> Option<u32> {

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod enricher;
+pub mod memory;
 pub mod peer;
 pub mod server;
 pub mod spans;

@@ -43,6 +43,7 @@ use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService
 use super::{
     admission::{self, Admitted, Budget, Refusal, Signal, grpc_refusal, http_refusal},
     enricher::Origin,
+    memory::Footprint,
     peer,
 };
 
@@ -70,7 +71,7 @@ pub struct Intake {
 impl Intake {
     /// Takes room for `message` (`items` items of `signal`) and hands it on as `wrap`
     /// makes it; counts the outcome.
-    fn hand_off<T: Message>(
+    fn hand_off<T: Footprint>(
         &self,
         signal: Signal,
         message: T,

@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::{Value, json};
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
@@ -33,7 +34,7 @@ use crate::{
         otlp::OtlpMetrics,
     },
     receive::{
-        admission::{Budget, Signal},
+        admission::{Admitted, Budget, Signal},
         enricher::{EnrichConfig, Enricher},
         server::{Incoming, Intake, ReceiverConfig},
     },
@@ -64,7 +65,7 @@ pub struct ReceiveConfig {
     pub enrich: EnrichConfig,
     /// Most items (spans, data points, log records) accepted and not yet forwarded.
     pub max_pending_items: usize,
-    /// Most bytes (protobuf size, as received) accepted and not yet forwarded.
+    /// Most memory (bytes) accepted and not yet forwarded may take.
     pub max_pending_bytes: usize,
 }
 
@@ -286,37 +287,28 @@ async fn enrich_task(
     sinks: EnrichSinks,
 ) {
     let EnrichSinks { forwarder, metrics } = sinks;
+    let traces = |r: Admitted<ExportTraceServiceRequest>| {
+        forwarder.forward(Payload::Traces(r.message), r.ticket);
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
-        let released = tokio::select! {
+        tokio::select! {
             msg = incoming.recv() => match msg {
-                Some(Incoming::Traces(r, origin)) => enricher.accept(r, origin),
-                Some(Incoming::Metrics(m)) => {
-                    forwarder.forward(Payload::Metrics(m.message), m.ticket);
-                    Vec::new()
-                }
-                Some(Incoming::Logs(l)) => {
-                    forwarder.forward(Payload::Logs(l.message), l.ticket);
-                    Vec::new()
-                }
-                None => enricher.release(true),
+                Some(Incoming::Traces(r, origin)) => enricher.accept(r, origin).into_iter().for_each(traces),
+                Some(Incoming::Metrics(m)) => forwarder.forward(Payload::Metrics(m.message), m.ticket),
+                Some(Incoming::Logs(l)) => forwarder.forward(Payload::Logs(l.message), l.ticket),
+                None => enricher.release_each(true, traces),
             },
             msg = control.recv() => match msg {
-                Some(ToEnricher::Interval(record)) => enricher.on_interval(record),
+                Some(ToEnricher::Interval(record)) => enricher.on_interval_each(record, traces),
                 Some(ToEnricher::Flush(ack)) => {
-                    for r in enricher.release(true) {
-                        forwarder.forward(Payload::Traces(r.message), r.ticket);
-                    }
+                    enricher.release_each(true, traces);
                     record(&mut enricher, &metrics);
                     let _ = ack.send(());
-                    Vec::new()
                 }
                 None => break,
             },
-            _ = tick.tick() => enricher.release(false),
-        };
-        for r in released {
-            forwarder.forward(Payload::Traces(r.message), r.ticket);
+            _ = tick.tick() => enricher.release_each(false, traces),
         }
         record(&mut enricher, &metrics);
     }
