@@ -13,9 +13,9 @@ import threading
 from concurrent import futures
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+import accept_all
 
 LOCK = threading.Lock()
 SEEN = {}
@@ -36,23 +36,12 @@ class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def Export(self, request, context):
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
-class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def Export(self, request, context):
-        return logs_service_pb2.ExportLogsServiceResponse()
-
-
 def main():
     port = int(sys.argv[1])
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          options=[("grpc.max_receive_message_length", 64 << 20)])
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+    accept_all.add_to(server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)

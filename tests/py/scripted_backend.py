@@ -25,9 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+import accept_all
 
 LOCK = threading.Lock()
 ATTEMPTS = defaultdict(int)
@@ -79,21 +79,10 @@ class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         context.abort(grpc.StatusCode[code], status.message)
 
 
-class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def Export(self, request, context):
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
-class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def Export(self, request, context):
-        return logs_service_pb2.ExportLogsServiceResponse()
-
-
 def serve_grpc(port, out):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(out), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+    accept_all.add_to(server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)

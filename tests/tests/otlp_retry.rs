@@ -6,15 +6,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use energy_tests::{
     AgentRun,
-    otlp::{free_port_pair, python, script, wait_for},
+    otlp::{free_port_pair, python, run_script, script, start_peer, wait_for},
     require_root,
 };
 
@@ -29,18 +28,13 @@ impl Scripted {
     fn start(protocol: &str, port: u16) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let out = dir.path().join("attempts.jsonl");
-        let mut child = Command::new(python())
-            .arg(script("scripted_backend.py"))
-            .args([protocol, &port.to_string()])
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting scripted_backend.py (cargo xtask test installs its packages)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("its stdout"))
-            .read_line(&mut line)
-            .expect("its first line");
-        assert_eq!(line.trim(), "ready", "scripted_backend.py did not start");
+        let child = start_peer(
+            Command::new(python())
+                .arg(script("scripted_backend.py"))
+                .args([protocol, &port.to_string()])
+                .arg(&out),
+            "scripted_backend.py",
+        );
         Self {
             child,
             out,
@@ -135,19 +129,13 @@ fn outcome(reply: &str) -> &'static str {
     }
 }
 
+/// Sends one export per case name to the agent; returns its answers by name.
 fn sends(grpc_port: u16, names: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script("send_spans.py"))
-        .arg(grpc_port.to_string())
-        .args(names)
-        .output()
-        .expect("running send_spans.py");
-    assert!(
-        out.status.success(),
-        "send_spans.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("send_spans.py's answers")
+    let port = grpc_port.to_string();
+    let args: Vec<&str> = std::iter::once(port.as_str())
+        .chain(names.iter().copied())
+        .collect();
+    run_script("send_spans.py", &args)
 }
 
 fn scripted_run(protocol: &str, cases: &[Case]) {
