@@ -208,9 +208,10 @@ impl Exporters {
         })
     }
 
-    /// Releases held spans, queues a last metrics push, drains the forward queue
-    /// (bounded wait).
+    /// Stops the listeners (so that what the flush releases is all there is), releases
+    /// held spans, queues a last metrics push, drains the forward queue (bounded wait).
     pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
         if let Some(r) = &self.enricher {
             let (ack, done) = oneshot::channel();
             let flushed = async {
@@ -223,7 +224,6 @@ impl Exporters {
         if let Some(m) = self.otlp_metrics {
             m.shutdown();
         }
-        let _ = self.shutdown.send(true);
         if let Some(f) = &self.forwarder {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while f.stats.queued.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
@@ -291,17 +291,23 @@ async fn enrich_task(
         forwarder.forward(Payload::Traces(r.message), r.ticket);
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut receiving = true;
     loop {
         tokio::select! {
-            msg = incoming.recv() => match msg {
-                Some(Incoming::Traces(r, origin)) => enricher.accept(r, origin).into_iter().for_each(traces),
-                Some(Incoming::Metrics(m)) => forwarder.forward(Payload::Metrics(m.message), m.ticket),
-                Some(Incoming::Logs(l)) => forwarder.forward(Payload::Logs(l.message), l.ticket),
-                None => enricher.release_each(true, traces),
+            msg = incoming.recv(), if receiving => match msg {
+                Some(msg) => take(&mut enricher, &forwarder, msg),
+                None => {
+                    receiving = false;
+                    enricher.release_each(true, traces);
+                }
             },
             msg = control.recv() => match msg {
                 Some(ToEnricher::Interval(record)) => enricher.on_interval_each(record, traces),
                 Some(ToEnricher::Flush(ack)) => {
+                    // What the receiver has handed on so far is released too.
+                    while let Ok(msg) = incoming.try_recv() {
+                        take(&mut enricher, &forwarder, msg);
+                    }
                     enricher.release_each(true, traces);
                     record(&mut enricher, &metrics);
                     let _ = ack.send(());
@@ -311,6 +317,25 @@ async fn enrich_task(
             _ = tick.tick() => enricher.release_each(false, traces),
         }
         record(&mut enricher, &metrics);
+    }
+    // The agent is stopping: nothing accepted stays behind unforwarded.
+    while let Ok(msg) = incoming.try_recv() {
+        take(&mut enricher, &forwarder, msg);
+    }
+    enricher.release_each(true, traces);
+}
+
+/// Takes one received request: spans into the enricher (what it cannot hold goes on at
+/// once), metrics and logs straight to the forwarder.
+fn take(enricher: &mut Enricher, forwarder: &Forwarder, msg: Incoming) {
+    match msg {
+        Incoming::Traces(r, origin) => {
+            for b in enricher.accept(r, origin) {
+                forwarder.forward(Payload::Traces(b.message), b.ticket);
+            }
+        }
+        Incoming::Metrics(m) => forwarder.forward(Payload::Metrics(m.message), m.ticket),
+        Incoming::Logs(l) => forwarder.forward(Payload::Logs(l.message), l.ticket),
     }
 }
 
