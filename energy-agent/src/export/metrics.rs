@@ -165,7 +165,7 @@ def!(
     "energy_agent.otlp.dropped",
     "1",
     Counter,
-    "Items dropped: the forward queue was full, or the downstream rejected them."
+    "Items dropped: older pushes of our own metrics past the queue bound, or what the downstream refused for good."
 );
 def!(
     AGENT_OTLP_FORWARDED,
