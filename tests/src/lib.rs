@@ -97,6 +97,11 @@ impl AgentRun {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the agent with SIGINT, collects the remaining intervals, and returns its
     /// exit status.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>) {

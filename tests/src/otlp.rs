@@ -2,7 +2,7 @@
 //! receives, an inference server using the OpenTelemetry SDK, and an abuse client.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::Read,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -46,6 +46,27 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
+/// Starts a peer of tests/py (stdout piped) and waits for its "ready" line; what it
+/// prints after that is left in its stdout.
+pub fn start_peer(command: &mut Command, name: &str) -> Child {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| {
+        panic!("starting {name} (cargo xtask test installs its packages): {e}")
+    });
+    let mut byte = [0u8; 1];
+    let mut line = Vec::new();
+    let stdout = child.stdout.as_mut().expect("its stdout");
+    // Byte by byte, so that nothing after the line is read into a buffer and lost.
+    while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&line).trim(),
+        "ready",
+        "{name} did not start"
+    );
+    child
+}
+
 /// The recording backend.
 pub struct Backend {
     child: Child,
@@ -63,18 +84,13 @@ impl Backend {
     }
 
     fn start_into(port: u16, out: PathBuf, dir: tempfile::TempDir) -> Self {
-        let mut child = Command::new(python())
-            .arg(script("backend.py"))
-            .arg(port.to_string())
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting backend.py (cargo xtask test installs its packages)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "backend did not start");
+        let child = start_peer(
+            Command::new(python())
+                .arg(script("backend.py"))
+                .arg(port.to_string())
+                .arg(&out),
+            "backend.py",
+        );
         Self {
             child,
             out,
@@ -100,6 +116,21 @@ impl Drop for Backend {
     }
 }
 
+/// Runs a script of tests/py to its end; returns the JSON it printed.
+pub fn run_script<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(script(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}'s report: {e}"))
+}
+
 /// Runs the inference server against `endpoint`; returns its report (pid, requests).
 pub fn inference_server(
     endpoint: &str,
@@ -108,21 +139,8 @@ pub fn inference_server(
     unit_s: f64,
     extra: &[&str],
 ) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script("inference_server.py"))
-        .args([
-            endpoint,
-            protocol,
-            &requests.to_string(),
-            &unit_s.to_string(),
-        ])
-        .args(extra)
-        .output()
-        .expect("running inference_server.py");
-    assert!(
-        out.status.success(),
-        "inference server failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("inference server report")
+    let (requests, unit_s) = (requests.to_string(), unit_s.to_string());
+    let mut args = vec![endpoint, protocol, &requests, &unit_s];
+    args.extend_from_slice(extra);
+    run_script("inference_server.py", &args)
 }

@@ -44,8 +44,13 @@ pub struct OtlpArgs {
 }
 
 impl OtlpArgs {
-    /// The forwarding settings (queue bound `queue`), when an endpoint is set.
-    pub fn forward_config(&self, queue: usize) -> anyhow::Result<Option<ForwardConfig>> {
+    /// The forwarding settings (queue bound `queue` items, `concurrency` exports in
+    /// flight), when an endpoint is set.
+    pub fn forward_config(
+        &self,
+        queue: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Option<ForwardConfig>> {
         let Some(endpoint) = &self.otlp_endpoint else {
             return Ok(None);
         };
@@ -64,6 +69,7 @@ impl OtlpArgs {
             headers,
             timeout: Duration::from_millis(self.otlp_timeout.max(1)),
             max_queued_items: queue.max(1),
+            concurrency: concurrency.max(1),
         }))
     }
 }
@@ -74,10 +80,19 @@ pub struct ExportArgs {
     /// OTLP destination. Setting an endpoint enables the receiver.
     #[command(flatten)]
     pub otlp: OtlpArgs,
-    /// Items (spans, data points, log records) the forward queue holds while the
-    /// downstream is unavailable; older items are dropped past it, and counted.
+    /// Items (spans, data points, log records) accepted and not yet forwarded: waiting
+    /// for enrichment, held, or queued while the downstream is slow or down. Past it the
+    /// receiver answers with OTLP's throttling reply, which senders retry; older pushes
+    /// of the agent's own metrics are dropped past it, and counted.
     #[arg(long, default_value_t = 200_000, help_heading = "Export")]
     pub otlp_queue: usize,
+    /// Memory, bytes, that what was accepted and not yet forwarded may take (decoded
+    /// while it waits for enrichment, encoded once queued); the same throttling past it.
+    #[arg(long, default_value_t = DEFAULT_QUEUE_BYTES, help_heading = "Export")]
+    pub otlp_queue_bytes: usize,
+    /// Exports to --otlp-endpoint in flight at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Export")]
+    pub otlp_concurrency: u16,
     /// How often the agent's own metrics are pushed over OTLP.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration, help_heading = "Export")]
     pub metrics_interval: Duration,
@@ -130,6 +145,9 @@ fn parse_service(s: &str) -> Result<ServiceRule, String> {
     s.parse()
 }
 
+/// The default `--otlp-queue-bytes`.
+const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The default `--receive`: used only when an endpoint is set.
 const DEFAULT_RECEIVE: &str = "127.0.0.1:4317";
 
@@ -137,7 +155,9 @@ impl ExportArgs {
     /// The exporters these flags ask for; `interval` is the sampling interval (a span
     /// waits at most one interval plus `--hold-margin` for its energy).
     pub fn export_config(&self, interval: Duration) -> anyhow::Result<ExportConfig> {
-        let forward = self.otlp.forward_config(self.otlp_queue)?;
+        let forward = self
+            .otlp
+            .forward_config(self.otlp_queue, usize::from(self.otlp_concurrency))?;
         if forward.is_none() && self.receive != DEFAULT_RECEIVE && self.receive != "off" {
             anyhow::bail!(
                 "--receive needs --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT): enriched spans must go somewhere"
@@ -178,6 +198,8 @@ impl ExportArgs {
                 max_held_spans: self.max_held_spans,
                 proc_root: PathBuf::from("/proc"),
             },
+            max_pending_items: self.otlp_queue.max(1),
+            max_pending_bytes: self.otlp_queue_bytes.max(1),
         })
     }
 }

@@ -40,7 +40,7 @@ impl MeasureArgs {
             command: self.command.clone(),
             json: self.json,
             output: self.output.clone(),
-            otlp: self.otlp.forward_config(1)?,
+            otlp: self.otlp.forward_config(1, 1)?,
         })
     }
 }

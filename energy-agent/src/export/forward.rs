@@ -1,34 +1,32 @@
 //! Forwarding OTLP to the downstream collector or backend (`--otlp-endpoint`), gRPC or
 //! HTTP/protobuf, with the standard `OTEL_EXPORTER_OTLP_*` settings. Payloads wait in a
-//! bounded queue and are retried with exponential backoff while the downstream is
-//! unavailable; only past the queue bound, or when the downstream rejects a payload
-//! with a status OTLP says not to retry (a backend that takes no metrics, say), is
-//! anything lost, and every loss is counted and logged. A rejected payload is dropped
-//! rather than retried so that it cannot hold up everything queued behind it.
+//! bounded queue ([`queue`]) and up to `--otlp-concurrency` are in flight at once. What
+//! OTLP calls retryable (gRPC `UNAVAILABLE`, `RESOURCE_EXHAUSTED` with `RetryInfo`, …;
+//! HTTP 429/502/503/504) is retried after the delay the downstream asked for, else with
+//! exponential backoff and jitter ([`retry`]); anything else is dropped at once, counted
+//! and logged, so that one payload the downstream refuses cannot hold up the rest. A
+//! `partial_success` in an OK answer is logged and its rejected items counted.
 
 use std::{
-    collections::VecDeque,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_proto::tonic::{
-    collector::{
-        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-        trace::v1::ExportTraceServiceRequest,
-    },
-    metrics::v1::{Metric, metric::Data},
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+    trace::v1::ExportTraceServiceRequest,
 };
 use prost::Message;
-use tokio::sync::mpsc;
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-};
+use tokio::{sync::Notify, task::JoinSet, time::Instant};
+
+use crate::receive::admission::{Ticket, log_items, metric_items, trace_items};
+use queue::{LogEvery, Queue};
+use retry::{Backoff, Delivered, Failure};
+use send::Transport;
 
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +65,8 @@ pub struct ForwardConfig {
     pub timeout: Duration,
     /// Queue bound, in spans + data points + log records.
     pub max_queued_items: usize,
+    /// Exports in flight at once.
+    pub concurrency: usize,
 }
 
 /// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key1=value1,key2=value2` (values URL-decoded).
@@ -117,31 +117,15 @@ impl Payload {
     /// Spans, data points or log records in it (what the queue bound counts).
     pub fn items(&self) -> usize {
         match self {
-            Payload::Traces(r) => r
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len())
-                .sum::<usize>(),
-            Payload::Metrics(r) => r
-                .resource_metrics
-                .iter()
-                .flat_map(|rm| &rm.scope_metrics)
-                .flat_map(|sm| &sm.metrics)
-                .map(data_points)
-                .sum::<usize>(),
-            Payload::Logs(r) => r
-                .resource_logs
-                .iter()
-                .flat_map(|rl| &rl.scope_logs)
-                .map(|sl| sl.log_records.len())
-                .sum::<usize>(),
+            Payload::Traces(r) => trace_items(r),
+            Payload::Metrics(r) => metric_items(r),
+            Payload::Logs(r) => log_items(r),
         }
         .max(1)
     }
 
     /// Encodes it once (freeing the message); retries resend the same bytes.
-    fn encode(self) -> Encoded {
+    fn encode(self, ticket: Ticket) -> Encoded {
         let items = self.items();
         let (signal, body) = match &self {
             Payload::Traces(r) => (Signal::Traces, r.encode_to_vec()),
@@ -152,19 +136,8 @@ impl Payload {
             signal,
             items,
             body: body.into(),
+            ticket,
         }
-    }
-}
-
-/// Data points in one metric.
-fn data_points(m: &Metric) -> usize {
-    match &m.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
     }
 }
 
@@ -195,88 +168,93 @@ impl Signal {
 }
 
 /// A payload as it waits in the queue: encoded, so that sending (and resending) it
-/// neither clones nor re-encodes the message tree.
+/// neither clones nor re-encodes the message tree; with the receiver's budget share
+/// it holds until it is delivered or dropped.
 #[derive(Debug)]
 struct Encoded {
     signal: Signal,
     items: usize,
     body: Bytes,
-}
-
-/// A gRPC codec for bodies that are already protobuf-encoded. The response (an
-/// `Export*ServiceResponse`) is read and discarded, as the typed clients did.
-#[derive(Clone, Copy, Debug, Default)]
-struct PreEncoded;
-
-impl Codec for PreEncoded {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = PreEncoded;
-    type Decoder = PreEncoded;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        PreEncoded
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        PreEncoded
-    }
-}
-
-impl Encoder for PreEncoded {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for PreEncoded {
-    type Item = ();
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
+    ticket: Ticket,
 }
 
 /// What the forwarder has done, for the agent's own metrics.
 #[derive(Debug, Default)]
 pub struct ForwardStats {
-    /// Items delivered downstream.
+    /// Items delivered downstream (less what it rejected in a `partial_success`).
     pub forwarded: AtomicU64,
-    /// Items dropped: the queue was full, or the downstream rejected them for good.
+    /// Items dropped: an older push of the agent's metrics past the queue bound, or a
+    /// payload the downstream refused for good.
     pub dropped: AtomicU64,
-    /// Items waiting now.
+    /// Items waiting or in flight now.
     pub queued: AtomicU64,
-    /// Failed attempts (retried or rejected).
+    /// Failed attempts (retried or not).
     pub failures: AtomicU64,
+    /// Failed attempts that were retried.
+    pub retries: AtomicU64,
+    /// Items the downstream rejected within an OK answer (`partial_success`).
+    pub rejected: AtomicU64,
     /// The last failure.
     pub last_error: Mutex<Option<String>>,
+}
+
+impl ForwardStats {
+    fn error(&self, e: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(e);
+        }
+    }
+}
+
+/// What the sending handles and the task share.
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    stats: Arc<ForwardStats>,
+    max_queued_items: usize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Closes the queue when the last [`Forwarder`] goes.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Relaxed);
+        self.0.wake.notify_one();
+    }
 }
 
 /// The sending end of the forwarder.
 #[derive(Clone)]
 pub struct Forwarder {
-    tx: mpsc::UnboundedSender<Encoded>,
+    handle: Arc<Handle>,
     /// Counters.
     pub stats: Arc<ForwardStats>,
 }
 
 impl Forwarder {
-    /// Encodes and queues a payload (never blocks; the queue bound is enforced by the
-    /// task).
+    /// Encodes and queues a payload of the agent's own (never blocks; past the bound
+    /// the oldest of these are dropped and counted).
     pub fn send(&self, payload: Payload) {
-        let encoded = payload.encode();
-        let items = encoded.items as u64;
-        self.stats.queued.fetch_add(items, Ordering::Relaxed);
-        if self.tx.send(encoded).is_err() {
-            self.stats.queued.fetch_sub(items, Ordering::Relaxed);
-            self.stats.dropped.fetch_add(items, Ordering::Relaxed);
+        self.forward(payload, Ticket::untracked());
+    }
+
+    /// Encodes and queues a payload the receiver accepted, with its budget share,
+    /// given back once the payload is delivered or dropped.
+    pub fn forward(&self, payload: Payload, ticket: Ticket) {
+        let mut encoded = payload.encode(ticket);
+        encoded
+            .ticket
+            .resize(encoded.body.len() + size_of::<Encoded>());
+        let shared = &self.handle.0;
+        self.stats
+            .queued
+            .fetch_add(encoded.items as u64, Ordering::Relaxed);
+        if let Ok(mut q) = shared.queue.lock() {
+            q.push(encoded, shared.max_queued_items, &self.stats);
         }
+        shared.wake.notify_one();
     }
 }
 
@@ -293,296 +271,159 @@ pub fn http_url(endpoint: &str, path: &str) -> String {
 
 /// Starts the forwarding task on the current tokio runtime.
 pub fn spawn(config: ForwardConfig) -> Forwarder {
-    let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(ForwardStats::default());
-    tokio::spawn(run(config, rx, stats.clone()));
-    Forwarder { tx, stats }
-}
-
-async fn run(
-    config: ForwardConfig,
-    mut rx: mpsc::UnboundedReceiver<Encoded>,
-    stats: Arc<ForwardStats>,
-) {
-    let grpc = grpc_client(&config);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(config.timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut queue = Queue::default();
-    let mut retry = Retry::default();
-    loop {
-        let wait = match (queue.payloads.is_empty(), retry.at) {
-            (true, _) => Duration::from_secs(3600),
-            (false, Some(t)) => t.saturating_duration_since(Instant::now()),
-            (false, None) => Duration::ZERO,
-        };
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(p) = msg else { break };
-                queue.push(p, &config, &stats);
-                continue;
-            }
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let Some(front) = queue.payloads.front() else {
-            continue;
-        };
-        let result = match &grpc {
-            Some(c) => send_grpc(c.clone(), &config, front).await,
-            None if config.protocol == Protocol::Grpc => {
-                Err(Failure::Retry("no usable gRPC endpoint".into()))
-            }
-            None => send_http(&agent, &config, front).await,
-        };
-        match result {
-            Ok(()) => {
-                queue.delivered(&stats);
-                retry = Retry::default();
-            }
-            Err(Failure::Retry(e)) => retry.failed(e, &config, &stats, queue.items),
-            Err(Failure::Rejected(e)) => {
-                queue.rejected(e, &config, &stats);
-                retry = Retry::default();
-            }
-        }
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
+        stats: stats.clone(),
+        max_queued_items: config.max_queued_items,
+        closed: Default::default(),
+    });
+    tokio::spawn(run(config, shared.clone()));
+    Forwarder {
+        handle: Arc::new(Handle(shared)),
+        stats,
     }
 }
 
-/// The gRPC client for `config`, when it uses gRPC and its endpoint is a URL
-/// (connecting lazily, so a downstream that is not up yet is retried like any other).
-fn grpc_client(config: &ForwardConfig) -> Option<tonic::client::Grpc<tonic::transport::Channel>> {
-    if config.protocol != Protocol::Grpc {
-        return None;
-    }
-    match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-        Ok(ep) => {
-            let channel = ep
-                .timeout(config.timeout)
-                .connect_timeout(config.timeout)
-                .connect_lazy();
-            Some(tonic::client::Grpc::new(channel))
-        }
-        Err(e) => {
-            log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
-            None
-        }
-    }
-}
-
-/// The payloads waiting to be sent, oldest first, bounded in items.
+/// The logs of the sending loop, each at most every 10 s.
 #[derive(Default)]
-struct Queue {
-    payloads: VecDeque<Encoded>,
-    /// Items in `payloads`.
-    items: usize,
-    last_drop_log: Option<Instant>,
-    last_reject_log: Option<Instant>,
+struct Logs {
+    retry: LogEvery,
+    reject: LogEvery,
+    partial: LogEvery,
 }
 
-impl Queue {
-    /// Queues a payload; past the bound, drops the oldest payloads (never the newest),
-    /// counting and logging (at most every 10 s) what was lost.
-    fn push(&mut self, p: Encoded, config: &ForwardConfig, stats: &ForwardStats) {
-        self.items += p.items;
-        self.payloads.push_back(p);
-        while self.items > config.max_queued_items && self.payloads.len() > 1 {
-            let old = self.payloads.pop_front().expect("non-empty");
-            let n = old.items;
-            self.items -= n;
-            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-            stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-            if self
-                .last_drop_log
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-            {
-                log::warn!(
-                    "OTLP queue full ({} items): dropped {n} oldest items (see energy_agent_otlp_dropped_total)",
-                    config.max_queued_items
-                );
-                self.last_drop_log = Some(Instant::now());
+/// Keeps up to `config.concurrency` payloads in flight; after a retryable failure,
+/// sends nothing more until its delay has passed.
+async fn run(config: ForwardConfig, shared: Arc<Shared>) {
+    let transport = Transport::new(&config);
+    let concurrency = config.concurrency.max(1);
+    let mut backoff = Backoff::default();
+    let mut paused_until: Option<Instant> = None;
+    let mut in_flight = JoinSet::new();
+    let mut logs = Logs::default();
+    loop {
+        if paused_until.is_some_and(|t| t <= Instant::now()) {
+            paused_until = None;
+        }
+        while paused_until.is_none() && in_flight.len() < concurrency {
+            let Some(p) = shared.queue.lock().ok().and_then(|mut q| q.pop()) else {
+                break;
+            };
+            let transport = transport.clone();
+            in_flight.spawn(async move {
+                let result = transport.attempt(&p).await;
+                (p, result)
+            });
+        }
+        let idle = shared.queue.lock().map_or(true, |q| q.is_empty());
+        if in_flight.is_empty() && idle && shared.closed.load(Ordering::Relaxed) {
+            break;
+        }
+        let resume = paused_until.unwrap_or_else(Instant::now);
+        tokio::select! {
+            done = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Some(Ok((p, result))) = done else {
+                    log::error!("an OTLP export task failed");
+                    continue;
+                };
+                let stats = &shared.stats;
+                match result {
+                    Ok(d) => {
+                        backoff.reset();
+                        delivered(p, d, stats, &config, &mut logs.partial);
+                    }
+                    Err(Failure::Retry { error, after }) => {
+                        let delay = backoff.delay(after);
+                        let until = Instant::now() + delay;
+                        paused_until = Some(paused_until.map_or(until, |t| t.max(until)));
+                        retried(p, error, delay, &shared, &config, &mut logs.retry);
+                    }
+                    Err(Failure::Permanent(error)) => {
+                        backoff.reset();
+                        refused(p, error, stats, &config, &mut logs.reject);
+                    }
+                }
             }
-        }
-    }
-
-    /// The downstream rejected the oldest payload for good (`e`): it is dropped, counted
-    /// and logged (at most every 10 s).
-    fn rejected(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats) {
-        let Some(front) = self.payloads.pop_front() else {
-            return;
-        };
-        let n = front.items;
-        self.items -= n;
-        stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-        stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-        stats.failures.fetch_add(1, Ordering::Relaxed);
-        if self
-            .last_reject_log
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-        {
-            log::warn!(
-                "OTLP {:?} export to {} rejected ({e}), not retryable: dropped {n} items (see energy_agent_otlp_dropped_total)",
-                front.signal,
-                config.endpoint
-            );
-            self.last_reject_log = Some(Instant::now());
-        }
-        if let Ok(mut last) = stats.last_error.lock() {
-            *last = Some(e);
-        }
-    }
-
-    /// The oldest payload was delivered.
-    fn delivered(&mut self, stats: &ForwardStats) {
-        if let Some(front) = self.payloads.pop_front() {
-            let n = front.items;
-            self.items -= n;
-            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
-            stats.forwarded.fetch_add(n as u64, Ordering::Relaxed);
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep_until(resume), if paused_until.is_some() => {}
         }
     }
 }
 
-/// Exponential backoff between failed attempts: 100 ms doubling up to 5 s.
-struct Retry {
-    backoff: Duration,
-    /// When to try again; none while the last attempt succeeded.
-    at: Option<Instant>,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self {
-            backoff: Duration::from_millis(100),
-            at: None,
-        }
-    }
-}
-
-impl Retry {
-    /// An attempt failed with `e` (`queued` items waiting): counts it, logs every 50th
-    /// failure, and schedules the next attempt.
-    fn failed(&mut self, e: String, config: &ForwardConfig, stats: &ForwardStats, queued: usize) {
-        stats.failures.fetch_add(1, Ordering::Relaxed);
-        if stats.failures.load(Ordering::Relaxed) % 50 == 1 {
-            log::warn!(
-                "OTLP export to {} failed ({e}); retrying in {:?} with {queued} items queued",
-                config.endpoint,
-                self.backoff,
-            );
-        }
-        if let Ok(mut last) = stats.last_error.lock() {
-            *last = Some(e);
-        }
-        self.at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// A failed attempt, by what OTLP says to do about it.
-#[derive(Debug)]
-enum Failure {
-    /// Try the same payload again later (the downstream is unavailable, overloaded,
-    /// or the connection failed).
-    Retry(String),
-    /// The downstream will not take this payload; retrying cannot help.
-    Rejected(String),
-}
-
-/// Whether a gRPC status may be retried: OTLP's retryable codes, and `Unknown`, which
-/// tonic also reports for failures of the transport itself.
-fn grpc_retryable(code: tonic::Code) -> bool {
-    use tonic::Code::*;
-    matches!(
-        code,
-        Cancelled
-            | DeadlineExceeded
-            | ResourceExhausted
-            | Aborted
-            | OutOfRange
-            | Unavailable
-            | DataLoss
-            | Unknown
-    )
-}
-
-/// Whether an HTTP status may be retried (OTLP/HTTP: 429, 502, 503, 504).
-fn http_retryable(status: u16) -> bool {
-    matches!(status, 429 | 502 | 503 | 504)
-}
-
-fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(body);
-    for (k, v) in &config.headers {
-        if let (Ok(k), Ok(v)) = (
-            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-            v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
-        ) {
-            req.metadata_mut().insert(k, v);
-        }
-    }
-    req
-}
-
-async fn send_grpc(
-    mut client: tonic::client::Grpc<tonic::transport::Channel>,
+/// A payload was delivered; what the downstream rejected within it is counted and
+/// logged.
+fn delivered(
+    p: Encoded,
+    d: Delivered,
+    stats: &ForwardStats,
     config: &ForwardConfig,
-    payload: &Encoded,
-) -> Result<(), Failure> {
-    client
-        .ready()
-        .await
-        .map_err(|e| Failure::Retry(format!("gRPC connection: {e}")))?;
-    let method = tonic::codegen::http::uri::PathAndQuery::from_static(payload.signal.grpc_method());
-    client
-        .unary(
-            with_headers(config, payload.body.clone()),
-            method,
-            PreEncoded,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|s| {
-            let e = format!("gRPC {:?}: {}", s.code(), s.message());
-            if grpc_retryable(s.code()) {
-                Failure::Retry(e)
-            } else {
-                Failure::Rejected(e)
-            }
-        })
+    log: &mut LogEvery,
+) {
+    let n = p.items as u64;
+    let rejected = d.rejected.min(n);
+    stats.queued.fetch_sub(n, Ordering::Relaxed);
+    stats.forwarded.fetch_add(n - rejected, Ordering::Relaxed);
+    stats.rejected.fetch_add(rejected, Ordering::Relaxed);
+    if (rejected > 0 || !d.message.is_empty()) && log.due() {
+        log::warn!(
+            "OTLP {:?} export to {}: the downstream rejected {rejected} of {n} items ({}) (see energy_agent_otlp_rejected_total)",
+            p.signal,
+            config.endpoint,
+            d.message
+        );
+    }
 }
 
-async fn send_http(
-    agent: &ureq::Agent,
+/// A retryable failure: the payload goes first in the queue again.
+fn retried(
+    p: Encoded,
+    e: String,
+    delay: Duration,
+    shared: &Shared,
     config: &ForwardConfig,
-    payload: &Encoded,
-) -> Result<(), Failure> {
-    let url = http_url(&config.endpoint, payload.signal.http_path());
-    let body = payload.body.clone();
-    let headers = config.headers.clone();
-    let agent = agent.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut req = agent
-            .post(&url)
-            .header("Content-Type", "application/x-protobuf");
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let resp = req
-            .send(&body[..])
-            .map_err(|e| Failure::Retry(format!("POST {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let e = format!("POST {url}: HTTP {status}");
-        match status {
-            200..300 => Ok(()),
-            s if http_retryable(s) => Err(Failure::Retry(e)),
-            _ => Err(Failure::Rejected(e)),
-        }
-    })
-    .await
-    .map_err(|e| Failure::Retry(format!("HTTP task: {e}")))?
+    log: &mut LogEvery,
+) {
+    shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+    shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+    let queued = shared.stats.queued.load(Ordering::Relaxed);
+    if log.due() {
+        log::warn!(
+            "OTLP export to {} failed ({e}); retrying in {delay:?} with {queued} items queued",
+            config.endpoint,
+        );
+    }
+    shared.stats.error(e);
+    if let Ok(mut q) = shared.queue.lock() {
+        q.push_front(p);
+    }
 }
 
+/// The downstream refused a payload for good: it is dropped, counted and logged.
+fn refused(
+    p: Encoded,
+    e: String,
+    stats: &ForwardStats,
+    config: &ForwardConfig,
+    log: &mut LogEvery,
+) {
+    let n = p.items as u64;
+    stats.queued.fetch_sub(n, Ordering::Relaxed);
+    stats.dropped.fetch_add(n, Ordering::Relaxed);
+    stats.failures.fetch_add(1, Ordering::Relaxed);
+    if log.due() {
+        log::warn!(
+            "OTLP {:?} export to {} rejected ({e}), not retryable: dropped {n} items (see energy_agent_otlp_dropped_total)",
+            p.signal,
+            config.endpoint
+        );
+    }
+    stats.error(e);
+}
+
+mod queue;
+mod retry;
+mod send;
 #[cfg(test)]
 mod tests;

@@ -14,16 +14,35 @@ use crate::{
     clock::WallClock,
 };
 
+/// A field each line carries from outside the interval report (the OTLP path's
+/// counters), read when the line is written.
+type Field = (&'static str, Box<dyn Fn() -> Value + Send>);
+
 /// Writes each interval as one JSON line.
 pub struct JsonLines<W: Write> {
     out: W,
     clock: WallClock,
+    fields: Vec<Field>,
 }
 
 impl<W: Write> JsonLines<W> {
     /// JSON lines to `out`, with wall-clock times from `clock`.
     pub fn new(out: W, clock: WallClock) -> Self {
-        Self { out, clock }
+        Self {
+            out,
+            clock,
+            fields: Vec::new(),
+        }
+    }
+
+    /// Adds `key` to every line, with the value `value` gives then.
+    pub fn with_field(
+        mut self,
+        key: &'static str,
+        value: impl Fn() -> Value + Send + 'static,
+    ) -> Self {
+        self.fields.push((key, Box::new(value)));
+        self
     }
 }
 
@@ -73,7 +92,12 @@ pub fn interval_json(r: &CarbonReport, clock: &WallClock) -> serde_json::Result<
 
 impl<W: Write> Sink for JsonLines<W> {
     fn emit(&mut self, report: &CarbonReport) -> std::io::Result<()> {
-        let value = interval_json(report, &self.clock).map_err(std::io::Error::other)?;
+        let mut value = interval_json(report, &self.clock).map_err(std::io::Error::other)?;
+        if let Some(map) = value.as_object_mut() {
+            for (key, field) in &self.fields {
+                map.insert((*key).into(), field());
+            }
+        }
         serde_json::to_writer(&mut self.out, &value).map_err(std::io::Error::other)?;
         self.out.write_all(b"\n")?;
         self.out.flush()

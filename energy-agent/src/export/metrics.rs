@@ -165,7 +165,7 @@ def!(
     "energy_agent.otlp.dropped",
     "1",
     Counter,
-    "Items dropped: the forward queue was full, or the downstream rejected them."
+    "Items dropped: older pushes of our own metrics past the queue bound, or what the downstream refused for good."
 );
 def!(
     AGENT_OTLP_FORWARDED,
@@ -182,9 +182,58 @@ def!(
     Counter,
     "Transient failures the running agent logged and survived, by component."
 );
+def!(
+    AGENT_OTLP_RETRIES,
+    "energy_agent.otlp.retries",
+    "1",
+    Counter,
+    "Export attempts that failed with a retryable status and were retried."
+);
+def!(
+    AGENT_OTLP_REJECTED,
+    "energy_agent.otlp.rejected",
+    "1",
+    Counter,
+    "Items the downstream rejected within an OK answer (partial_success)."
+);
+def!(
+    AGENT_RECEIVER_REQUESTS,
+    "energy_agent.receiver.requests",
+    "1",
+    Counter,
+    "OTLP requests received, by signal and outcome (accepted, throttled, unavailable)."
+);
+def!(
+    AGENT_RECEIVER_ITEMS,
+    "energy_agent.receiver.items",
+    "1",
+    Counter,
+    "Spans, data points and log records accepted, by signal."
+);
+def!(
+    AGENT_RECEIVER_PENDING,
+    "energy_agent.receiver.pending",
+    "1",
+    Gauge,
+    "Items accepted and not yet forwarded or dropped (the receiver's budget in use)."
+);
+def!(
+    AGENT_RECEIVER_PENDING_BYTES,
+    "energy_agent.receiver.pending.bytes",
+    "By",
+    Gauge,
+    "Bytes (protobuf, as received) accepted and not yet forwarded or dropped."
+);
+def!(
+    AGENT_ENRICHER_INTERVALS_DROPPED,
+    "energy_agent.enricher.intervals.dropped",
+    "1",
+    Counter,
+    "Attributed intervals the enricher's full hand-off could not take."
+);
 
 /// Every metric, in exposition order.
-pub const ALL: [Def; 18] = [
+pub const ALL: [Def; 25] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -203,6 +252,13 @@ pub const ALL: [Def; 18] = [
     AGENT_OTLP_DROPPED,
     AGENT_OTLP_FORWARDED,
     AGENT_ERRORS,
+    AGENT_OTLP_RETRIES,
+    AGENT_OTLP_REJECTED,
+    AGENT_RECEIVER_REQUESTS,
+    AGENT_RECEIVER_ITEMS,
+    AGENT_RECEIVER_PENDING,
+    AGENT_RECEIVER_PENDING_BYTES,
+    AGENT_ENRICHER_INTERVALS_DROPPED,
 ];
 
 /// Label set, sorted by key.

@@ -2,7 +2,8 @@
 //! attributed (or a bounded delay passes), then adds energy and carbon to the request
 //! spans and hands the batch on — resource, scope, links, events and every other
 //! attribute untouched. Batches beyond the buffer bound are passed on at once,
-//! unenriched and counted; nothing is dropped here.
+//! unenriched and counted; nothing is dropped here. Each batch keeps its share of the
+//! receiver's budget ([`Admitted`]) while held and hands it on with the batch.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,7 +16,10 @@ use opentelemetry_proto::tonic::{
 };
 use regex::Regex;
 
-use super::spans::{self, Selection, attr_int, attr_str, names};
+use super::{
+    admission::{Admitted, Ticket, trace_items},
+    spans::{self, Selection, attr_int, attr_str, names},
+};
 use crate::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
 use known::{Known, KnownSpans};
 use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
@@ -85,6 +89,7 @@ pub struct EnrichStats {
 
 struct Held {
     request: ExportTraceServiceRequest,
+    ticket: Ticket,
     /// Per resource: the process that produced its spans, or why it is not known.
     pids: Vec<Result<u32, String>>,
     arrived: Instant,
@@ -120,14 +125,6 @@ pub struct Enricher {
 /// to cover every held span and the history behind them.
 const TRACE_GENERATION: (usize, Duration) = (100_000, Duration::from_secs(60));
 
-fn count_spans(r: &ExportTraceServiceRequest) -> usize {
-    r.resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len())
-        .sum()
-}
-
 impl Enricher {
     /// An enricher keeping `history_intervals` intervals of history.
     pub fn new(config: EnrichConfig, history_intervals: usize) -> Self {
@@ -148,20 +145,28 @@ impl Enricher {
     /// Takes a received batch; returns batches to pass on now (the buffer was full).
     pub fn accept(
         &mut self,
-        request: ExportTraceServiceRequest,
+        batch: impl Into<Admitted<ExportTraceServiceRequest>>,
         origin: Origin,
-    ) -> Vec<ExportTraceServiceRequest> {
-        let n = count_spans(&request);
+    ) -> Vec<Admitted<ExportTraceServiceRequest>> {
+        let Admitted {
+            message: request,
+            ticket,
+        } = batch.into();
+        let n = trace_items(&request);
         self.stats.received += n as u64;
         let now = Instant::now();
         let (pids, last_end_ns) = self.remember(&request, origin, now);
         if self.held_spans + n > self.config.max_held_spans {
-            return vec![self.overflow(request, n)];
+            return vec![Admitted {
+                message: self.overflow(request, n),
+                ticket,
+            }];
         }
         self.held_spans += n;
         self.stats.held = self.held_spans as u64;
         self.held.push_back(Held {
             request,
+            ticket,
             pids,
             arrived: now,
             last_end_ns,
@@ -249,15 +254,41 @@ impl Enricher {
     }
 
     /// Adds an attributed interval; returns the batches now ready, enriched.
-    pub fn on_interval(&mut self, record: IntervalRecord) -> Vec<ExportTraceServiceRequest> {
+    pub fn on_interval(
+        &mut self,
+        record: IntervalRecord,
+    ) -> Vec<Admitted<ExportTraceServiceRequest>> {
+        let mut out = Vec::new();
+        self.on_interval_each(record, |b| out.push(b));
+        out
+    }
+
+    /// [`Enricher::on_interval`], handing each batch on as soon as it is enriched.
+    pub fn on_interval_each(
+        &mut self,
+        record: IntervalRecord,
+        hand_on: impl FnMut(Admitted<ExportTraceServiceRequest>),
+    ) {
         self.history.push(record);
         let known = &self.known;
         self.history.compact(|pid| known.has_process(pid));
-        self.release(false)
+        self.release_each(false, hand_on);
     }
 
     /// Releases batches that are covered or have waited their longest (`flush`: all).
-    pub fn release(&mut self, flush: bool) -> Vec<ExportTraceServiceRequest> {
+    pub fn release(&mut self, flush: bool) -> Vec<Admitted<ExportTraceServiceRequest>> {
+        let mut out = Vec::new();
+        self.release_each(flush, |b| out.push(b));
+        out
+    }
+
+    /// [`Enricher::release`], handing each batch on as soon as it is enriched (so only
+    /// one enriched batch at a time is held decoded, outside the receiver's budget).
+    pub fn release_each(
+        &mut self,
+        flush: bool,
+        mut hand_on: impl FnMut(Admitted<ExportTraceServiceRequest>),
+    ) {
         let covered = self.history.covered_until();
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
@@ -271,14 +302,17 @@ impl Enricher {
         self.held = waiting;
         self.claims.prune(self.history.covered_from());
         self.known.prune(self.history.covered_from(), MAX_KNOWN);
-        let mut out = Vec::with_capacity(ready.len());
         let mut threadless = ThreadlessSpans::default();
-        for h in ready {
+        for mut h in ready {
             self.held_spans -= h.spans;
-            out.push(self.process(h, &mut threadless));
+            self.stats.held = self.held_spans as u64;
+            let ticket = std::mem::replace(&mut h.ticket, Ticket::untracked());
+            hand_on(Admitted {
+                message: self.process(h, &mut threadless),
+                ticket,
+            });
         }
         self.stats.held = self.held_spans as u64;
-        out
     }
 
     fn service_pid(&mut self, service: &str) -> Option<u32> {

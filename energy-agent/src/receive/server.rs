@@ -1,6 +1,8 @@
 //! The listeners: OTLP/gRPC (tonic) and OTLP/HTTP (axum) for traces, metrics and logs.
-//! Each request is answered as soon as it is queued; a malformed one gets a protocol
-//! error (gRPC status or HTTP 4xx) and the listeners keep serving.
+//! A request is answered OK once it has its share of the budget and is handed to the
+//! enrichment task; with no room it gets OTLP's throttling reply (see [`super::admission`]),
+//! checked again before its body is even read. A malformed one gets a protocol error
+//! (gRPC status or HTTP 4xx) and the listeners keep serving.
 
 use std::{
     collections::HashMap,
@@ -14,8 +16,9 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -34,20 +37,70 @@ use opentelemetry_proto::tonic::collector::{
     },
 };
 use prost::Message;
-use tokio::sync::mpsc::UnboundedSender;
-use tonic::codec::CompressionEncoding;
+use tokio::sync::mpsc::{Sender, error::TrySendError};
+use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService};
 
-use super::{enricher::Origin, peer};
+use super::{
+    admission::{self, Admitted, Budget, Refusal, Signal, grpc_refusal, http_refusal},
+    enricher::Origin,
+    memory::Footprint,
+    peer,
+};
 
-/// What the listeners hand to the enrichment task.
+/// What the listeners hand to the enrichment task, each with its share of the budget.
 #[derive(Debug)]
 pub enum Incoming {
     /// Spans, with where they came from.
-    Traces(ExportTraceServiceRequest, Origin),
+    Traces(Admitted<ExportTraceServiceRequest>, Origin),
     /// Metrics (passed through).
-    Metrics(ExportMetricsServiceRequest),
+    Metrics(Admitted<ExportMetricsServiceRequest>),
     /// Logs (passed through).
-    Logs(ExportLogsServiceRequest),
+    Logs(Admitted<ExportLogsServiceRequest>),
+}
+
+/// Where accepted requests go: the budget they take a share of, and the bounded
+/// hand-off to the enrichment task.
+#[derive(Clone)]
+pub struct Intake {
+    /// The channel to the enrichment task.
+    pub tx: Sender<Incoming>,
+    /// What may be taken in.
+    pub budget: Arc<Budget>,
+}
+
+impl Intake {
+    /// Takes room for `message` (`items` items of `signal`) and hands it on as `wrap`
+    /// makes it; counts the outcome.
+    fn hand_off<T: Footprint>(
+        &self,
+        signal: Signal,
+        message: T,
+        items: usize,
+        wrap: impl FnOnce(Admitted<T>) -> Incoming,
+    ) -> Result<(), Refusal> {
+        let outcome = match self.budget.admit(message, items) {
+            None => Err(Refusal::Full),
+            Some(admitted) => match self.tx.try_send(wrap(admitted)) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err(Refusal::Full),
+                Err(TrySendError::Closed(_)) => Err(Refusal::ShuttingDown),
+            },
+        };
+        match outcome {
+            Ok(()) => self.budget.stats.accepted(signal, items),
+            Err(why) => self.budget.stats.refused(signal, why),
+        }
+        outcome
+    }
+
+    /// Refuses at once, before the body is read, when nothing more fits.
+    fn precheck(&self, signal: Signal) -> Result<(), Refusal> {
+        if self.budget.is_full() {
+            self.budget.stats.refused(signal, Refusal::Full);
+            return Err(Refusal::Full);
+        }
+        Ok(())
+    }
 }
 
 /// Listener settings.
@@ -97,17 +150,9 @@ impl Peers {
 
 #[derive(Clone)]
 struct Grpc {
-    tx: UnboundedSender<Incoming>,
+    intake: Intake,
     peers: Peers,
     ours: SocketAddr,
-}
-
-fn queued(sent: bool) -> Result<(), tonic::Status> {
-    if sent {
-        Ok(())
-    } else {
-        Err(tonic::Status::unavailable("the agent is shutting down"))
-    }
 }
 
 #[tonic::async_trait]
@@ -117,11 +162,13 @@ impl TraceService for Grpc {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let origin = self.peers.pid(request.remote_addr(), self.ours);
-        queued(
-            self.tx
-                .send(Incoming::Traces(request.into_inner(), origin))
-                .is_ok(),
-        )?;
+        let request = request.into_inner();
+        let items = admission::trace_items(&request);
+        self.intake
+            .hand_off(Signal::Traces, request, items, |r| {
+                Incoming::Traces(r, origin)
+            })
+            .map_err(grpc_refusal)?;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -134,11 +181,11 @@ impl MetricsService for Grpc {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        queued(
-            self.tx
-                .send(Incoming::Metrics(request.into_inner()))
-                .is_ok(),
-        )?;
+        let request = request.into_inner();
+        let items = admission::metric_items(&request);
+        self.intake
+            .hand_off(Signal::Metrics, request, items, Incoming::Metrics)
+            .map_err(grpc_refusal)?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -151,7 +198,11 @@ impl LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        queued(self.tx.send(Incoming::Logs(request.into_inner())).is_ok())?;
+        let request = request.into_inner();
+        let items = admission::log_items(&request);
+        self.intake
+            .hand_off(Signal::Logs, request, items, Incoming::Logs)
+            .map_err(grpc_refusal)?;
         Ok(tonic::Response::new(ExportLogsServiceResponse {
             partial_success: None,
         }))
@@ -169,7 +220,7 @@ pub struct Bound {
 /// Binds both listeners and serves until `shutdown` resolves.
 pub async fn start(
     config: ReceiverConfig,
-    tx: UnboundedSender<Incoming>,
+    intake: Intake,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Bound> {
     use anyhow::Context as _;
@@ -189,13 +240,13 @@ pub async fn start(
     };
     let max = config.max_message_bytes;
     let svc = Grpc {
-        tx: tx.clone(),
+        intake: intake.clone(),
         peers: peers.clone(),
         ours: bound.grpc,
     };
     serve_grpc(grpc_listener, svc, max, shutdown.clone());
     let state = HttpState {
-        tx,
+        intake,
         peers,
         ours: bound.http,
         max,
@@ -212,22 +263,32 @@ fn serve_grpc(
     max: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let precheck = |signal| {
+        let intake = svc.intake.clone();
+        move |request: tonic::Request<()>| {
+            intake.precheck(signal).map_err(grpc_refusal)?;
+            Ok(request)
+        }
+    };
     let grpc = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(InterceptedService::new(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(max)
                 .accept_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
+            precheck(Signal::Traces),
+        ))
+        .add_service(InterceptedService::new(
             MetricsServiceServer::new(svc.clone())
                 .max_decoding_message_size(max)
                 .accept_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            LogsServiceServer::new(svc)
+            precheck(Signal::Metrics),
+        ))
+        .add_service(InterceptedService::new(
+            LogsServiceServer::new(svc.clone())
                 .max_decoding_message_size(max)
                 .accept_compressed(CompressionEncoding::Gzip),
-        )
+            precheck(Signal::Logs),
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             async move {
@@ -252,6 +313,7 @@ fn serve_http(
         .route("/v1/metrics", post(http_metrics))
         .route("/v1/logs", post(http_logs))
         .layer(DefaultBodyLimit::max(state.max))
+        .route_layer(middleware::from_fn_with_state(state.clone(), http_precheck))
         .with_state(state);
     tokio::spawn(async move {
         let served = axum::serve(
@@ -270,7 +332,7 @@ fn serve_http(
 
 #[derive(Clone)]
 struct HttpState {
-    tx: UnboundedSender<Incoming>,
+    intake: Intake,
     peers: Peers,
     ours: SocketAddr,
     max: usize,
@@ -371,14 +433,16 @@ fn ok<T: Message + serde::Serialize>(response: T, format: Format) -> Response {
     }
 }
 
-fn sent(ok: bool) -> Result<(), Reject> {
-    if ok {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down",
-        ))
+/// Throttles a request before its body is read when nothing more fits.
+async fn http_precheck(State(s): State<HttpState>, request: Request, next: Next) -> Response {
+    let signal = match request.uri().path() {
+        "/v1/metrics" => Signal::Metrics,
+        "/v1/logs" => Signal::Logs,
+        _ => Signal::Traces,
+    };
+    match s.intake.precheck(signal) {
+        Ok(()) => next.run(request).await,
+        Err(why) => http_refusal(why),
     }
 }
 
@@ -393,8 +457,11 @@ async fn http_traces(
         Err(r) => return r.into_response(),
     };
     let origin = s.peers.pid(Some(peer), s.ours);
-    if let Err(r) = sent(s.tx.send(Incoming::Traces(request, origin)).is_ok()) {
-        return r.into_response();
+    let items = admission::trace_items(&request);
+    if let Err(why) = s.intake.hand_off(Signal::Traces, request, items, |r| {
+        Incoming::Traces(r, origin)
+    }) {
+        return http_refusal(why);
     }
     ok(
         ExportTraceServiceResponse {
@@ -409,8 +476,12 @@ async fn http_metrics(State(s): State<HttpState>, headers: HeaderMap, body: Byte
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = sent(s.tx.send(Incoming::Metrics(request)).is_ok()) {
-        return r.into_response();
+    let items = admission::metric_items(&request);
+    if let Err(why) = s
+        .intake
+        .hand_off(Signal::Metrics, request, items, Incoming::Metrics)
+    {
+        return http_refusal(why);
     }
     ok(
         ExportMetricsServiceResponse {
@@ -425,8 +496,12 @@ async fn http_logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) 
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = sent(s.tx.send(Incoming::Logs(request)).is_ok()) {
-        return r.into_response();
+    let items = admission::log_items(&request);
+    if let Err(why) = s
+        .intake
+        .hand_off(Signal::Logs, request, items, Incoming::Logs)
+    {
+        return http_refusal(why);
     }
     ok(
         ExportLogsServiceResponse {
@@ -435,3 +510,6 @@ async fn http_logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) 
         format,
     )
 }
+
+#[cfg(test)]
+mod tests;

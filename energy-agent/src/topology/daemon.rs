@@ -128,10 +128,22 @@ fn ticker(period: Duration, missed: MissedTickBehavior) -> Interval {
     t
 }
 
-fn console_sink(console: Console, clock: WallClock) -> Option<Box<dyn Sink>> {
+/// The console sink; JSON lines carry the OTLP path's counters (`otlp`) when
+/// forwarding.
+fn console_sink(
+    console: Console,
+    clock: WallClock,
+    exporters: &Exporters,
+) -> Option<Box<dyn Sink>> {
     match console {
         Console::Table { rows } => Some(Box::new(ConsoleTable::new(stdout(), rows))),
-        Console::Json => Some(Box::new(JsonLines::new(stdout(), clock))),
+        Console::Json => {
+            let lines = JsonLines::new(stdout(), clock);
+            Some(match exporters.otlp_json() {
+                Some(otlp) => Box::new(lines.with_field("otlp", otlp)),
+                None => Box::new(lines),
+            })
+        }
         Console::Off => None,
     }
 }
@@ -158,12 +170,12 @@ impl Daemon {
             started = stages => started.context("starting the probe")??,
         };
         let clock = pipeline.clock();
-        let sink = console_sink(config.console, clock);
         let exporters = tokio::select! {
             biased;
             _ = signals.recv() => return Ok(None),
             exporters = Exporters::start(&config.export, config.interval, clock) => exporters?,
         };
+        let sink = console_sink(config.console, clock, &exporters);
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
         let probe = unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }

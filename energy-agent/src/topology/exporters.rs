@@ -1,14 +1,29 @@
 //! `run`'s exporters and their wiring: the OTLP receiver feeding the enricher, which
 //! hands enriched spans to the forwarder; OTLP metrics; the Prometheus endpoint. They
 //! read what the interval loop produces; a scrape or a push never triggers a sample.
+//!
+//! Every hand-off on the OTLP path is bounded: the receiver takes a share of one
+//! budget (`--otlp-queue` items, `--otlp-queue-bytes` bytes) for each request before it
+//! answers OK, and the share is given back only when the forwarder is done with the
+//! request, so what waits for the enricher, what it holds and what waits for the
+//! downstream are all within it; the interval loop's records reach the enricher through
+//! a bounded channel too.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde_json::{Value, json};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot, watch,
+};
 
 use crate::{
     carbon::CarbonReport,
@@ -19,8 +34,9 @@ use crate::{
         otlp::OtlpMetrics,
     },
     receive::{
+        admission::{Admitted, Budget, Signal},
         enricher::{EnrichConfig, Enricher},
-        server::{Incoming, ReceiverConfig},
+        server::{Incoming, Intake, ReceiverConfig},
     },
     requests::IntervalRecord,
 };
@@ -47,6 +63,10 @@ pub struct ReceiveConfig {
     pub receiver: ReceiverConfig,
     /// Which spans are requests and how long they are held.
     pub enrich: EnrichConfig,
+    /// Most items (spans, data points, log records) accepted and not yet forwarded.
+    pub max_pending_items: usize,
+    /// Most memory (bytes) accepted and not yet forwarded may take.
+    pub max_pending_bytes: usize,
 }
 
 impl ExportConfig {
@@ -64,11 +84,24 @@ pub enum ToEnricher {
     Flush(oneshot::Sender<()>),
 }
 
+/// Received requests waiting for the enrichment task (each within the budget too).
+const INCOMING_CAPACITY: usize = 4096;
+/// Interval records waiting for the enrichment task.
+const CONTROL_CAPACITY: usize = 64;
+
+/// The enrichment task, as the interval loop sees it.
+struct Receiving {
+    control: mpsc::Sender<ToEnricher>,
+    budget: Arc<Budget>,
+    /// Interval records the full control channel could not take.
+    intervals_dropped: Arc<AtomicU64>,
+}
+
 /// The running exporters.
 pub struct Exporters {
     metrics: Arc<Mutex<MetricsState>>,
     otlp_metrics: Option<OtlpMetrics>,
-    enricher: Option<mpsc::UnboundedSender<ToEnricher>>,
+    enricher: Option<Receiving>,
     forwarder: Option<Forwarder>,
     shutdown: watch::Sender<bool>,
     clock: WallClock,
@@ -124,12 +157,18 @@ impl Exporters {
         if let Ok(mut m) = self.metrics.lock() {
             m.observe(report);
             m.set_value(metrics::AGENT_LAG, &[], lag.as_secs_f64());
+            if let Some(f) = &self.forwarder {
+                record_flow(f, self.enricher.as_ref(), &mut m);
+            }
         }
-        if let Some(tx) = &self.enricher {
-            let _ = tx.send(ToEnricher::Interval(IntervalRecord::from_report(
-                report,
-                &self.clock,
-            )));
+        if let Some(r) = &self.enricher {
+            let record = IntervalRecord::from_report(report, &self.clock);
+            if let Err(TrySendError::Full(_)) = r.control.try_send(ToEnricher::Interval(record)) {
+                r.intervals_dropped.fetch_add(1, Relaxed);
+                log::warn!(
+                    "the enricher is {CONTROL_CAPACITY} intervals behind: an interval's energy is not available to spans (energy_agent_enricher_intervals_dropped_total)"
+                );
+            }
         }
     }
 
@@ -142,24 +181,61 @@ impl Exporters {
         }
     }
 
-    /// Releases held spans, queues a last metrics push, drains the forward queue
-    /// (bounded wait).
+    /// The OTLP path's counters as `run --output json` prints them, when forwarding:
+    /// `receiver` (per signal, and the budget in use; null when not receiving) and
+    /// `forward`.
+    pub fn otlp_json(&self) -> Option<impl Fn() -> Value + Send + 'static> {
+        let forward = self.forwarder.as_ref()?.stats.clone();
+        let receiver = self
+            .enricher
+            .as_ref()
+            .map(|r| (r.budget.clone(), r.intervals_dropped.clone()));
+        Some(move || {
+            let receiver = receiver.as_ref().map(|(budget, dropped)| {
+                let (items, bytes) = budget.taken();
+                let mut o = json!({
+                    "pending_items": items,
+                    "pending_bytes": bytes,
+                    "intervals_dropped": dropped.load(Relaxed),
+                });
+                for signal in Signal::ALL {
+                    o[signal.name()] = json!(budget.stats.counts(signal));
+                }
+                o
+            });
+            json!({
+                "receiver": receiver,
+                "forward": {
+                    "forwarded": forward.forwarded.load(Relaxed),
+                    "queued": forward.queued.load(Relaxed),
+                    "dropped": forward.dropped.load(Relaxed),
+                    "rejected": forward.rejected.load(Relaxed),
+                    "retries": forward.retries.load(Relaxed),
+                    "failures": forward.failures.load(Relaxed),
+                },
+            })
+        })
+    }
+
+    /// Stops the listeners (so that what the flush releases is all there is), releases
+    /// held spans, queues a last metrics push, drains the forward queue (bounded wait).
     pub async fn shutdown(self) {
-        if let Some(tx) = &self.enricher {
+        let _ = self.shutdown.send(true);
+        if let Some(r) = &self.enricher {
             let (ack, done) = oneshot::channel();
-            if tx.send(ToEnricher::Flush(ack)).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
-            }
+            let flushed = async {
+                if r.control.send(ToEnricher::Flush(ack)).await.is_ok() {
+                    let _ = done.await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
         }
         if let Some(m) = self.otlp_metrics {
             m.shutdown();
         }
-        let _ = self.shutdown.send(true);
         if let Some(f) = &self.forwarder {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while f.stats.queued.load(std::sync::atomic::Ordering::Relaxed) > 0
-                && tokio::time::Instant::now() < deadline
-            {
+            while f.stats.queued.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -173,15 +249,20 @@ struct EnrichSinks {
 }
 
 /// Binds the OTLP listeners and starts the task that enriches what they receive;
-/// returns the channel the interval loop feeds it through.
+/// returns how the interval loop feeds it.
 async fn start_receiving(
     config: &ReceiveConfig,
     interval: Duration,
     sinks: EnrichSinks,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<mpsc::UnboundedSender<ToEnricher>> {
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let bound = crate::receive::server::start(config.receiver.clone(), in_tx, shutdown).await?;
+) -> anyhow::Result<Receiving> {
+    let (in_tx, in_rx) = mpsc::channel(INCOMING_CAPACITY);
+    let budget = Budget::new(config.max_pending_items, config.max_pending_bytes);
+    let intake = Intake {
+        tx: in_tx,
+        budget: budget.clone(),
+    };
+    let bound = crate::receive::server::start(config.receiver.clone(), intake, shutdown).await?;
     log::info!(
         "OTLP receiver on grpc {} and http {}",
         bound.grpc,
@@ -192,9 +273,13 @@ async fn start_receiving(
         bound.grpc, bound.http
     );
     let enricher = Enricher::new(config.enrich.clone(), history_intervals(interval));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
     tokio::spawn(enrich_task(enricher, in_rx, rx, sinks));
-    Ok(tx)
+    Ok(Receiving {
+        control,
+        budget,
+        intervals_dropped: Arc::default(),
+    })
 }
 
 /// Intervals of history the enricher keeps: enough for the longest requests worth
@@ -206,50 +291,65 @@ fn history_intervals(interval: Duration) -> usize {
 /// Moves received batches through the enricher to the forwarder as intervals arrive.
 async fn enrich_task(
     mut enricher: Enricher,
-    mut incoming: mpsc::UnboundedReceiver<Incoming>,
-    mut control: mpsc::UnboundedReceiver<ToEnricher>,
+    mut incoming: mpsc::Receiver<Incoming>,
+    mut control: mpsc::Receiver<ToEnricher>,
     sinks: EnrichSinks,
 ) {
     let EnrichSinks { forwarder, metrics } = sinks;
+    let traces = |r: Admitted<ExportTraceServiceRequest>| {
+        forwarder.forward(Payload::Traces(r.message), r.ticket);
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut receiving = true;
     loop {
-        let released = tokio::select! {
-            msg = incoming.recv() => match msg {
-                Some(Incoming::Traces(r, origin)) => enricher.accept(r, origin),
-                Some(Incoming::Metrics(m)) => {
-                    forwarder.send(Payload::Metrics(m));
-                    Vec::new()
+        tokio::select! {
+            msg = incoming.recv(), if receiving => match msg {
+                Some(msg) => take(&mut enricher, &forwarder, msg),
+                None => {
+                    receiving = false;
+                    enricher.release_each(true, traces);
                 }
-                Some(Incoming::Logs(l)) => {
-                    forwarder.send(Payload::Logs(l));
-                    Vec::new()
-                }
-                None => enricher.release(true),
             },
             msg = control.recv() => match msg {
-                Some(ToEnricher::Interval(record)) => enricher.on_interval(record),
+                Some(ToEnricher::Interval(record)) => enricher.on_interval_each(record, traces),
                 Some(ToEnricher::Flush(ack)) => {
-                    for r in enricher.release(true) {
-                        forwarder.send(Payload::Traces(r));
+                    // What the receiver has handed on so far is released too.
+                    while let Ok(msg) = incoming.try_recv() {
+                        take(&mut enricher, &forwarder, msg);
                     }
-                    record(&mut enricher, &forwarder, &metrics);
+                    enricher.release_each(true, traces);
+                    record(&mut enricher, &metrics);
                     let _ = ack.send(());
-                    Vec::new()
                 }
                 None => break,
             },
-            _ = tick.tick() => enricher.release(false),
-        };
-        for r in released {
-            forwarder.send(Payload::Traces(r));
+            _ = tick.tick() => enricher.release_each(false, traces),
         }
-        record(&mut enricher, &forwarder, &metrics);
+        record(&mut enricher, &metrics);
+    }
+    // The agent is stopping: nothing accepted stays behind unforwarded.
+    while let Ok(msg) = incoming.try_recv() {
+        take(&mut enricher, &forwarder, msg);
+    }
+    enricher.release_each(true, traces);
+}
+
+/// Takes one received request: spans into the enricher (what it cannot hold goes on at
+/// once), metrics and logs straight to the forwarder.
+fn take(enricher: &mut Enricher, forwarder: &Forwarder, msg: Incoming) {
+    match msg {
+        Incoming::Traces(r, origin) => {
+            for b in enricher.accept(r, origin) {
+                forwarder.forward(Payload::Traces(b.message), b.ticket);
+            }
+        }
+        Incoming::Metrics(m) => forwarder.forward(Payload::Metrics(m.message), m.ticket),
+        Incoming::Logs(l) => forwarder.forward(Payload::Logs(l.message), l.ticket),
     }
 }
 
-/// Moves the enricher's and forwarder's counters into the metrics.
-fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<MetricsState>) {
-    use std::sync::atomic::Ordering::Relaxed;
+/// Moves the enricher's counters into the metrics.
+fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>) {
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
@@ -266,19 +366,45 @@ fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<Metric
         m.set_value(metrics::AGENT_SPANS, &[("state", state)], v as f64);
     }
     m.set_value(metrics::AGENT_SPANS_HELD, &[], s.held as f64);
+}
+
+/// Moves the forwarder's and the receiver's counters into the metrics.
+fn record_flow(forwarder: &Forwarder, receiving: Option<&Receiving>, m: &mut MetricsState) {
+    let f = &forwarder.stats;
+    for (def, v) in [
+        (metrics::AGENT_OTLP_QUEUED, &f.queued),
+        (metrics::AGENT_OTLP_DROPPED, &f.dropped),
+        (metrics::AGENT_OTLP_FORWARDED, &f.forwarded),
+        (metrics::AGENT_OTLP_RETRIES, &f.retries),
+        (metrics::AGENT_OTLP_REJECTED, &f.rejected),
+    ] {
+        m.set_value(def, &[], v.load(Relaxed) as f64);
+    }
+    let Some(r) = receiving else { return };
+    let (items, bytes) = r.budget.taken();
+    m.set_value(metrics::AGENT_RECEIVER_PENDING, &[], items as f64);
+    m.set_value(metrics::AGENT_RECEIVER_PENDING_BYTES, &[], bytes as f64);
     m.set_value(
-        metrics::AGENT_OTLP_QUEUED,
+        metrics::AGENT_ENRICHER_INTERVALS_DROPPED,
         &[],
-        forwarder.stats.queued.load(Relaxed) as f64,
+        r.intervals_dropped.load(Relaxed) as f64,
     );
-    m.set_value(
-        metrics::AGENT_OTLP_DROPPED,
-        &[],
-        forwarder.stats.dropped.load(Relaxed) as f64,
-    );
-    m.set_value(
-        metrics::AGENT_OTLP_FORWARDED,
-        &[],
-        forwarder.stats.forwarded.load(Relaxed) as f64,
-    );
+    for signal in Signal::ALL {
+        let c = r.budget.stats.counts(signal);
+        let name = signal.name();
+        for (outcome, v) in [
+            ("accepted", c.accepted_requests),
+            ("throttled", c.throttled_requests),
+            ("unavailable", c.unavailable_requests),
+        ] {
+            let labels = [("signal", name), ("outcome", outcome)];
+            m.set_value(metrics::AGENT_RECEIVER_REQUESTS, &labels, v as f64);
+        }
+        let labels = [("signal", name)];
+        m.set_value(
+            metrics::AGENT_RECEIVER_ITEMS,
+            &labels,
+            c.accepted_items as f64,
+        );
+    }
 }

@@ -58,6 +58,8 @@ fn start_agent(s: &Settings, receive: &str, sink_port: u16) -> Agent {
             &endpoint,
             "--otlp-queue",
             "1000000",
+            "--otlp-queue-bytes",
+            "1073741824",
         ],
         false,
     )
