@@ -145,14 +145,28 @@ impl Selection {
     }
 }
 
-/// gen_ai input + output tokens, when the span carries them.
+/// The most tokens one count may claim: larger (or negative) counts are not believed,
+/// and the span is split as one without token counts.
+pub const MAX_TOKENS: i64 = 1_000_000_000;
+
+/// gen_ai input + output tokens, when the span carries them and they are believable
+/// (each within `0..=MAX_TOKENS`; otherwise none, so one sender cannot take a whole
+/// segment by claiming absurd counts).
 pub fn tokens(span: &Span) -> Option<u64> {
     let input = attr_int(&span.attributes, names::GEN_AI_INPUT_TOKENS);
     let output = attr_int(&span.attributes, names::GEN_AI_OUTPUT_TOKENS);
-    match (input, output) {
-        (None, None) => None,
-        (i, o) => Some((i.unwrap_or(0).max(0) + o.unwrap_or(0).max(0)) as u64),
+    if input.is_none() && output.is_none() {
+        return None;
     }
+    let mut total = 0u64;
+    for count in [input, output].into_iter().flatten() {
+        total = total.saturating_add(
+            u64::try_from(count)
+                .ok()
+                .filter(|&c| c <= MAX_TOKENS as u64)?,
+        );
+    }
+    Some(total)
 }
 
 /// The OS thread id a span claims: `thread.native_id`, else `thread.id`.
@@ -257,6 +271,34 @@ mod tests {
         );
         assert_eq!(claimed_tid(&managed), Some(77));
         assert_eq!(tokens(&managed), None);
+    }
+
+    #[test]
+    fn absurd_token_counts_are_not_believed_and_never_overflow() {
+        let with = |input: Value, output: Option<Value>| {
+            let mut attrs = vec![kv(names::GEN_AI_INPUT_TOKENS, input)];
+            attrs.extend(output.map(|o| kv(names::GEN_AI_OUTPUT_TOKENS, o)));
+            tokens(&span(SpanKind::Server, attrs, "x"))
+        };
+        // i64::MAX + i64::MAX overflowed (a panic in debug builds, a wrap in release).
+        assert_eq!(
+            with(Value::IntValue(i64::MAX), Some(Value::IntValue(i64::MAX))),
+            None
+        );
+        assert_eq!(with(Value::IntValue(-5), Some(Value::IntValue(10))), None);
+        assert_eq!(with(Value::IntValue(MAX_TOKENS + 1), None), None);
+        assert_eq!(
+            with(Value::DoubleValue(1e300), Some(Value::IntValue(1))),
+            None
+        );
+        assert_eq!(
+            with(
+                Value::IntValue(MAX_TOKENS),
+                Some(Value::IntValue(MAX_TOKENS))
+            ),
+            Some(2 * MAX_TOKENS as u64)
+        );
+        assert_eq!(with(Value::StringValue("7".into()), None), Some(7));
     }
 
     #[test]
