@@ -177,9 +177,38 @@ pub fn claimed_tid(span: &Span) -> Option<u32> {
         .filter(|&t| t > 0)
 }
 
-/// Adds the energy attributes to a request span.
+/// Every attribute enrichment writes (`energy.*` and `carbon.*`).
+const WRITTEN: [&str; 13] = [
+    names::ENERGY_JOULES,
+    names::ENERGY_CPU,
+    names::ENERGY_DRAM,
+    names::ENERGY_GPU,
+    names::ENERGY_IDLE,
+    names::ENERGY_ESTIMATED,
+    names::ENERGY_SOURCE,
+    names::ENERGY_STATUS,
+    names::ENERGY_STATUS_REASON,
+    names::CARBON_G,
+    names::CARBON_INTENSITY,
+    names::CARBON_EMBODIED,
+    names::CARBON_INTENSITY_SOURCE,
+];
+
+/// Removes the sender's values of the attributes this agent writes, so that a span
+/// never carries a key twice (OTLP requires unique keys): ours replace theirs. Keys
+/// outside those stay as they are.
+fn remove_written(attrs: &mut Vec<KeyValue>) {
+    attrs.retain(|kv| {
+        !((kv.key.starts_with("energy.") || kv.key.starts_with("carbon."))
+            && WRITTEN.contains(&kv.key.as_str()))
+    });
+}
+
+/// Adds the energy attributes to a request span (replacing any the sender set, and any
+/// `energy.status` it carried).
 pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     let a = &mut span.attributes;
+    remove_written(a);
     a.reserve(11);
     a.push(kv(
         names::ENERGY_JOULES,
@@ -204,8 +233,11 @@ pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     ));
 }
 
-/// Marks a request span that could not be tied to a process.
+/// Marks a request span that could not be tied to a process (replacing any status the
+/// sender set).
 pub fn mark_unattributed(span: &mut Span, reason: &str) {
+    span.attributes
+        .retain(|kv| kv.key != names::ENERGY_STATUS && kv.key != names::ENERGY_STATUS_REASON);
     span.attributes.push(kv(
         names::ENERGY_STATUS,
         Value::StringValue("unattributed".into()),
@@ -341,6 +373,66 @@ mod tests {
         assert_eq!(
             attr_str(&s.attributes, names::ENERGY_STATUS),
             Some("unattributed")
+        );
+    }
+
+    fn count(attrs: &[KeyValue], key: &str) -> usize {
+        attrs.iter().filter(|kv| kv.key == key).count()
+    }
+
+    #[test]
+    fn a_span_that_already_carries_our_keys_gets_exactly_one_of_each() {
+        let theirs = vec![
+            kv(names::ENERGY_JOULES, Value::DoubleValue(1e9)),
+            kv(names::CARBON_G, Value::StringValue("lots".into())),
+            kv(
+                names::ENERGY_STATUS,
+                Value::StringValue("unattributed".into()),
+            ),
+            kv("energy.budget", Value::IntValue(5)),
+            kv("gen_ai.request.model", Value::StringValue("m".into())),
+        ];
+        let mut s = span(SpanKind::Server, theirs.clone(), "x");
+        let e = SpanEnergy {
+            joules: EnergyByClass {
+                cpu_j: Joules(2.0),
+                ..Default::default()
+            },
+            carbon_g: 0.5,
+            ..Default::default()
+        };
+        add_energy(&mut s, &e);
+        for key in WRITTEN.iter().filter(|k| !k.starts_with("energy.status")) {
+            assert_eq!(count(&s.attributes, key), 1, "{key}: {:?}", s.attributes);
+        }
+        assert_eq!(
+            attr(&s.attributes, names::ENERGY_JOULES),
+            Some(&Value::DoubleValue(2.0)),
+            "ours replace theirs"
+        );
+        assert_eq!(
+            attr(&s.attributes, names::CARBON_G),
+            Some(&Value::DoubleValue(0.5))
+        );
+        assert_eq!(
+            count(&s.attributes, names::ENERGY_STATUS),
+            0,
+            "now attributed"
+        );
+        for kept in &theirs[3..] {
+            assert_eq!(
+                s.attributes.iter().filter(|kv| *kv == kept).count(),
+                1,
+                "theirs outside what we write: {kept:?}"
+            );
+        }
+        mark_unattributed(&mut s, "one");
+        mark_unattributed(&mut s, "two");
+        assert_eq!(count(&s.attributes, names::ENERGY_STATUS), 1);
+        assert_eq!(count(&s.attributes, names::ENERGY_STATUS_REASON), 1);
+        assert_eq!(
+            attr_str(&s.attributes, names::ENERGY_STATUS_REASON),
+            Some("two")
         );
     }
 }
