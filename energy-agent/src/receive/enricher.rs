@@ -79,6 +79,10 @@ pub struct EnrichStats {
     pub overflowed: u64,
     /// Request spans left alone because an enclosing or enclosed request carries the energy.
     pub nested: u64,
+    /// Request spans with impossible times (start 0, end before start, longer than
+    /// [`spans::MAX_REQUEST_NS`]): marked unattributed with the reason, and not counted
+    /// as `unattributed`.
+    pub invalid: u64,
     /// Spans held now.
     pub held: u64,
 }
@@ -172,7 +176,9 @@ impl Enricher {
 
     /// Resolves each resource's process and remembers the batch's request spans (for
     /// splits) and every span's place in its trace (for nesting); returns the
-    /// resources' processes and the latest span end.
+    /// resources' processes and the latest end of a request span. A request span with
+    /// impossible times is neither remembered nor a request in its trace (so its
+    /// requests below are still enriched).
     fn remember(
         &mut self,
         request: &ExportTraceServiceRequest,
@@ -189,33 +195,34 @@ impl Enricher {
                 .unwrap_or(&[]);
             let pid = self.resolve(attrs, origin);
             for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                if let Ok(pid) = &pid
-                    && self.config.selection.matches(s)
-                {
-                    self.known.insert(Known {
-                        trace: trace_id(&s.trace_id),
-                        span: span_id(&s.span_id),
-                        request: RequestSpan {
-                            pid: *pid,
-                            start_ns: s.start_time_unix_nano,
-                            end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
-                            tid: spans::claimed_tid(s),
-                            tokens: spans::tokens(s),
-                        },
-                    });
+                let times = self
+                    .config
+                    .selection
+                    .matches(s)
+                    .then(|| spans::request_times(s).ok())
+                    .flatten();
+                let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
+                if let Some((start_ns, end_ns)) = times {
+                    last_end_ns = last_end_ns.max(end_ns);
+                    if let Ok(pid) = &pid {
+                        self.known.insert(Known {
+                            trace,
+                            span,
+                            request: RequestSpan {
+                                pid: *pid,
+                                start_ns,
+                                end_ns,
+                                tid: spans::claimed_tid(s),
+                                tokens: spans::tokens(s),
+                            },
+                        });
+                    }
                 }
+                let parent = span_id(&s.parent_span_id);
+                self.traces
+                    .insert(trace, span, parent, times.is_some(), now);
             }
             pids.push(pid);
-            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                last_end_ns = last_end_ns.max(s.end_time_unix_nano);
-                self.traces.insert(
-                    trace_id(&s.trace_id),
-                    span_id(&s.span_id),
-                    span_id(&s.parent_span_id),
-                    self.config.selection.matches(s),
-                    now,
-                );
-            }
         }
         (pids, last_end_ns)
     }
@@ -371,25 +378,35 @@ impl Enricher {
         threadless: &mut ThreadlessSpans,
     ) -> ExportTraceServiceRequest {
         let mut request = held.request;
-        let (targets, unattributed) = self.classify(&request, &held.pids);
+        let (targets, unenriched) = self.classify(&request, &held.pids);
         let (all, index) = self.participants(&request, &targets, threadless);
         self.add_energies(&mut request, &targets, &all, &index);
-        for (at, reason) in &unattributed {
-            spans::mark_unattributed(span_at_mut(&mut request, *at), reason);
-            self.stats.unattributed += 1;
+        for (at, why) in unenriched {
+            let reason = match &why {
+                Unenriched::Unattributed(reason) => {
+                    self.stats.unattributed += 1;
+                    reason.as_str()
+                }
+                Unenriched::Invalid(reason) => {
+                    self.stats.invalid += 1;
+                    reason
+                }
+            };
+            spans::mark_unattributed(span_at_mut(&mut request, at), reason);
         }
         request
     }
 
-    /// Which spans of a batch are requests to enrich (with their process), and which
-    /// cannot be tied to a process (with why). Nested requests are neither, and counted.
+    /// Which spans of a batch are requests to enrich (with their process), which
+    /// cannot be tied to a process (with why) and which have impossible times (with
+    /// why). Nested requests are none of these, and counted.
     fn classify(
         &mut self,
         request: &ExportTraceServiceRequest,
         pids: &[Result<u32, String>],
-    ) -> (Vec<Target>, Vec<(SpanAt, String)>) {
+    ) -> (Vec<Target>, Vec<(SpanAt, Unenriched)>) {
         let mut targets: Vec<Target> = Vec::new();
-        let mut unattributed: Vec<(SpanAt, String)> = Vec::new();
+        let mut unenriched: Vec<(SpanAt, Unenriched)> = Vec::new();
         for (ri, rs) in request.resource_spans.iter().enumerate() {
             let pid = &pids[ri];
             for (si, ss) in rs.scope_spans.iter().enumerate() {
@@ -405,18 +422,24 @@ impl Enricher {
                         continue;
                     }
                     let at = (ri, si, pi);
+                    if let Err(why) = spans::request_times(s) {
+                        unenriched.push((at, Unenriched::Invalid(why)));
+                        continue;
+                    }
                     match pid {
-                        Err(reason) => unattributed.push((at, reason.clone())),
-                        Ok(pid) if !self.history.knows(*pid) => unattributed.push((
+                        Err(reason) => {
+                            unenriched.push((at, Unenriched::Unattributed(reason.clone())))
+                        }
+                        Ok(pid) if !self.history.knows(*pid) => unenriched.push((
                             at,
-                            format!("process {pid} has no attributed CPU time in the agent's recent intervals"),
+                            Unenriched::Unattributed(format!("process {pid} has no attributed CPU time in the agent's recent intervals")),
                         )),
                         Ok(pid) => targets.push((at, *pid)),
                     }
                 }
             }
         }
-        (targets, unattributed)
+        (targets, unenriched)
     }
 
     /// The request spans that take part in the targets' split, and where each span is
@@ -515,6 +538,14 @@ type SpanAt = (usize, usize, usize);
 
 /// A request span to enrich, and its process.
 type Target = (SpanAt, u32);
+
+/// Why a request span is not enriched (it is marked, with the reason).
+enum Unenriched {
+    /// No process could be tied to it.
+    Unattributed(String),
+    /// Its times cannot be a request's.
+    Invalid(&'static str),
+}
 
 /// Where each participating span is in the split's list.
 type SpanIndex = foldhash::HashMap<(TraceId, SpanId), usize>;

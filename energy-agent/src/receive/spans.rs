@@ -169,6 +169,25 @@ pub fn tokens(span: &Span) -> Option<u64> {
     Some(total)
 }
 
+/// The longest request span believed: longer ones (and spans that start at 0 or end
+/// before they start) are not enriched, so one bad timestamp cannot make every split
+/// scan the whole history.
+pub const MAX_REQUEST_NS: u64 = 3_600 * 1_000_000_000;
+
+/// A request span's `(start, end)`, or why its times cannot be those of a request.
+pub fn request_times(span: &Span) -> Result<(u64, u64), &'static str> {
+    let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+    if start == 0 {
+        Err("invalid span times: the start time is 0")
+    } else if end < start {
+        Err("invalid span times: the span ends before it starts")
+    } else if end - start > MAX_REQUEST_NS {
+        Err("invalid span times: the span is longer than an hour")
+    } else {
+        Ok((start, end))
+    }
+}
+
 /// The OS thread id a span claims: `thread.native_id`, else `thread.id`.
 pub fn claimed_tid(span: &Span) -> Option<u32> {
     attr_int(&span.attributes, names::THREAD_NATIVE_ID)
@@ -303,6 +322,22 @@ mod tests {
         );
         assert_eq!(claimed_tid(&managed), Some(77));
         assert_eq!(tokens(&managed), None);
+    }
+
+    #[test]
+    fn impossible_times_are_named() {
+        let at = |start, end| {
+            let mut s = span(SpanKind::Server, vec![], "x");
+            (s.start_time_unix_nano, s.end_time_unix_nano) = (start, end);
+            request_times(&s)
+        };
+        assert_eq!(at(5, 9), Ok((5, 9)));
+        assert_eq!(at(5, 5), Ok((5, 5)), "an instant is a span");
+        assert!(at(0, 9).unwrap_err().contains("start time is 0"));
+        assert!(at(9, 5).unwrap_err().contains("ends before it starts"));
+        assert_eq!(at(1, 1 + MAX_REQUEST_NS), Ok((1, 1 + MAX_REQUEST_NS)));
+        assert!(at(1, 2 + MAX_REQUEST_NS).unwrap_err().contains("longer"));
+        assert!(at(1, u64::MAX).is_err());
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<Metric
         ("unattributed", s.unattributed),
         ("overflowed", s.overflowed),
         ("nested", s.nested),
+        ("invalid", s.invalid),
     ] {
         m.set_value(metrics::AGENT_SPANS, &[("state", state)], v as f64);
     }

@@ -346,3 +346,49 @@ fn a_span_of_another_batch_in_the_same_interval_still_decides_the_split_mode() {
     assert_eq!(joules(&attrs_of(&out[0])[0]), Some(2.0));
     assert_eq!(joules(&attrs_of(&out[1])[0]), Some(4.0));
 }
+
+#[test]
+fn request_spans_with_impossible_times_are_marked_counted_and_take_no_share() {
+    let mut e = enricher(1000);
+    let gen_ai = || vec![kv("gen_ai.request.model", Value::StringValue("m".into()))];
+    e.accept(
+        batch(
+            Some(42),
+            vec![
+                span(1, None, SpanKind::Server, T0, T0 + S / 2, vec![]),
+                // Starts at the epoch: overlapping every span, it took half of span 1
+                // and made every split scan all history.
+                span(2, None, SpanKind::Server, 0, T0 + S, vec![]),
+                span(3, None, SpanKind::Server, T0 + S / 2, T0, vec![]),
+                span(4, None, SpanKind::Server, T0, u64::MAX, vec![]),
+                // A request under an invalid one is still a root-most request.
+                span(5, Some(4), SpanKind::Internal, T0 + S / 2, T0 + S, gen_ai()),
+                // Not a request: passed on as it is, whatever its times.
+                span(6, None, SpanKind::Client, 0, 0, vec![]),
+            ],
+        ),
+        Origin::default(),
+    );
+    let out = e.on_interval(record(T0, 42, 8.0));
+    assert_eq!(out.len(), 1, "held no longer than its valid requests need");
+    let attrs = attrs_of(&out[0]);
+    assert_eq!(joules(&attrs[0]), Some(4.0), "the whole first half");
+    assert_eq!(joules(&attrs[4]), Some(4.0), "the whole second half");
+    for (i, a) in attrs.iter().enumerate().take(4).skip(1) {
+        assert_eq!(joules(a), None, "span {i}");
+        assert_eq!(
+            spans::attr_str(a, names::ENERGY_STATUS),
+            Some("unattributed")
+        );
+        let reason = spans::attr_str(a, names::ENERGY_STATUS_REASON).unwrap();
+        assert!(
+            reason.starts_with("invalid span times"),
+            "span {i}: {reason}"
+        );
+    }
+    assert!(attrs[5].is_empty(), "non-request span untouched");
+    assert_eq!(e.stats.invalid, 3);
+    assert_eq!(e.stats.unattributed, 0);
+    assert_eq!(e.stats.enriched, 2);
+    assert_eq!(e.known.len(), 2, "only valid requests are remembered");
+}
