@@ -16,8 +16,9 @@ use opentelemetry_proto::tonic::{
 use regex::Regex;
 
 use super::spans::{self, Selection, attr_int, attr_str, names};
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy, enrich};
 use known::{Known, KnownSpans};
+use resent::Given;
 use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
 
 /// `--service NAME=REGEX`: spans of service NAME come from the process whose command
@@ -83,6 +84,10 @@ pub struct EnrichStats {
     /// [`spans::MAX_REQUEST_NS`]): marked unattributed with the reason, and not counted
     /// as `unattributed`.
     pub invalid: u64,
+    /// Request spans received again (same trace and span id) after a copy was given
+    /// energy: they carry the first copy's figures (or, forgotten, are marked) and
+    /// claim nothing; not counted as `enriched`.
+    pub duplicates: u64,
     /// Spans held now.
     pub held: u64,
 }
@@ -116,9 +121,15 @@ pub struct Enricher {
     /// split.
     known: KnownSpans,
     claims: Claims,
+    /// The energy recently given to each request span, for copies sent again.
+    given: Given,
     /// Counters.
     pub stats: EnrichStats,
 }
+
+/// Enriched spans per generation of the energies remembered for copies sent again, and
+/// how long a generation lasts: long enough for an SDK's retries.
+const RESENT: (usize, Duration) = (4096, Duration::from_secs(120));
 
 /// Spans per generation of the trace index, and how long a generation lasts: enough
 /// to cover every held span and the history behind them.
@@ -145,6 +156,7 @@ impl Enricher {
             requests: Vec::new(),
             known: KnownSpans::default(),
             claims: Claims::default(),
+            given: Given::new(RESENT.0, RESENT.1),
             stats: EnrichStats::default(),
         }
     }
@@ -215,6 +227,7 @@ impl Enricher {
                                 tid: spans::claimed_tid(s),
                                 tokens: spans::tokens(s),
                             },
+                            enriched: false,
                         });
                     }
                 }
@@ -483,7 +496,9 @@ impl Enricher {
         (all, index)
     }
 
-    /// Splits the energy among `all` and writes each target's share onto its span.
+    /// Splits the energy among `all` and writes each target's share onto its span. A
+    /// copy of a span already given energy (in this batch or an earlier one) gets the
+    /// same figures, or is marked once they are forgotten, and claims nothing.
     fn add_energies(
         &mut self,
         request: &mut ExportTraceServiceRequest,
@@ -492,28 +507,86 @@ impl Enricher {
         index: &SpanIndex,
     ) {
         let mut chosen = Vec::new();
+        // (span, its place in `chosen`, whether it is the first copy in this batch)
         let mut slots = Vec::new();
-        for (at, _) in targets {
+        let mut places: HashMap<usize, usize> = HashMap::new();
+        let mut resent = Vec::new();
+        for (at, pid) in targets {
             let s = span_at(request, *at);
-            if let Some(&i) = index.get(&(trace_id(&s.trace_id), span_id(&s.span_id))) {
-                chosen.push(i);
-                slots.push(*at);
+            let id = (trace_id(&s.trace_id), span_id(&s.span_id));
+            if let Some(earlier) = self.earlier_copy(*pid, s.start_time_unix_nano, id) {
+                resent.push((*at, earlier));
+                continue;
             }
+            let Some(&i) = index.get(&id) else {
+                continue;
+            };
+            let next = chosen.len();
+            let place = *places.entry(i).or_insert(next);
+            if place == next {
+                chosen.push(i);
+            }
+            slots.push((*at, place, place == next));
         }
         let energies = enrich(&chosen, all, &self.history, &mut self.claims);
-        for ((at, energy), i) in slots.iter().zip(&energies).zip(&chosen) {
-            let model = self
-                .history
-                .model_of(all[*i].pid)
-                .unwrap_or("unknown")
-                .to_string();
-            self.requests.push((model, energy.joules.total().get()));
-            let span = span_at_mut(request, *at);
+        let now = Instant::now();
+        for (at, place, first) in slots {
+            let energy = &energies[place];
+            let span = span_at_mut(request, at);
             spans::add_energy(span, energy);
-            self.traces
-                .mark_enriched(trace_id(&span.trace_id), span_id(&span.span_id));
-            self.stats.enriched += 1;
+            if first {
+                let id = (trace_id(&span.trace_id), span_id(&span.span_id));
+                self.record_enriched(&all[chosen[place]], id, energy, now);
+            } else {
+                self.stats.duplicates += 1;
+            }
         }
+        for (at, earlier) in resent {
+            let span = span_at_mut(request, at);
+            match earlier {
+                Some(energy) => spans::add_energy(span, &energy),
+                None => spans::mark_unattributed(
+                    span,
+                    "a copy of this span sent earlier carried its energy",
+                ),
+            }
+            self.stats.duplicates += 1;
+        }
+    }
+
+    /// For a span whose copy was already given energy: that energy, or None when it is
+    /// no longer remembered. None for a span not given energy yet.
+    fn earlier_copy(
+        &self,
+        pid: u32,
+        start_ns: u64,
+        (trace, span): (TraceId, SpanId),
+    ) -> Option<Option<SpanEnergy>> {
+        if let Some(energy) = self.given.get((trace, span)) {
+            return Some(Some(energy.clone()));
+        }
+        self.known
+            .find(pid, start_ns, trace, span)
+            .is_some_and(|k| k.enriched)
+            .then_some(None)
+    }
+
+    /// Remembers that `request` (ids `id`) was given `energy`.
+    fn record_enriched(
+        &mut self,
+        request: &RequestSpan,
+        (trace, span): (TraceId, SpanId),
+        energy: &SpanEnergy,
+        now: Instant,
+    ) {
+        let model = self.history.model_of(request.pid).unwrap_or("unknown");
+        self.requests
+            .push((model.to_string(), energy.joules.total().get()));
+        self.traces.mark_enriched(trace, span);
+        self.known
+            .mark_enriched(request.pid, request.start_ns, trace, span);
+        self.given.insert((trace, span), energy.clone(), now);
+        self.stats.enriched += 1;
     }
 }
 
@@ -571,6 +644,7 @@ fn windows(request: &ExportTraceServiceRequest, targets: &[Target]) -> HashMap<u
 }
 
 mod known;
+mod resent;
 #[cfg(test)]
 mod tests;
 mod traces;

@@ -254,6 +254,7 @@ fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<Metric
         ("overflowed", s.overflowed),
         ("nested", s.nested),
         ("invalid", s.invalid),
+        ("duplicate", s.duplicates),
     ] {
         m.set_value(metrics::AGENT_SPANS, &[("state", state)], v as f64);
     }

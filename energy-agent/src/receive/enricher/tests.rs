@@ -392,3 +392,90 @@ fn request_spans_with_impossible_times_are_marked_counted_and_take_no_share() {
     assert_eq!(e.stats.enriched, 2);
     assert_eq!(e.known.len(), 2, "only valid requests are remembered");
 }
+
+#[test]
+fn a_batch_sent_twice_gives_each_copy_the_energy_of_one_and_claims_once() {
+    let server = |id, start, end| span(id, None, SpanKind::Server, start, end, vec![]);
+    // Once: X and Y share the first half of the interval.
+    let mut once = enricher(1000);
+    once.accept(
+        batch(Some(42), vec![server(1, T0, T0 + S / 2)]),
+        Origin::default(),
+    );
+    once.accept(
+        batch(Some(42), vec![server(2, T0, T0 + S / 2)]),
+        Origin::default(),
+    );
+    let out = once.on_interval(record(T0, 42, 8.0));
+    let x_once = joules(&attrs_of(&out[0])[0]);
+    assert_eq!(x_once, Some(2.0));
+
+    // Twice: the copy arrives while the first is held, and again after it went on.
+    let mut e = enricher(1000);
+    let x = batch(Some(42), vec![server(1, T0, T0 + S / 2)]);
+    e.accept(x.clone(), Origin::default());
+    e.accept(
+        batch(Some(42), vec![server(2, T0, T0 + S / 2)]),
+        Origin::default(),
+    );
+    e.accept(x.clone(), Origin::default());
+    let out = e.on_interval(record(T0, 42, 8.0));
+    assert_eq!(out.len(), 3);
+    let got: Vec<Option<f64>> = out.iter().map(|r| joules(&attrs_of(r)[0])).collect();
+    assert_eq!(got, vec![x_once, Some(2.0), x_once], "X, Y, X again");
+    e.accept(x, Origin::default());
+    let late = e.release(false);
+    assert_eq!(joules(&attrs_of(&late[0])[0]), x_once, "a later retry");
+    assert_eq!((e.stats.enriched, e.stats.duplicates), (2, 2));
+    assert_eq!(
+        e.take_requests().len(),
+        2,
+        "one request histogram entry per span"
+    );
+
+    // What X and Y did not claim is all there is for Z: the copies claimed nothing.
+    e.accept(
+        batch(Some(42), vec![server(3, T0 + S / 2, T0 + S)]),
+        Origin::default(),
+    );
+    let z = e.release(false);
+    assert_eq!(joules(&attrs_of(&z[0])[0]), Some(4.0));
+}
+
+#[test]
+fn copies_in_one_batch_and_forgotten_copies() {
+    let server = |id| span(id, None, SpanKind::Server, T0, T0 + S, vec![]);
+    let mut e = enricher(1000);
+    e.given = Given::new(1, Duration::from_secs(60));
+    e.accept(
+        batch(Some(42), vec![server(1), server(1)]),
+        Origin::default(),
+    );
+    let mut r = record(T0, 42, 8.0);
+    let other = r.processes[&42].clone();
+    r.processes.insert(43, other);
+    let out = e.on_interval(r);
+    let attrs = attrs_of(&out[0]);
+    assert_eq!(
+        (joules(&attrs[0]), joules(&attrs[1])),
+        (Some(8.0), Some(8.0))
+    );
+    assert_eq!((e.stats.enriched, e.stats.duplicates), (1, 1));
+    // Two other spans push span 1's energy out of memory (one span per generation).
+    for id in [2, 3] {
+        e.accept(batch(Some(43), vec![server(id)]), Origin::default());
+    }
+    assert_eq!(e.release(false).len(), 2);
+    assert_eq!(e.stats.enriched, 3);
+    e.accept(batch(Some(42), vec![server(1)]), Origin::default());
+    let out = e.release(false);
+    let attrs = attrs_of(&out[0]);
+    assert_eq!(joules(&attrs[0]), None, "not given energy a second time");
+    assert!(
+        spans::attr_str(&attrs[0], names::ENERGY_STATUS_REASON)
+            .unwrap()
+            .contains("sent earlier"),
+        "{attrs:?}"
+    );
+    assert_eq!(e.stats.duplicates, 2);
+}
