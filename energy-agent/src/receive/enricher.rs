@@ -5,45 +5,25 @@
 //! unenriched and counted; nothing is dropped here.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    path::{Path, PathBuf},
+    collections::VecDeque,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{ResourceSpans, Span},
 };
-use regex::Regex;
 
-use super::spans::{self, Selection, attr_int, attr_str, names};
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy, enrich};
+pub use super::peer::{Origin, PidNamespace};
+use super::spans::{self, Selection};
+use crate::requests::{Claims, History, IntervalRecord, RequestSpan};
 use known::{Known, KnownSpans};
 use resent::Given;
-use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
-
-/// `--service NAME=REGEX`: spans of service NAME come from the process whose command
-/// line matches REGEX.
-#[derive(Clone, Debug)]
-pub struct ServiceRule {
-    /// `service.name` (or `service.instance.id`).
-    pub service: String,
-    /// Matched against `/proc/<pid>/cmdline`.
-    pub regex: Regex,
-}
-
-impl std::str::FromStr for ServiceRule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (service, re) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--service {s:?} is not NAME=REGEX"))?;
-        Ok(Self {
-            service: service.to_string(),
-            regex: Regex::new(re).map_err(|e| format!("--service {service}: {e}"))?,
-        })
-    }
-}
+pub use resolve::ServiceRule;
+use resolve::Services;
+use split::ThreadlessSpans;
+use traces::{TraceIndex, span_id, trace_id};
 
 /// How spans are chosen and held.
 #[derive(Clone, Debug)]
@@ -58,13 +38,6 @@ pub struct EnrichConfig {
     pub max_held_spans: usize,
     /// procfs, for service rules.
     pub proc_root: PathBuf,
-}
-
-/// Where a batch came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// The sending process, when the connection was local and resolvable.
-    pub pid: Option<u32>,
 }
 
 /// Counters for the agent's own metrics.
@@ -101,10 +74,6 @@ struct Held {
     spans: usize,
 }
 
-/// Per (pid, interval start): a known span without a live thread id in that interval,
-/// or none (see `Enricher::threadless_span`).
-type ThreadlessSpans = HashMap<(u32, u64), Option<Known>>;
-
 /// Most request spans remembered for splits.
 const MAX_KNOWN: usize = 200_000;
 
@@ -115,7 +84,8 @@ pub struct Enricher {
     held: VecDeque<Held>,
     held_spans: usize,
     traces: TraceIndex,
-    cmdlines: (Option<Instant>, Vec<(u32, String)>),
+    /// `--service` rules and what they found.
+    services: Services,
     requests: Vec<(String, f64)>,
     /// Request spans seen, so concurrent spans from other batches take part in each
     /// split.
@@ -147,12 +117,12 @@ impl Enricher {
     /// An enricher keeping `history_intervals` intervals of history.
     pub fn new(config: EnrichConfig, history_intervals: usize) -> Self {
         Self {
+            services: Services::new(config.services.clone(), config.proc_root.clone()),
             config,
             history: History::new(history_intervals),
             held: VecDeque::new(),
             held_spans: 0,
             traces: TraceIndex::new(TRACE_GENERATION.0, TRACE_GENERATION.1),
-            cmdlines: (None, Vec::new()),
             requests: Vec::new(),
             known: KnownSpans::default(),
             claims: Claims::default(),
@@ -170,7 +140,7 @@ impl Enricher {
         let n = count_spans(&request);
         self.stats.received += n as u64;
         let now = Instant::now();
-        let (pids, last_end_ns) = self.remember(&request, origin, now);
+        let (pids, last_end_ns) = self.remember(&request, &origin, now);
         if self.held_spans + n > self.config.max_held_spans {
             return vec![self.overflow(request, n)];
         }
@@ -194,50 +164,77 @@ impl Enricher {
     fn remember(
         &mut self,
         request: &ExportTraceServiceRequest,
-        origin: Origin,
+        origin: &Origin,
         now: Instant,
     ) -> (Vec<Result<u32, String>>, u64) {
         let mut last_end_ns = 0;
         let mut pids = Vec::with_capacity(request.resource_spans.len());
         for rs in &request.resource_spans {
-            let attrs = rs
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or(&[]);
-            let pid = self.resolve(attrs, origin);
+            let attrs = resource_attributes(rs);
+            let pid = resolve::trusted_pid(resolve::claimed_pid(attrs), origin)
+                .or_else(|| self.services.pid_of(attrs))
+                .ok_or_else(|| resolve::unresolved(attrs));
+            if let Ok(pid) = pid {
+                self.remember_requests(rs, pid, resolve::threads_namespace(origin));
+            }
             for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                let times = self
-                    .config
-                    .selection
-                    .matches(s)
-                    .then(|| spans::request_times(s).ok())
-                    .flatten();
-                let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
-                if let Some((start_ns, end_ns)) = times {
-                    last_end_ns = last_end_ns.max(end_ns);
-                    if let Ok(pid) = &pid {
-                        self.known.insert(Known {
-                            trace,
-                            span,
-                            request: RequestSpan {
-                                pid: *pid,
-                                start_ns,
-                                end_ns,
-                                tid: spans::claimed_tid(s),
-                                tokens: spans::tokens(s),
-                            },
-                            enriched: false,
-                        });
-                    }
+                let request = self.is_valid_request(s);
+                if request {
+                    last_end_ns = last_end_ns.max(s.end_time_unix_nano);
                 }
+                let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
                 let parent = span_id(&s.parent_span_id);
-                self.traces
-                    .insert(trace, span, parent, times.is_some(), now);
+                self.traces.insert(trace, span, parent, request, now);
             }
             pids.push(pid);
         }
         (pids, last_end_ns)
+    }
+
+    /// Whether `s` is a request span whose times can be a request's.
+    fn is_valid_request(&self, s: &Span) -> bool {
+        self.config.selection.matches(s) && spans::request_times(s).is_ok()
+    }
+
+    /// Remembers a resource's request spans as spans of `pid` (thread ids read through
+    /// `threads`, the sender's pid namespace, when it is not the agent's).
+    fn remember_requests(&mut self, rs: &ResourceSpans, pid: u32, threads: Option<&PidNamespace>) {
+        for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            if !self.config.selection.matches(s) {
+                continue;
+            }
+            let Ok((start_ns, end_ns)) = spans::request_times(s) else {
+                continue;
+            };
+            let tid =
+                spans::claimed_tid(s).and_then(|t| threads.map_or(Some(t), |ns| ns.to_agents(t)));
+            self.known.insert(Known {
+                trace: trace_id(&s.trace_id),
+                span: span_id(&s.span_id),
+                request: RequestSpan {
+                    pid,
+                    start_ns,
+                    end_ns,
+                    tid,
+                    tokens: spans::tokens(s),
+                },
+                enriched: false,
+            });
+        }
+    }
+
+    /// For the resources whose process was not known when their batch arrived, a
+    /// `--service` rule's latest answer (the lookup asked for a fresh read then).
+    fn retry_unresolved(&mut self, held: &mut Held) {
+        for (rs, pid) in held.request.resource_spans.iter().zip(&mut held.pids) {
+            if pid.is_ok() {
+                continue;
+            }
+            if let Some(found) = self.services.pid_of(resource_attributes(rs)) {
+                self.remember_requests(rs, found, None);
+                *pid = Ok(found);
+            }
+        }
     }
 
     /// A batch of `n` spans the buffer has no room for: its request spans are marked
@@ -299,97 +296,14 @@ impl Enricher {
         out
     }
 
-    fn service_pid(&mut self, service: &str) -> Option<u32> {
-        let rules: Vec<Regex> = self
-            .config
-            .services
-            .iter()
-            .filter(|r| r.service == service)
-            .map(|r| r.regex.clone())
-            .collect();
-        if rules.is_empty() {
-            return None;
-        }
-        let stale = self
-            .cmdlines
-            .0
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
-        if stale {
-            self.cmdlines = (Some(Instant::now()), command_lines(&self.config.proc_root));
-        }
-        let me = std::process::id();
-        rules.iter().find_map(|re| {
-            self.cmdlines
-                .1
-                .iter()
-                .find(|(pid, line)| *pid != me && re.is_match(line))
-                .map(|(pid, _)| *pid)
-        })
-    }
-
-    /// The process that produced a resource's spans, or why it is not known.
-    fn resolve(
-        &mut self,
-        attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
-        origin: Origin,
-    ) -> Result<u32, String> {
-        if let Some(pid) = attr_int(attrs, names::PROCESS_PID)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|&p| p > 0)
-        {
-            return Ok(pid);
-        }
-        if let Some(pid) = origin.pid {
-            return Ok(pid);
-        }
-        let service = attr_str(attrs, names::SERVICE_NAME).map(str::to_string);
-        let instance = attr_str(attrs, names::SERVICE_INSTANCE_ID).map(str::to_string);
-        for name in [&service, &instance].into_iter().flatten() {
-            if let Some(pid) = self.service_pid(name) {
-                return Ok(pid);
-            }
-        }
-        Err(format!(
-            "no process.pid in the resource, the sender's connection is not local, and no --service rule found a process for service.name={}",
-            service.as_deref().unwrap_or("(none)")
-        ))
-    }
-
-    /// A known span of `pid` that shares some of interval `[start, end)` and has no live
-    /// thread id, if there is one; looked for once per release (`memo`).
-    fn threadless_span(
-        &self,
-        pid: u32,
-        (start, end): (u64, u64),
-        memo: &mut ThreadlessSpans,
-    ) -> Option<Known> {
-        // Spans only ever become nested during a release, never the reverse, and no span
-        // is added: a remembered "none" stays true, a remembered span is checked again.
-        if let Some(found) = memo.get(&(pid, start))
-            && found.is_none_or(|k| !self.traces.is_nested(k.trace, k.span))
-        {
-            return *found;
-        }
-        let found = self
-            .known
-            .overlapping(pid, start, end)
-            .find(|k| {
-                let r = &k.request;
-                r.end_ns.min(end) > r.start_ns.max(start)
-                    && !r.tid.is_some_and(|t| self.history.is_thread_of(pid, t))
-                    && !self.traces.is_nested(k.trace, k.span)
-            })
-            .copied();
-        memo.insert((pid, start), found);
-        found
-    }
-
     /// Enriches one released batch.
     fn process(
         &mut self,
         held: Held,
         threadless: &mut ThreadlessSpans,
     ) -> ExportTraceServiceRequest {
+        let mut held = held;
+        self.retry_unresolved(&mut held);
         let mut request = held.request;
         let (targets, unenriched) = self.classify(&request, &held.pids);
         let (all, index) = self.participants(&request, &targets, threadless);
@@ -454,156 +368,13 @@ impl Enricher {
         }
         (targets, unenriched)
     }
-
-    /// The request spans that take part in the targets' split, and where each span is
-    /// among them.
-    ///
-    /// The known request spans of those processes that overlap a target take part in
-    /// the split, with, for each interval the targets touch, one span without a live
-    /// thread id where the interval has one (it makes the whole interval split by
-    /// concurrency instead of by thread activity). No other span can change a
-    /// target's share. Thread ids count only when they are live kernel threads of the
-    /// process.
-    fn participants(
-        &self,
-        request: &ExportTraceServiceRequest,
-        targets: &[Target],
-        threadless: &mut ThreadlessSpans,
-    ) -> (Vec<RequestSpan>, SpanIndex) {
-        let mut all: Vec<RequestSpan> = Vec::new();
-        let mut index = SpanIndex::default();
-        for (pid, (from, to)) in windows(request, targets) {
-            let deciders: Vec<Known> = self
-                .history
-                .intervals_overlapping(from, to)
-                .into_iter()
-                .filter_map(|interval| self.threadless_span(pid, interval, threadless))
-                .collect();
-            // (A decider already among the overlapping spans is not added twice.)
-            let overlapping = self.known.overlapping(pid, from, to).map(|k| (k, false));
-            for (k, decider) in overlapping.chain(deciders.iter().map(|k| (k, true))) {
-                if (decider && index.contains_key(&(k.trace, k.span)))
-                    || self.traces.is_nested(k.trace, k.span)
-                {
-                    continue;
-                }
-                let mut r = k.request;
-                r.tid = r.tid.filter(|&t| self.history.is_thread_of(pid, t));
-                index.insert((k.trace, k.span), all.len());
-                all.push(r);
-            }
-        }
-        (all, index)
-    }
-
-    /// Splits the energy among `all` and writes each target's share onto its span. A
-    /// copy of a span already given energy (in this batch or an earlier one) gets the
-    /// same figures, or is marked once they are forgotten, and claims nothing.
-    fn add_energies(
-        &mut self,
-        request: &mut ExportTraceServiceRequest,
-        targets: &[Target],
-        all: &[RequestSpan],
-        index: &SpanIndex,
-    ) {
-        let mut chosen = Vec::new();
-        // (span, its place in `chosen`, whether it is the first copy in this batch)
-        let mut slots = Vec::new();
-        let mut places: HashMap<usize, usize> = HashMap::new();
-        let mut resent = Vec::new();
-        for (at, pid) in targets {
-            let s = span_at(request, *at);
-            let id = (trace_id(&s.trace_id), span_id(&s.span_id));
-            if let Some(earlier) = self.earlier_copy(*pid, s.start_time_unix_nano, id) {
-                resent.push((*at, earlier));
-                continue;
-            }
-            let Some(&i) = index.get(&id) else {
-                continue;
-            };
-            let next = chosen.len();
-            let place = *places.entry(i).or_insert(next);
-            if place == next {
-                chosen.push(i);
-            }
-            slots.push((*at, place, place == next));
-        }
-        let energies = enrich(&chosen, all, &self.history, &mut self.claims);
-        let now = Instant::now();
-        for (at, place, first) in slots {
-            let energy = &energies[place];
-            let span = span_at_mut(request, at);
-            spans::add_energy(span, energy);
-            if first {
-                let id = (trace_id(&span.trace_id), span_id(&span.span_id));
-                self.record_enriched(&all[chosen[place]], id, energy, now);
-            } else {
-                self.stats.duplicates += 1;
-            }
-        }
-        for (at, earlier) in resent {
-            let span = span_at_mut(request, at);
-            match earlier {
-                Some(energy) => spans::add_energy(span, &energy),
-                None => spans::mark_unattributed(
-                    span,
-                    "a copy of this span sent earlier carried its energy",
-                ),
-            }
-            self.stats.duplicates += 1;
-        }
-    }
-
-    /// For a span whose copy was already given energy: that energy, or None when it is
-    /// no longer remembered. None for a span not given energy yet.
-    fn earlier_copy(
-        &self,
-        pid: u32,
-        start_ns: u64,
-        (trace, span): (TraceId, SpanId),
-    ) -> Option<Option<SpanEnergy>> {
-        if let Some(energy) = self.given.get((trace, span)) {
-            return Some(Some(energy.clone()));
-        }
-        self.known
-            .find(pid, start_ns, trace, span)
-            .is_some_and(|k| k.enriched)
-            .then_some(None)
-    }
-
-    /// Remembers that `request` (ids `id`) was given `energy`.
-    fn record_enriched(
-        &mut self,
-        request: &RequestSpan,
-        (trace, span): (TraceId, SpanId),
-        energy: &SpanEnergy,
-        now: Instant,
-    ) {
-        let model = self.history.model_of(request.pid).unwrap_or("unknown");
-        self.requests
-            .push((model.to_string(), energy.joules.total().get()));
-        self.traces.mark_enriched(trace, span);
-        self.known
-            .mark_enriched(request.pid, request.start_ns, trace, span);
-        self.given.insert((trace, span), energy.clone(), now);
-        self.stats.enriched += 1;
-    }
 }
 
-/// Every process's command line under `proc_root`, arguments joined by spaces (what
-/// `--service` rules match); processes without one are left out.
-fn command_lines(proc_root: &Path) -> Vec<(u32, String)> {
-    let mut list = Vec::new();
-    for e in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let args = crate::identity::read_cmdline(&e.path());
-        if !args.is_empty() {
-            list.push((pid, args.join(" ")));
-        }
-    }
-    list
+fn resource_attributes(rs: &ResourceSpans) -> &[opentelemetry_proto::tonic::common::v1::KeyValue] {
+    rs.resource
+        .as_ref()
+        .map(|r| r.attributes.as_slice())
+        .unwrap_or(&[])
 }
 
 /// A span's place in a batch: resource, scope and span indices.
@@ -620,9 +391,6 @@ enum Unenriched {
     Invalid(&'static str),
 }
 
-/// Where each participating span is in the split's list.
-type SpanIndex = foldhash::HashMap<(TraceId, SpanId), usize>;
-
 fn span_at(request: &ExportTraceServiceRequest, (ri, si, pi): SpanAt) -> &Span {
     &request.resource_spans[ri].scope_spans[si].spans[pi]
 }
@@ -631,20 +399,10 @@ fn span_at_mut(request: &mut ExportTraceServiceRequest, (ri, si, pi): SpanAt) ->
     &mut request.resource_spans[ri].scope_spans[si].spans[pi]
 }
 
-/// Per process, the time from the earliest target start to the latest target end.
-fn windows(request: &ExportTraceServiceRequest, targets: &[Target]) -> HashMap<u32, (u64, u64)> {
-    let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
-    for (at, pid) in targets {
-        let s = span_at(request, *at);
-        let w = window.entry(*pid).or_insert((u64::MAX, 0));
-        w.0 = w.0.min(s.start_time_unix_nano);
-        w.1 = w.1.max(s.end_time_unix_nano);
-    }
-    window
-}
-
 mod known;
 mod resent;
+mod resolve;
+mod split;
 #[cfg(test)]
 mod tests;
 mod traces;

@@ -2,14 +2,7 @@
 //! Each request is answered as soon as it is queued; a malformed one gets a protocol
 //! error (gRPC status or HTTP 4xx) and the listeners keep serving.
 
-use std::{
-    collections::HashMap,
-    io::Read,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{io::Read, net::SocketAddr, path::PathBuf};
 
 use axum::{
     Router,
@@ -37,7 +30,7 @@ use prost::Message;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::codec::CompressionEncoding;
 
-use super::{enricher::Origin, peer};
+use super::peer::{Origin, Peers};
 
 /// What the listeners hand to the enrichment task.
 #[derive(Debug)]
@@ -63,38 +56,6 @@ pub struct ReceiverConfig {
     pub proc_root: PathBuf,
 }
 
-/// Peer address → (process, when resolved).
-type PeerCache = Arc<Mutex<HashMap<SocketAddr, (Option<u32>, Instant)>>>;
-
-/// Resolves and caches the process behind each peer address.
-#[derive(Clone)]
-struct Peers {
-    proc_root: PathBuf,
-    cache: PeerCache,
-}
-
-impl Peers {
-    fn pid(&self, peer: Option<SocketAddr>, ours: SocketAddr) -> Origin {
-        let Some(peer) = peer else {
-            return Origin::default();
-        };
-        if let Ok(cache) = self.cache.lock()
-            && let Some((pid, at)) = cache.get(&peer)
-            && at.elapsed() < Duration::from_secs(60)
-        {
-            return Origin { pid: *pid };
-        }
-        let pid = peer::pid_of_peer(&self.proc_root, peer, ours);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 4096 {
-                cache.clear();
-            }
-            cache.insert(peer, (pid, Instant::now()));
-        }
-        Origin { pid }
-    }
-}
-
 #[derive(Clone)]
 struct Grpc {
     tx: UnboundedSender<Incoming>,
@@ -116,7 +77,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let origin = self.peers.pid(request.remote_addr(), self.ours);
+        let origin = self.peers.origin(request.remote_addr(), self.ours).await;
         queued(
             self.tx
                 .send(Incoming::Traces(request.into_inner(), origin))
@@ -183,10 +144,8 @@ pub async fn start(
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
     };
-    let peers = Peers {
-        proc_root: config.proc_root.clone(),
-        cache: Arc::default(),
-    };
+    let peers =
+        Peers::new(config.proc_root.clone()).context("starting the peer resolver thread")?;
     let max = config.max_message_bytes;
     let svc = Grpc {
         tx: tx.clone(),
@@ -392,7 +351,7 @@ async fn http_traces(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let origin = s.peers.pid(Some(peer), s.ours);
+    let origin = s.peers.origin(Some(peer), s.ours).await;
     if let Err(r) = sent(s.tx.send(Incoming::Traces(request, origin)).is_ok()) {
         return r.into_response();
     }
