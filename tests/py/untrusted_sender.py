@@ -20,21 +20,13 @@ import time
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+
+from inference_server import burn
 
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE = bytes(range(1, 17))
 HOUR_NS = 3600 * 10**9
-
-
-def burn(seconds):
-    start = time.thread_time()
-    x = 0
-    while time.thread_time() - start < seconds:
-        for i in range(2000):
-            x = (x * 6364136223846793005 + i) & 0xFFFFFFFFFFFFFFFF
-    return x
 
 
 def attr(span_or_resource, key, value):

@@ -135,8 +135,8 @@ fn report_of(child: Child) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("inference server report")
 }
 
-/// The request spans ("chat tiny-llama") forwarded, once `n` spans arrived.
-fn request_spans(backend: &Backend, n: usize) -> Vec<serde_json::Value> {
+/// The `n` spans forwarded, once they all arrived.
+fn spans_received(backend: &Backend, n: usize) -> Vec<serde_json::Value> {
     let spans = wait_for(Duration::from_secs(20), || {
         let s = backend.received("span");
         (s.len() >= n).then_some(s)
@@ -144,6 +144,11 @@ fn request_spans(backend: &Backend, n: usize) -> Vec<serde_json::Value> {
     .unwrap_or_else(|| panic!("not every span arrived: {:?}", backend.received("span")));
     assert_eq!(spans.len(), n, "each span once");
     spans
+}
+
+/// The request spans ("chat tiny-llama") forwarded, once `n` spans arrived.
+fn request_spans(backend: &Backend, n: usize) -> Vec<serde_json::Value> {
+    spans_received(backend, n)
         .into_iter()
         .filter(|s| s["name"] == "chat tiny-llama")
         .collect()
@@ -285,11 +290,7 @@ fn an_export_sent_twice_is_one_request() {
     let backend = Backend::start(backend_port);
     let agent = agent(port, backend_port, prom);
     let report = untrusted_sender(port, "resend", 0.5);
-    let spans = wait_for(Duration::from_secs(20), || {
-        let s = backend.received("span");
-        (s.len() >= 3).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans: {:?}", backend.received("span")));
+    let spans = spans_received(&backend, 3);
     let joules_of = |id: &serde_json::Value| -> Vec<f64> {
         spans
             .iter()
@@ -324,12 +325,7 @@ fn impossible_times_and_our_own_keys_from_a_sender() {
     let backend = Backend::start(backend_port);
     let agent = agent(port, backend_port, prom);
     let report = untrusted_sender(port, "bad", 0.3);
-    let spans = wait_for(Duration::from_secs(20), || {
-        let s = backend.received("span");
-        (s.len() >= 6).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans: {:?}", backend.received("span")));
-    assert_eq!(spans.len(), 6);
+    let spans = spans_received(&backend, 6);
     let by_id = |id: &serde_json::Value| {
         spans
             .iter()

@@ -1,8 +1,9 @@
-//! Holds received span batches until the interval covering their spans' ends has been
-//! attributed (or a bounded delay passes), then adds energy and carbon to the request
-//! spans and hands the batch on — resource, scope, links, events and every other
-//! attribute untouched. Batches beyond the buffer bound are passed on at once,
-//! unenriched and counted; nothing is dropped here.
+//! Holds received span batches until the interval covering their request spans' ends
+//! has been attributed (or a bounded delay passes), then adds energy and carbon to the
+//! request spans and hands the batch on — resource, scope, links, events and every
+//! other attribute untouched. Batches beyond the buffer bound are passed on at once,
+//! unenriched and counted; nothing is dropped here. What senders say is checked: which
+//! process they are (`resolve`), their spans' times, copies of spans sent again.
 
 use std::{
     collections::VecDeque,
@@ -17,9 +18,9 @@ use opentelemetry_proto::tonic::{
 
 pub use super::peer::{Origin, PidNamespace};
 use super::spans::{self, Selection};
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan};
+use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy};
+use generations::Generations;
 use known::{Known, KnownSpans};
-use resent::Given;
 pub use resolve::ServiceRule;
 use resolve::Services;
 use split::ThreadlessSpans;
@@ -91,8 +92,9 @@ pub struct Enricher {
     /// split.
     known: KnownSpans,
     claims: Claims,
-    /// The energy recently given to each request span, for copies sent again.
-    given: Given,
+    /// The energy recently given to each request span, for copies sent again (an SDK's
+    /// retries).
+    given: Generations<SpanEnergy>,
     /// Counters.
     pub stats: EnrichStats,
 }
@@ -126,7 +128,7 @@ impl Enricher {
             requests: Vec::new(),
             known: KnownSpans::default(),
             claims: Claims::default(),
-            given: Given::new(RESENT.0, RESENT.1),
+            given: Generations::new(RESENT.0, RESENT.1),
             stats: EnrichStats::default(),
         }
     }
@@ -399,8 +401,8 @@ fn span_at_mut(request: &mut ExportTraceServiceRequest, (ri, si, pi): SpanAt) ->
     &mut request.resource_spans[ri].scope_spans[si].spans[pi]
 }
 
+mod generations;
 mod known;
-mod resent;
 mod resolve;
 mod split;
 #[cfg(test)]

@@ -34,6 +34,16 @@ pub struct Origin {
     pub namespace: Option<Arc<PidNamespace>>,
 }
 
+/// The entries of `dir` named by a number (the processes under `/proc`, the threads
+/// under `/proc/<pid>/task`), with their paths.
+pub(crate) fn numbered(dir: &Path) -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+}
+
 /// Parses an address column of /proc/net/tcp{,6}: `0100007F:1F90` or 32 hex digits.
 pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
@@ -97,18 +107,8 @@ fn socket_table(proc_root: &Path) -> HashMap<(SocketAddr, SocketAddr), u64> {
 /// `/proc/<pid>/fd`, ending once all are found.
 fn pids_of_sockets(proc_root: &Path, inodes: &HashSet<u64>) -> HashMap<u64, u32> {
     let mut found = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for (pid, dir) in numbered(proc_root) {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {

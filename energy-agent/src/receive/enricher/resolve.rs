@@ -220,14 +220,11 @@ fn read_command_lines(
 fn match_rules(proc_root: &Path, rules: &[ServiceRule]) -> Vec<Option<u32>> {
     let mut pids = vec![None; rules.len()];
     let me = std::process::id();
-    for e in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
+    for (pid, dir) in crate::receive::peer::numbered(proc_root) {
         if pid == me {
             continue;
         }
-        let args = crate::identity::read_cmdline(&e.path());
+        let args = crate::identity::read_cmdline(&dir);
         if args.is_empty() {
             continue;
         }

@@ -183,7 +183,8 @@ impl Enricher {
         self.traces.mark_enriched(trace, span);
         self.known
             .mark_enriched(request.pid, request.start_ns, trace, span);
-        self.given.insert((trace, span), energy.clone(), now);
+        self.given.rotate(now);
+        *self.given.entry((trace, span)) = energy.clone();
         self.stats.enriched += 1;
     }
 }

@@ -97,32 +97,12 @@ impl Namespaces {
 /// agent's.
 fn map_namespace(proc_root: &Path, link: &OsString) -> HashMap<u32, u32> {
     let mut map = HashMap::new();
-    for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
-        if entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_none()
-        {
-            continue;
-        }
-        let dir = entry.path();
+    for (_, dir) in super::numbered(proc_root) {
         if !std::fs::read_link(dir.join("ns/pid")).is_ok_and(|l| l.as_os_str() == link) {
             continue;
         }
-        for task in std::fs::read_dir(dir.join("task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for (tid, task) in super::numbered(&dir.join("task")) {
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
             if let Some((inner, _)) = nspid(&status) {
                 map.insert(inner, tid);
             }

@@ -102,7 +102,7 @@ fn a_batch_sent_twice_gives_each_copy_the_energy_of_one_and_claims_once() {
 fn copies_in_one_batch_and_forgotten_copies() {
     let server = |id| span(id, None, SpanKind::Server, T0, T0 + S, vec![]);
     let mut e = enricher(1000);
-    e.given = Given::new(1, Duration::from_secs(60));
+    e.given = Generations::new(1, Duration::from_secs(60));
     e.accept(
         batch(Some(42), vec![server(1), server(1)]),
         Origin::default(),
