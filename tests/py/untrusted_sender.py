@@ -22,7 +22,8 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from inference_server import burn
+sys.dont_write_bytecode = True  # importing a sibling script leaves no __pycache__ behind
+from inference_server import burn  # noqa: E402
 
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE = bytes(range(1, 17))
