@@ -52,6 +52,7 @@ class Traces(trace_service_pb2_grpc.TraceServiceServicer):
                         "start": s.start_time_unix_nano,
                         "end": s.end_time_unix_nano,
                         "attributes": attrs(s.attributes),
+                        "attribute_keys": [kv.key for kv in s.attributes],
                         "events": len(s.events),
                         "links": len(s.links),
                         "resource": resource,

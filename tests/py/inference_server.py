@@ -11,7 +11,12 @@ With --cuda LIB (a CUDA driver library: the tests' stand-in), each request drive
 a stream synchronisation that blocks UNIT x factor seconds, so GPU-driver activity is
 2:1 instead.
 
-usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid] [--cuda LIB]
+With --sleep, each request sleeps UNIT x factor seconds instead (wall time, next to no
+CPU). With --claim-pid N, the resource's process.pid is N instead of its own pid (a
+sender lying about which process it is).
+
+usage: inference_server.py ENDPOINT grpc|http REQUESTS UNIT [--no-pid] [--claim-pid N]
+       [--sleep] [--cuda LIB]
 Prints one JSON object: pid and the requests (span id, type, and cpu_s: the CPU time
 the worker thread used within the request, from the kernel's thread clock).
 """
@@ -60,8 +65,11 @@ def main():
         cuda = ctypes.CDLL(sys.argv[sys.argv.index("--cuda") + 1])
         cuda.cuInit(0)
     resource = {"service.name": "llm-server", "service.instance.id": "test-1"}
-    if "--no-pid" not in sys.argv:
+    if "--claim-pid" in sys.argv:
+        resource["process.pid"] = int(sys.argv[sys.argv.index("--claim-pid") + 1])
+    elif "--no-pid" not in sys.argv:
         resource["process.pid"] = os.getpid()
+    sleep = "--sleep" in sys.argv
     provider = TracerProvider(resource=Resource.create(resource))
     provider.add_span_processor(BatchSpanProcessor(exporter(endpoint, protocol), schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
@@ -84,6 +92,8 @@ def main():
             with tracer.start_as_current_span("decode", kind=trace.SpanKind.INTERNAL):
                 if cuda is not None:
                     gpu_work(cuda, 10 * factor, unit * factor)
+                elif sleep:
+                    time.sleep(unit * factor)
                 else:
                     burn(unit * factor)
             span_id = format(span.get_span_context().span_id, "016x")

@@ -69,38 +69,8 @@ pub struct ForwardConfig {
     pub concurrency: usize,
 }
 
-/// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key1=value1,key2=value2` (values URL-decoded).
-pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("OTLP header {pair:?} is not key=value"))?;
-            Ok((k.trim().to_string(), percent_decode(v.trim())))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+mod headers;
+pub use headers::parse_headers;
 
 /// One OTLP export to pass on.
 #[derive(Clone, Debug)]

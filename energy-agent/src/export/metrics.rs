@@ -144,7 +144,7 @@ def!(
     "energy_agent.spans",
     "1",
     Counter,
-    "Spans received, enriched, unattributed, overflowed, nested."
+    "Spans received, enriched, unattributed, overflowed, nested, invalid, duplicate."
 );
 def!(
     AGENT_SPANS_HELD,

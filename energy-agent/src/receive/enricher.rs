@@ -1,52 +1,35 @@
-//! Holds received span batches until the interval covering their spans' ends has been
-//! attributed (or a bounded delay passes), then adds energy and carbon to the request
-//! spans and hands the batch on — resource, scope, links, events and every other
-//! attribute untouched. Batches beyond the buffer bound are passed on at once,
-//! unenriched and counted; nothing is dropped here. Each batch keeps its share of the
-//! receiver's budget ([`Admitted`]) while held and hands it on with the batch.
+//! Holds received span batches until the interval covering their request spans' ends
+//! has been attributed (or a bounded delay passes), then adds energy and carbon to the
+//! request spans and hands the batch on — resource, scope, links, events and every
+//! other attribute untouched. Batches beyond the buffer bound are passed on at once,
+//! unenriched and counted; nothing is dropped here. What senders say is checked: which
+//! process they are (`resolve`), their spans' times, copies of spans sent again. Each
+//! batch keeps its share of the receiver's budget ([`Admitted`]) while held and hands
+//! it on with the batch.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    path::{Path, PathBuf},
+    collections::VecDeque,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{ResourceSpans, Span},
 };
-use regex::Regex;
 
+pub use super::peer::{Origin, PidNamespace};
 use super::{
     admission::{Admitted, Ticket, trace_items},
-    spans::{self, Selection, attr_int, attr_str, names},
+    spans::{self, Selection},
 };
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy};
+use generations::Generations;
 use known::{Known, KnownSpans};
-use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
-
-/// `--service NAME=REGEX`: spans of service NAME come from the process whose command
-/// line matches REGEX.
-#[derive(Clone, Debug)]
-pub struct ServiceRule {
-    /// `service.name` (or `service.instance.id`).
-    pub service: String,
-    /// Matched against `/proc/<pid>/cmdline`.
-    pub regex: Regex,
-}
-
-impl std::str::FromStr for ServiceRule {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (service, re) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--service {s:?} is not NAME=REGEX"))?;
-        Ok(Self {
-            service: service.to_string(),
-            regex: Regex::new(re).map_err(|e| format!("--service {service}: {e}"))?,
-        })
-    }
-}
+pub use resolve::ServiceRule;
+use resolve::Services;
+use split::ThreadlessSpans;
+use traces::{TraceIndex, span_id, trace_id};
 
 /// How spans are chosen and held.
 #[derive(Clone, Debug)]
@@ -63,13 +46,6 @@ pub struct EnrichConfig {
     pub proc_root: PathBuf,
 }
 
-/// Where a batch came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// The sending process, when the connection was local and resolvable.
-    pub pid: Option<u32>,
-}
-
 /// Counters for the agent's own metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EnrichStats {
@@ -83,6 +59,14 @@ pub struct EnrichStats {
     pub overflowed: u64,
     /// Request spans left alone because an enclosing or enclosed request carries the energy.
     pub nested: u64,
+    /// Request spans with impossible times (start 0, end before start, longer than
+    /// [`spans::MAX_REQUEST_NS`]): marked unattributed with the reason, and not counted
+    /// as `unattributed`.
+    pub invalid: u64,
+    /// Request spans received again (same trace and span id) after a copy was given
+    /// energy: they carry the first copy's figures (or, forgotten, are marked) and
+    /// claim nothing; not counted as `enriched`.
+    pub duplicates: u64,
     /// Spans held now.
     pub held: u64,
 }
@@ -97,10 +81,6 @@ struct Held {
     spans: usize,
 }
 
-/// Per (pid, interval start): a known span without a live thread id in that interval,
-/// or none (see `Enricher::threadless_span`).
-type ThreadlessSpans = HashMap<(u32, u64), Option<Known>>;
-
 /// Most request spans remembered for splits.
 const MAX_KNOWN: usize = 200_000;
 
@@ -111,15 +91,23 @@ pub struct Enricher {
     held: VecDeque<Held>,
     held_spans: usize,
     traces: TraceIndex,
-    cmdlines: (Option<Instant>, Vec<(u32, String)>),
+    /// `--service` rules and what they found.
+    services: Services,
     requests: Vec<(String, f64)>,
     /// Request spans seen, so concurrent spans from other batches take part in each
     /// split.
     known: KnownSpans,
     claims: Claims,
+    /// The energy recently given to each request span, for copies sent again (an SDK's
+    /// retries).
+    given: Generations<SpanEnergy>,
     /// Counters.
     pub stats: EnrichStats,
 }
+
+/// Enriched spans per generation of the energies remembered for copies sent again, and
+/// how long a generation lasts: long enough for an SDK's retries.
+const RESENT: (usize, Duration) = (4096, Duration::from_secs(120));
 
 /// Spans per generation of the trace index, and how long a generation lasts: enough
 /// to cover every held span and the history behind them.
@@ -129,15 +117,16 @@ impl Enricher {
     /// An enricher keeping `history_intervals` intervals of history.
     pub fn new(config: EnrichConfig, history_intervals: usize) -> Self {
         Self {
+            services: Services::new(config.services.clone(), config.proc_root.clone()),
             config,
             history: History::new(history_intervals),
             held: VecDeque::new(),
             held_spans: 0,
             traces: TraceIndex::new(TRACE_GENERATION.0, TRACE_GENERATION.1),
-            cmdlines: (None, Vec::new()),
             requests: Vec::new(),
             known: KnownSpans::default(),
             claims: Claims::default(),
+            given: Generations::new(RESENT.0, RESENT.1),
             stats: EnrichStats::default(),
         }
     }
@@ -155,7 +144,7 @@ impl Enricher {
         let n = trace_items(&request);
         self.stats.received += n as u64;
         let now = Instant::now();
-        let (pids, last_end_ns) = self.remember(&request, origin, now);
+        let (pids, last_end_ns) = self.remember(&request, &origin, now);
         if self.held_spans + n > self.config.max_held_spans {
             return vec![Admitted {
                 message: self.overflow(request, n),
@@ -177,52 +166,83 @@ impl Enricher {
 
     /// Resolves each resource's process and remembers the batch's request spans (for
     /// splits) and every span's place in its trace (for nesting); returns the
-    /// resources' processes and the latest span end.
+    /// resources' processes and the latest end of a request span. A request span with
+    /// impossible times is neither remembered nor a request in its trace (so its
+    /// requests below are still enriched).
     fn remember(
         &mut self,
         request: &ExportTraceServiceRequest,
-        origin: Origin,
+        origin: &Origin,
         now: Instant,
     ) -> (Vec<Result<u32, String>>, u64) {
         let mut last_end_ns = 0;
         let mut pids = Vec::with_capacity(request.resource_spans.len());
         for rs in &request.resource_spans {
-            let attrs = rs
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or(&[]);
-            let pid = self.resolve(attrs, origin);
+            let attrs = resource_attributes(rs);
+            let pid = resolve::trusted_pid(resolve::claimed_pid(attrs), origin)
+                .or_else(|| self.services.pid_of(attrs))
+                .ok_or_else(|| resolve::unresolved(attrs));
+            if let Ok(pid) = pid {
+                self.remember_requests(rs, pid, resolve::threads_namespace(origin));
+            }
             for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                if let Ok(pid) = &pid
-                    && self.config.selection.matches(s)
-                {
-                    self.known.insert(Known {
-                        trace: trace_id(&s.trace_id),
-                        span: span_id(&s.span_id),
-                        request: RequestSpan {
-                            pid: *pid,
-                            start_ns: s.start_time_unix_nano,
-                            end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
-                            tid: spans::claimed_tid(s),
-                            tokens: spans::tokens(s),
-                        },
-                    });
+                let request = self.is_valid_request(s);
+                if request {
+                    last_end_ns = last_end_ns.max(s.end_time_unix_nano);
                 }
+                let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
+                let parent = span_id(&s.parent_span_id);
+                self.traces.insert(trace, span, parent, request, now);
             }
             pids.push(pid);
-            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                last_end_ns = last_end_ns.max(s.end_time_unix_nano);
-                self.traces.insert(
-                    trace_id(&s.trace_id),
-                    span_id(&s.span_id),
-                    span_id(&s.parent_span_id),
-                    self.config.selection.matches(s),
-                    now,
-                );
-            }
         }
         (pids, last_end_ns)
+    }
+
+    /// Whether `s` is a request span whose times can be a request's.
+    fn is_valid_request(&self, s: &Span) -> bool {
+        self.config.selection.matches(s) && spans::request_times(s).is_ok()
+    }
+
+    /// Remembers a resource's request spans as spans of `pid` (thread ids read through
+    /// `threads`, the sender's pid namespace, when it is not the agent's).
+    fn remember_requests(&mut self, rs: &ResourceSpans, pid: u32, threads: Option<&PidNamespace>) {
+        for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            if !self.config.selection.matches(s) {
+                continue;
+            }
+            let Ok((start_ns, end_ns)) = spans::request_times(s) else {
+                continue;
+            };
+            let tid =
+                spans::claimed_tid(s).and_then(|t| threads.map_or(Some(t), |ns| ns.to_agents(t)));
+            self.known.insert(Known {
+                trace: trace_id(&s.trace_id),
+                span: span_id(&s.span_id),
+                request: RequestSpan {
+                    pid,
+                    start_ns,
+                    end_ns,
+                    tid,
+                    tokens: spans::tokens(s),
+                },
+                enriched: false,
+            });
+        }
+    }
+
+    /// For the resources whose process was not known when their batch arrived, a
+    /// `--service` rule's latest answer (the lookup asked for a fresh read then).
+    fn retry_unresolved(&mut self, held: &mut Held) {
+        for (rs, pid) in held.request.resource_spans.iter().zip(&mut held.pids) {
+            if pid.is_ok() {
+                continue;
+            }
+            if let Some(found) = self.services.pid_of(resource_attributes(rs)) {
+                self.remember_requests(rs, found, None);
+                *pid = Ok(found);
+            }
+        }
     }
 
     /// A batch of `n` spans the buffer has no room for: its request spans are marked
@@ -315,117 +335,44 @@ impl Enricher {
         self.stats.held = self.held_spans as u64;
     }
 
-    fn service_pid(&mut self, service: &str) -> Option<u32> {
-        let rules: Vec<Regex> = self
-            .config
-            .services
-            .iter()
-            .filter(|r| r.service == service)
-            .map(|r| r.regex.clone())
-            .collect();
-        if rules.is_empty() {
-            return None;
-        }
-        let stale = self
-            .cmdlines
-            .0
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
-        if stale {
-            self.cmdlines = (Some(Instant::now()), command_lines(&self.config.proc_root));
-        }
-        let me = std::process::id();
-        rules.iter().find_map(|re| {
-            self.cmdlines
-                .1
-                .iter()
-                .find(|(pid, line)| *pid != me && re.is_match(line))
-                .map(|(pid, _)| *pid)
-        })
-    }
-
-    /// The process that produced a resource's spans, or why it is not known.
-    fn resolve(
-        &mut self,
-        attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
-        origin: Origin,
-    ) -> Result<u32, String> {
-        if let Some(pid) = attr_int(attrs, names::PROCESS_PID)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|&p| p > 0)
-        {
-            return Ok(pid);
-        }
-        if let Some(pid) = origin.pid {
-            return Ok(pid);
-        }
-        let service = attr_str(attrs, names::SERVICE_NAME).map(str::to_string);
-        let instance = attr_str(attrs, names::SERVICE_INSTANCE_ID).map(str::to_string);
-        for name in [&service, &instance].into_iter().flatten() {
-            if let Some(pid) = self.service_pid(name) {
-                return Ok(pid);
-            }
-        }
-        Err(format!(
-            "no process.pid in the resource, the sender's connection is not local, and no --service rule found a process for service.name={}",
-            service.as_deref().unwrap_or("(none)")
-        ))
-    }
-
-    /// A known span of `pid` that shares some of interval `[start, end)` and has no live
-    /// thread id, if there is one; looked for once per release (`memo`).
-    fn threadless_span(
-        &self,
-        pid: u32,
-        (start, end): (u64, u64),
-        memo: &mut ThreadlessSpans,
-    ) -> Option<Known> {
-        // Spans only ever become nested during a release, never the reverse, and no span
-        // is added: a remembered "none" stays true, a remembered span is checked again.
-        if let Some(found) = memo.get(&(pid, start))
-            && found.is_none_or(|k| !self.traces.is_nested(k.trace, k.span))
-        {
-            return *found;
-        }
-        let found = self
-            .known
-            .overlapping(pid, start, end)
-            .find(|k| {
-                let r = &k.request;
-                r.end_ns.min(end) > r.start_ns.max(start)
-                    && !r.tid.is_some_and(|t| self.history.is_thread_of(pid, t))
-                    && !self.traces.is_nested(k.trace, k.span)
-            })
-            .copied();
-        memo.insert((pid, start), found);
-        found
-    }
-
     /// Enriches one released batch.
     fn process(
         &mut self,
         held: Held,
         threadless: &mut ThreadlessSpans,
     ) -> ExportTraceServiceRequest {
+        let mut held = held;
+        self.retry_unresolved(&mut held);
         let mut request = held.request;
-        let (targets, unattributed) = self.classify(&request, &held.pids);
+        let (targets, unenriched) = self.classify(&request, &held.pids);
         let (all, index) = self.participants(&request, &targets, threadless);
         self.add_energies(&mut request, &targets, &all, &index);
-        for (at, reason) in &unattributed {
-            spans::mark_unattributed(span_at_mut(&mut request, *at), reason);
-            self.stats.unattributed += 1;
+        for (at, why) in unenriched {
+            let reason = match &why {
+                Unenriched::Unattributed(reason) => {
+                    self.stats.unattributed += 1;
+                    reason.as_str()
+                }
+                Unenriched::Invalid(reason) => {
+                    self.stats.invalid += 1;
+                    reason
+                }
+            };
+            spans::mark_unattributed(span_at_mut(&mut request, at), reason);
         }
         request
     }
 
-    /// Which spans of a batch are requests to enrich (with their process), and which
-    /// cannot be tied to a process (with why). Nested requests are neither, and counted.
+    /// Which spans of a batch are requests to enrich (with their process), which
+    /// cannot be tied to a process (with why) and which have impossible times (with
+    /// why). Nested requests are none of these, and counted.
     fn classify(
         &mut self,
         request: &ExportTraceServiceRequest,
         pids: &[Result<u32, String>],
-    ) -> (Vec<Target>, Vec<(SpanAt, String)>) {
+    ) -> (Vec<Target>, Vec<(SpanAt, Unenriched)>) {
         let mut targets: Vec<Target> = Vec::new();
-        let mut unattributed: Vec<(SpanAt, String)> = Vec::new();
+        let mut unenriched: Vec<(SpanAt, Unenriched)> = Vec::new();
         for (ri, rs) in request.resource_spans.iter().enumerate() {
             let pid = &pids[ri];
             for (si, ss) in rs.scope_spans.iter().enumerate() {
@@ -441,109 +388,32 @@ impl Enricher {
                         continue;
                     }
                     let at = (ri, si, pi);
+                    if let Err(why) = spans::request_times(s) {
+                        unenriched.push((at, Unenriched::Invalid(why)));
+                        continue;
+                    }
                     match pid {
-                        Err(reason) => unattributed.push((at, reason.clone())),
-                        Ok(pid) if !self.history.knows(*pid) => unattributed.push((
+                        Err(reason) => {
+                            unenriched.push((at, Unenriched::Unattributed(reason.clone())))
+                        }
+                        Ok(pid) if !self.history.knows(*pid) => unenriched.push((
                             at,
-                            format!("process {pid} has no attributed CPU time in the agent's recent intervals"),
+                            Unenriched::Unattributed(format!("process {pid} has no attributed CPU time in the agent's recent intervals")),
                         )),
                         Ok(pid) => targets.push((at, *pid)),
                     }
                 }
             }
         }
-        (targets, unattributed)
-    }
-
-    /// The request spans that take part in the targets' split, and where each span is
-    /// among them.
-    ///
-    /// The known request spans of those processes that overlap a target take part in
-    /// the split, with, for each interval the targets touch, one span without a live
-    /// thread id where the interval has one (it makes the whole interval split by
-    /// concurrency instead of by thread activity). No other span can change a
-    /// target's share. Thread ids count only when they are live kernel threads of the
-    /// process.
-    fn participants(
-        &self,
-        request: &ExportTraceServiceRequest,
-        targets: &[Target],
-        threadless: &mut ThreadlessSpans,
-    ) -> (Vec<RequestSpan>, SpanIndex) {
-        let mut all: Vec<RequestSpan> = Vec::new();
-        let mut index = SpanIndex::default();
-        for (pid, (from, to)) in windows(request, targets) {
-            let deciders: Vec<Known> = self
-                .history
-                .intervals_overlapping(from, to)
-                .into_iter()
-                .filter_map(|interval| self.threadless_span(pid, interval, threadless))
-                .collect();
-            // (A decider already among the overlapping spans is not added twice.)
-            let overlapping = self.known.overlapping(pid, from, to).map(|k| (k, false));
-            for (k, decider) in overlapping.chain(deciders.iter().map(|k| (k, true))) {
-                if (decider && index.contains_key(&(k.trace, k.span)))
-                    || self.traces.is_nested(k.trace, k.span)
-                {
-                    continue;
-                }
-                let mut r = k.request;
-                r.tid = r.tid.filter(|&t| self.history.is_thread_of(pid, t));
-                index.insert((k.trace, k.span), all.len());
-                all.push(r);
-            }
-        }
-        (all, index)
-    }
-
-    /// Splits the energy among `all` and writes each target's share onto its span.
-    fn add_energies(
-        &mut self,
-        request: &mut ExportTraceServiceRequest,
-        targets: &[Target],
-        all: &[RequestSpan],
-        index: &SpanIndex,
-    ) {
-        let mut chosen = Vec::new();
-        let mut slots = Vec::new();
-        for (at, _) in targets {
-            let s = span_at(request, *at);
-            if let Some(&i) = index.get(&(trace_id(&s.trace_id), span_id(&s.span_id))) {
-                chosen.push(i);
-                slots.push(*at);
-            }
-        }
-        let energies = enrich(&chosen, all, &self.history, &mut self.claims);
-        for ((at, energy), i) in slots.iter().zip(&energies).zip(&chosen) {
-            let model = self
-                .history
-                .model_of(all[*i].pid)
-                .unwrap_or("unknown")
-                .to_string();
-            self.requests.push((model, energy.joules.total().get()));
-            let span = span_at_mut(request, *at);
-            spans::add_energy(span, energy);
-            self.traces
-                .mark_enriched(trace_id(&span.trace_id), span_id(&span.span_id));
-            self.stats.enriched += 1;
-        }
+        (targets, unenriched)
     }
 }
 
-/// Every process's command line under `proc_root`, arguments joined by spaces (what
-/// `--service` rules match); processes without one are left out.
-fn command_lines(proc_root: &Path) -> Vec<(u32, String)> {
-    let mut list = Vec::new();
-    for e in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let args = crate::identity::read_cmdline(&e.path());
-        if !args.is_empty() {
-            list.push((pid, args.join(" ")));
-        }
-    }
-    list
+fn resource_attributes(rs: &ResourceSpans) -> &[opentelemetry_proto::tonic::common::v1::KeyValue] {
+    rs.resource
+        .as_ref()
+        .map(|r| r.attributes.as_slice())
+        .unwrap_or(&[])
 }
 
 /// A span's place in a batch: resource, scope and span indices.
@@ -552,8 +422,13 @@ type SpanAt = (usize, usize, usize);
 /// A request span to enrich, and its process.
 type Target = (SpanAt, u32);
 
-/// Where each participating span is in the split's list.
-type SpanIndex = foldhash::HashMap<(TraceId, SpanId), usize>;
+/// Why a request span is not enriched (it is marked, with the reason).
+enum Unenriched {
+    /// No process could be tied to it.
+    Unattributed(String),
+    /// Its times cannot be a request's.
+    Invalid(&'static str),
+}
 
 fn span_at(request: &ExportTraceServiceRequest, (ri, si, pi): SpanAt) -> &Span {
     &request.resource_spans[ri].scope_spans[si].spans[pi]
@@ -563,19 +438,10 @@ fn span_at_mut(request: &mut ExportTraceServiceRequest, (ri, si, pi): SpanAt) ->
     &mut request.resource_spans[ri].scope_spans[si].spans[pi]
 }
 
-/// Per process, the time from the earliest target start to the latest target end.
-fn windows(request: &ExportTraceServiceRequest, targets: &[Target]) -> HashMap<u32, (u64, u64)> {
-    let mut window: HashMap<u32, (u64, u64)> = HashMap::new();
-    for (at, pid) in targets {
-        let s = span_at(request, *at);
-        let w = window.entry(*pid).or_insert((u64::MAX, 0));
-        w.0 = w.0.min(s.start_time_unix_nano);
-        w.1 = w.1.max(s.end_time_unix_nano);
-    }
-    window
-}
-
+mod generations;
 mod known;
+mod resolve;
+mod split;
 #[cfg(test)]
 mod tests;
 mod traces;

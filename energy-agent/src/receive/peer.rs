@@ -1,11 +1,48 @@
 //! Which process is on the other end of a local TCP connection: its socket in
 //! `/proc/net/tcp{,6}` (by the peer's address and ours), then the process holding that
-//! socket inode among `/proc/<pid>/fd`. Only loopback peers can be resolved.
+//! socket inode among `/proc/<pid>/fd`, and that process's pid namespace. Only loopback
+//! peers can be resolved.
+//!
+//! The walks through procfs block and grow with the host's processes, so they run on a
+//! thread of their own, never on the async workers that serve OTLP; each connection is
+//! resolved once and cached by its addresses and socket inode.
 
 use std::{
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
+
+use tokio::sync::{mpsc, oneshot};
+
+mod namespace;
+
+pub use namespace::PidNamespace;
+
+/// Where a batch came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The sending process, when the connection was local and resolvable.
+    pub pid: Option<u32>,
+    /// The sending process's pid namespace, when it could be read: which `process.pid`
+    /// values it may claim, and what they mean.
+    pub namespace: Option<Arc<PidNamespace>>,
+}
+
+/// The entries of `dir` named by a number (the processes under `/proc`, the threads
+/// under `/proc/<pid>/task`), with their paths.
+pub(crate) fn numbered(dir: &Path) -> impl Iterator<Item = (u32, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+}
 
 /// Parses an address column of /proc/net/tcp{,6}: `0100007F:1F90` or 32 hex digits.
 pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
@@ -18,7 +55,7 @@ pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
         32 => {
             let mut bytes = [0u8; 16];
             for (i, chunk) in bytes.chunks_mut(4).enumerate() {
-                let word = u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).ok()?;
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
                 chunk.copy_from_slice(&word.to_le_bytes());
             }
             IpAddr::V6(Ipv6Addr::from(bytes))
@@ -28,21 +65,26 @@ pub fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Same endpoint, looking through IPv4-mapped IPv6 addresses.
-fn same(a: SocketAddr, b: SocketAddr) -> bool {
-    let canon = |s: SocketAddr| match s.ip() {
+/// The address, IPv4-mapped IPv6 addresses seen as IPv4.
+fn canonical(s: SocketAddr) -> SocketAddr {
+    match s.ip() {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map_or(s, |v4| SocketAddr::new(IpAddr::V4(v4), s.port())),
         IpAddr::V4(_) => s,
-    };
-    canon(a) == canon(b)
+    }
 }
 
-/// The inode of the socket whose local end is `peer` and remote end `ours`.
-pub fn socket_inode(proc_root: &Path, peer: SocketAddr, ours: SocketAddr) -> Option<u64> {
-    for table in ["net/tcp", "net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(proc_root.join(table)) else {
+/// Whether `peer` can be a process of this host's network namespace.
+fn is_loopback(peer: SocketAddr) -> bool {
+    canonical(peer).ip().is_loopback()
+}
+
+/// Every TCP socket's inode, by (local, remote) address (canonical).
+fn socket_table(proc_root: &Path) -> HashMap<(SocketAddr, SocketAddr), u64> {
+    let mut table = HashMap::new();
+    for name in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(proc_root.join(name)) else {
             continue;
         };
         for line in text.lines().skip(1) {
@@ -53,86 +95,210 @@ pub fn socket_inode(proc_root: &Path, peer: SocketAddr, ours: SocketAddr) -> Opt
             let (Some(local), Some(remote)) = (parse_proc_addr(f[1]), parse_proc_addr(f[2])) else {
                 continue;
             };
-            if same(local, peer) && same(remote, ours) {
-                return f[9].parse().ok().filter(|&i| i != 0);
+            if let Some(inode) = f[9].parse().ok().filter(|&i: &u64| i != 0) {
+                table.insert((canonical(local), canonical(remote)), inode);
             }
         }
     }
-    None
+    table
 }
 
-/// The process (tgid) holding socket `inode`.
-pub fn pid_of_socket(proc_root: &Path, inode: u64) -> Option<u32> {
-    let wanted = format!("socket:[{inode}]");
-    let entries = std::fs::read_dir(proc_root).ok()?;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+/// The process (tgid) holding each of `inodes`, where found: one walk over every
+/// `/proc/<pid>/fd`, ending once all are found.
+fn pids_of_sockets(proc_root: &Path, inodes: &HashSet<u64>) -> HashMap<u64, u32> {
+    let mut found = HashMap::new();
+    for (pid, dir) in numbered(proc_root) {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()) {
-                return Some(pid);
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse::<u64>().ok());
+            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
+                found.entry(inode).or_insert(pid);
+                if found.len() == inodes.len() {
+                    return found;
+                }
             }
         }
     }
-    None
+    found
 }
 
-/// The local process that opened the connection from `peer` to `ours`, if any.
-pub fn pid_of_peer(proc_root: &Path, peer: SocketAddr, ours: SocketAddr) -> Option<u32> {
-    if !peer.ip().is_loopback()
-        && !matches!(peer.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
-    {
-        return None;
+/// How long a connection's entry is used without looking at the socket table; after
+/// that its socket inode is checked (the same addresses may be a new connection).
+const RECHECK: Duration = Duration::from_secs(1);
+/// How long a socket's process is trusted before the fds are walked again (the socket
+/// may have been handed to another process).
+const REWALK: Duration = Duration::from_secs(60);
+/// Most connections cached.
+const MAX_CONNECTIONS: usize = 4096;
+/// Most resolutions waiting for the resolver thread.
+const MAX_WAITING: usize = 1024;
+
+/// A cached connection.
+#[derive(Clone)]
+struct Entry {
+    inode: u64,
+    origin: Origin,
+    checked: Instant,
+    walked: Instant,
+}
+
+/// A connection (peer, ours) to resolve, and where the answer goes.
+struct Job {
+    peer: SocketAddr,
+    ours: SocketAddr,
+    reply: oneshot::Sender<Origin>,
+}
+
+/// What the resolver thread and the handlers share.
+struct Shared {
+    proc_root: PathBuf,
+    cache: Mutex<HashMap<(SocketAddr, SocketAddr), Entry>>,
+    /// Walks over every process's fds so far.
+    walks: AtomicU64,
+}
+
+impl Shared {
+    fn cached(&self, key: (SocketAddr, SocketAddr), fresh: Duration) -> Option<Entry> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(&key)
+            .filter(|e| e.checked.elapsed() < fresh)
+            .cloned()
     }
-    pid_of_socket(proc_root, socket_inode(proc_root, peer, ours)?)
+}
+
+/// Resolves and caches the process behind each connection; cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Peers {
+    /// Starts the resolver thread, reading `proc_root`; it ends with the last clone.
+    pub fn new(proc_root: PathBuf) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            proc_root,
+            cache: Mutex::default(),
+            walks: AtomicU64::new(0),
+        });
+        let (jobs, rx) = mpsc::channel(MAX_WAITING);
+        let resolver = shared.clone();
+        std::thread::Builder::new()
+            .name("energy-peers".into())
+            .spawn(move || resolve_jobs(&resolver, rx))?;
+        Ok(Self { shared, jobs })
+    }
+
+    /// Where a request on the connection from `peer` to `ours` came from. Answers from
+    /// the cache when it can, else waits for the resolver thread (without blocking the
+    /// async worker).
+    pub async fn origin(&self, peer: Option<SocketAddr>, ours: SocketAddr) -> Origin {
+        let Some(peer) = peer.filter(|p| is_loopback(*p)) else {
+            return Origin::default();
+        };
+        let key = (canonical(peer), canonical(ours));
+        if let Some(entry) = self.shared.cached(key, RECHECK) {
+            return entry.origin;
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            peer: key.0,
+            ours: key.1,
+            reply,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Origin::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Walks over every process's fds so far (for tests of the cache).
+    #[cfg(test)]
+    fn walks(&self) -> u64 {
+        self.shared.walks.load(Ordering::Relaxed)
+    }
+}
+
+/// The resolver thread: takes every waiting job, reads the socket table once for them,
+/// walks the fds once for the sockets not cached, and answers.
+fn resolve_jobs(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
+    let mut namespaces = namespace::Namespaces::default();
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WAITING
+            && let Ok(job) = jobs.try_recv()
+        {
+            batch.push(job);
+        }
+        let table = socket_table(&shared.proc_root);
+        let inode_of = |job: &Job| table.get(&(job.peer, job.ours)).copied();
+        let mut unknown = HashSet::new();
+        for job in &batch {
+            let cached = shared.cached((job.peer, job.ours), REWALK);
+            if let Some(inode) = inode_of(job)
+                && !cached.is_some_and(|e| e.inode == inode && e.walked.elapsed() < REWALK)
+            {
+                unknown.insert(inode);
+            }
+        }
+        let owners = if unknown.is_empty() {
+            HashMap::new()
+        } else {
+            shared.walks.fetch_add(1, Ordering::Relaxed);
+            pids_of_sockets(&shared.proc_root, &unknown)
+        };
+        let now = Instant::now();
+        for job in batch {
+            let key = (job.peer, job.ours);
+            let entry = match inode_of(&job) {
+                None => None,
+                Some(inode) => match owners.get(&inode) {
+                    Some(&pid) => Some(Entry {
+                        inode,
+                        origin: Origin {
+                            pid: Some(pid),
+                            namespace: namespaces.of(&shared.proc_root, pid),
+                        },
+                        checked: now,
+                        walked: now,
+                    }),
+                    // Known socket: its process again, its namespace as it is now.
+                    None => shared
+                        .cached(key, REWALK)
+                        .filter(|e| e.inode == inode)
+                        .map(|mut e| {
+                            e.origin.namespace = e
+                                .origin
+                                .pid
+                                .and_then(|pid| namespaces.of(&shared.proc_root, pid));
+                            Entry { checked: now, ..e }
+                        }),
+                },
+            };
+            let origin = entry.as_ref().map(|e| e.origin.clone()).unwrap_or_default();
+            if let (Some(entry), Ok(mut cache)) = (entry, shared.cache.lock()) {
+                if cache.len() >= MAX_CONNECTIONS {
+                    cache.retain(|_, e| e.checked.elapsed() < REWALK);
+                    if cache.len() >= MAX_CONNECTIONS {
+                        cache.clear();
+                    }
+                }
+                cache.insert(key, entry);
+            }
+            let _ = job.reply.send(origin);
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_net_addresses() {
-        assert_eq!(
-            parse_proc_addr("0100007F:1F90"),
-            Some("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_proc_addr("00000000000000000000000001000000:10E1"),
-            Some("[::1]:4321".parse().unwrap())
-        );
-        assert_eq!(
-            parse_proc_addr("0000000000000000FFFF00000100007F:0050"),
-            Some("[::ffff:127.0.0.1]:80".parse().unwrap())
-        );
-        assert_eq!(parse_proc_addr("zz:1"), None);
-    }
-
-    #[test]
-    fn finds_this_process_from_its_own_connection() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = listener.local_addr().unwrap();
-        let client = std::net::TcpStream::connect(server).unwrap();
-        let (_accepted, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
-        let pid = pid_of_peer(Path::new("/proc"), peer, server);
-        assert_eq!(pid, Some(std::process::id()));
-    }
-
-    #[test]
-    fn remote_peers_are_not_resolved() {
-        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-        assert_eq!(
-            pid_of_peer(Path::new("/proc"), peer, "127.0.0.1:4317".parse().unwrap()),
-            None
-        );
-    }
-}
+mod tests;

@@ -4,14 +4,7 @@
 //! checked again before its body is even read. A malformed one gets a protocol error
 //! (gRPC status or HTTP 4xx) and the listeners keep serving.
 
-use std::{
-    collections::HashMap,
-    io::Read,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{io::Read, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
     Router,
@@ -42,9 +35,8 @@ use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService
 
 use super::{
     admission::{self, Admitted, Budget, Refusal, Signal, grpc_refusal, http_refusal},
-    enricher::Origin,
     memory::Footprint,
-    peer,
+    peer::{Origin, Peers},
 };
 
 /// What the listeners hand to the enrichment task, each with its share of the budget.
@@ -116,38 +108,6 @@ pub struct ReceiverConfig {
     pub proc_root: PathBuf,
 }
 
-/// Peer address → (process, when resolved).
-type PeerCache = Arc<Mutex<HashMap<SocketAddr, (Option<u32>, Instant)>>>;
-
-/// Resolves and caches the process behind each peer address.
-#[derive(Clone)]
-struct Peers {
-    proc_root: PathBuf,
-    cache: PeerCache,
-}
-
-impl Peers {
-    fn pid(&self, peer: Option<SocketAddr>, ours: SocketAddr) -> Origin {
-        let Some(peer) = peer else {
-            return Origin::default();
-        };
-        if let Ok(cache) = self.cache.lock()
-            && let Some((pid, at)) = cache.get(&peer)
-            && at.elapsed() < Duration::from_secs(60)
-        {
-            return Origin { pid: *pid };
-        }
-        let pid = peer::pid_of_peer(&self.proc_root, peer, ours);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 4096 {
-                cache.clear();
-            }
-            cache.insert(peer, (pid, Instant::now()));
-        }
-        Origin { pid }
-    }
-}
-
 #[derive(Clone)]
 struct Grpc {
     intake: Intake,
@@ -161,7 +121,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let origin = self.peers.pid(request.remote_addr(), self.ours);
+        let origin = self.peers.origin(request.remote_addr(), self.ours).await;
         let request = request.into_inner();
         let items = admission::trace_items(&request);
         self.intake
@@ -234,10 +194,8 @@ pub async fn start(
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
     };
-    let peers = Peers {
-        proc_root: config.proc_root.clone(),
-        cache: Arc::default(),
-    };
+    let peers =
+        Peers::new(config.proc_root.clone()).context("starting the peer resolver thread")?;
     let max = config.max_message_bytes;
     let svc = Grpc {
         intake: intake.clone(),
@@ -456,7 +414,7 @@ async fn http_traces(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let origin = s.peers.pid(Some(peer), s.ours);
+    let origin = s.peers.origin(Some(peer), s.ours).await;
     let items = admission::trace_items(&request);
     if let Err(why) = s.intake.hand_off(Signal::Traces, request, items, |r| {
         Incoming::Traces(r, origin)

@@ -145,13 +145,46 @@ impl Selection {
     }
 }
 
-/// gen_ai input + output tokens, when the span carries them.
+/// The most tokens one count may claim: larger (or negative) counts are not believed,
+/// and the span is split as one without token counts.
+pub const MAX_TOKENS: i64 = 1_000_000_000;
+
+/// gen_ai input + output tokens, when the span carries them and they are believable
+/// (each within `0..=MAX_TOKENS`; otherwise none, so one sender cannot take a whole
+/// segment by claiming absurd counts).
 pub fn tokens(span: &Span) -> Option<u64> {
     let input = attr_int(&span.attributes, names::GEN_AI_INPUT_TOKENS);
     let output = attr_int(&span.attributes, names::GEN_AI_OUTPUT_TOKENS);
-    match (input, output) {
-        (None, None) => None,
-        (i, o) => Some((i.unwrap_or(0).max(0) + o.unwrap_or(0).max(0)) as u64),
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    let mut total = 0u64;
+    for count in [input, output].into_iter().flatten() {
+        total = total.saturating_add(
+            u64::try_from(count)
+                .ok()
+                .filter(|&c| c <= MAX_TOKENS as u64)?,
+        );
+    }
+    Some(total)
+}
+
+/// The longest request span believed: longer ones (and spans that start at 0 or end
+/// before they start) are not enriched, so one bad timestamp cannot make every split
+/// scan the whole history.
+pub const MAX_REQUEST_NS: u64 = 3_600 * 1_000_000_000;
+
+/// A request span's `(start, end)`, or why its times cannot be those of a request.
+pub fn request_times(span: &Span) -> Result<(u64, u64), &'static str> {
+    let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+    if start == 0 {
+        Err("invalid span times: the start time is 0")
+    } else if end < start {
+        Err("invalid span times: the span ends before it starts")
+    } else if end - start > MAX_REQUEST_NS {
+        Err("invalid span times: the span is longer than an hour")
+    } else {
+        Ok((start, end))
     }
 }
 
@@ -163,9 +196,38 @@ pub fn claimed_tid(span: &Span) -> Option<u32> {
         .filter(|&t| t > 0)
 }
 
-/// Adds the energy attributes to a request span.
+/// Every attribute enrichment writes (`energy.*` and `carbon.*`).
+const WRITTEN: [&str; 13] = [
+    names::ENERGY_JOULES,
+    names::ENERGY_CPU,
+    names::ENERGY_DRAM,
+    names::ENERGY_GPU,
+    names::ENERGY_IDLE,
+    names::ENERGY_ESTIMATED,
+    names::ENERGY_SOURCE,
+    names::ENERGY_STATUS,
+    names::ENERGY_STATUS_REASON,
+    names::CARBON_G,
+    names::CARBON_INTENSITY,
+    names::CARBON_EMBODIED,
+    names::CARBON_INTENSITY_SOURCE,
+];
+
+/// Removes the sender's values of the attributes this agent writes, so that a span
+/// never carries a key twice (OTLP requires unique keys): ours replace theirs. Keys
+/// outside those stay as they are.
+fn remove_written(attrs: &mut Vec<KeyValue>) {
+    attrs.retain(|kv| {
+        !((kv.key.starts_with("energy.") || kv.key.starts_with("carbon."))
+            && WRITTEN.contains(&kv.key.as_str()))
+    });
+}
+
+/// Adds the energy attributes to a request span (replacing any the sender set, and any
+/// `energy.status` it carried).
 pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     let a = &mut span.attributes;
+    remove_written(a);
     a.reserve(11);
     a.push(kv(
         names::ENERGY_JOULES,
@@ -190,8 +252,11 @@ pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     ));
 }
 
-/// Marks a request span that could not be tied to a process.
+/// Marks a request span that could not be tied to a process (replacing any status the
+/// sender set).
 pub fn mark_unattributed(span: &mut Span, reason: &str) {
+    span.attributes
+        .retain(|kv| kv.key != names::ENERGY_STATUS && kv.key != names::ENERGY_STATUS_REASON);
     span.attributes.push(kv(
         names::ENERGY_STATUS,
         Value::StringValue("unattributed".into()),
@@ -260,6 +325,50 @@ mod tests {
     }
 
     #[test]
+    fn impossible_times_are_named() {
+        let at = |start, end| {
+            let mut s = span(SpanKind::Server, vec![], "x");
+            (s.start_time_unix_nano, s.end_time_unix_nano) = (start, end);
+            request_times(&s)
+        };
+        assert_eq!(at(5, 9), Ok((5, 9)));
+        assert_eq!(at(5, 5), Ok((5, 5)), "an instant is a span");
+        assert!(at(0, 9).unwrap_err().contains("start time is 0"));
+        assert!(at(9, 5).unwrap_err().contains("ends before it starts"));
+        assert_eq!(at(1, 1 + MAX_REQUEST_NS), Ok((1, 1 + MAX_REQUEST_NS)));
+        assert!(at(1, 2 + MAX_REQUEST_NS).unwrap_err().contains("longer"));
+        assert!(at(1, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn absurd_token_counts_are_not_believed_and_never_overflow() {
+        let with = |input: Value, output: Option<Value>| {
+            let mut attrs = vec![kv(names::GEN_AI_INPUT_TOKENS, input)];
+            attrs.extend(output.map(|o| kv(names::GEN_AI_OUTPUT_TOKENS, o)));
+            tokens(&span(SpanKind::Server, attrs, "x"))
+        };
+        // i64::MAX + i64::MAX overflowed (a panic in debug builds, a wrap in release).
+        assert_eq!(
+            with(Value::IntValue(i64::MAX), Some(Value::IntValue(i64::MAX))),
+            None
+        );
+        assert_eq!(with(Value::IntValue(-5), Some(Value::IntValue(10))), None);
+        assert_eq!(with(Value::IntValue(MAX_TOKENS + 1), None), None);
+        assert_eq!(
+            with(Value::DoubleValue(1e300), Some(Value::IntValue(1))),
+            None
+        );
+        assert_eq!(
+            with(
+                Value::IntValue(MAX_TOKENS),
+                Some(Value::IntValue(MAX_TOKENS))
+            ),
+            Some(2 * MAX_TOKENS as u64)
+        );
+        assert_eq!(with(Value::StringValue("7".into()), None), Some(7));
+    }
+
+    #[test]
     fn energy_attributes_are_appended_and_nothing_else_changes() {
         let mut s = span(
             SpanKind::Server,
@@ -299,6 +408,66 @@ mod tests {
         assert_eq!(
             attr_str(&s.attributes, names::ENERGY_STATUS),
             Some("unattributed")
+        );
+    }
+
+    fn count(attrs: &[KeyValue], key: &str) -> usize {
+        attrs.iter().filter(|kv| kv.key == key).count()
+    }
+
+    #[test]
+    fn a_span_that_already_carries_our_keys_gets_exactly_one_of_each() {
+        let theirs = vec![
+            kv(names::ENERGY_JOULES, Value::DoubleValue(1e9)),
+            kv(names::CARBON_G, Value::StringValue("lots".into())),
+            kv(
+                names::ENERGY_STATUS,
+                Value::StringValue("unattributed".into()),
+            ),
+            kv("energy.budget", Value::IntValue(5)),
+            kv("gen_ai.request.model", Value::StringValue("m".into())),
+        ];
+        let mut s = span(SpanKind::Server, theirs.clone(), "x");
+        let e = SpanEnergy {
+            joules: EnergyByClass {
+                cpu_j: Joules(2.0),
+                ..Default::default()
+            },
+            carbon_g: 0.5,
+            ..Default::default()
+        };
+        add_energy(&mut s, &e);
+        for key in WRITTEN.iter().filter(|k| !k.starts_with("energy.status")) {
+            assert_eq!(count(&s.attributes, key), 1, "{key}: {:?}", s.attributes);
+        }
+        assert_eq!(
+            attr(&s.attributes, names::ENERGY_JOULES),
+            Some(&Value::DoubleValue(2.0)),
+            "ours replace theirs"
+        );
+        assert_eq!(
+            attr(&s.attributes, names::CARBON_G),
+            Some(&Value::DoubleValue(0.5))
+        );
+        assert_eq!(
+            count(&s.attributes, names::ENERGY_STATUS),
+            0,
+            "now attributed"
+        );
+        for kept in &theirs[3..] {
+            assert_eq!(
+                s.attributes.iter().filter(|kv| *kv == kept).count(),
+                1,
+                "theirs outside what we write: {kept:?}"
+            );
+        }
+        mark_unattributed(&mut s, "one");
+        mark_unattributed(&mut s, "two");
+        assert_eq!(count(&s.attributes, names::ENERGY_STATUS), 1);
+        assert_eq!(count(&s.attributes, names::ENERGY_STATUS_REASON), 1);
+        assert_eq!(
+            attr_str(&s.attributes, names::ENERGY_STATUS_REASON),
+            Some("two")
         );
     }
 }

@@ -543,7 +543,11 @@ fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
         .iter()
         .all(|&i| spans[i].tokens.is_some_and(|t| t > 0))
     {
-        let total: u64 = active.iter().map(|&i| spans[i].tokens.unwrap_or(0)).sum();
+        // Summed wide: token counts come from senders, and u64s can add up past u64.
+        let total: u128 = active
+            .iter()
+            .map(|&i| u128::from(spans[i].tokens.unwrap_or(0)))
+            .sum();
         return active
             .iter()
             .map(|&i| (i, spans[i].tokens.unwrap_or(0) as f64 / total as f64))

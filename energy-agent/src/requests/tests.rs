@@ -114,6 +114,25 @@ fn tokens_then_equal_split() {
 }
 
 #[test]
+fn token_counts_near_the_limit_of_u64_split_without_overflow() {
+    // Σ tokens overflowed u64 (a panic in debug builds; in release a wrapped, tiny total
+    // gave shares far above 1).
+    let mut h = History::new(8);
+    h.push(record(0, 7, 12.0, &[(7, S)]));
+    let e = enrich_all(
+        &[
+            span(0, S, None, Some(u64::MAX)),
+            span(0, S, None, Some(u64::MAX)),
+        ],
+        &h,
+    );
+    assert!(
+        close(e[0].joules.cpu_j, 6.0) && close(e[1].joules.cpu_j, 6.0),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn overlapping_spans_share_only_while_they_overlap() {
     let mut h = History::new(8);
     h.push(record(0, 7, 10.0, &[(7, S)]));

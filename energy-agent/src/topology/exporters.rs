@@ -362,6 +362,8 @@ fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>) {
         ("unattributed", s.unattributed),
         ("overflowed", s.overflowed),
         ("nested", s.nested),
+        ("invalid", s.invalid),
+        ("duplicate", s.duplicates),
     ] {
         m.set_value(metrics::AGENT_SPANS, &[("state", state)], v as f64);
     }

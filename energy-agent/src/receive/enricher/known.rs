@@ -1,6 +1,7 @@
 //! The request spans the enricher has seen (held or released), per process and ordered
 //! by start, so that a split finds the spans overlapping a batch's window without
-//! scanning every span remembered.
+//! scanning every span remembered. A span sent again (an SDK retry) is remembered once:
+//! its copies are one request in every split.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ pub(super) struct Known {
     pub trace: TraceId,
     pub span: SpanId,
     pub request: RequestSpan,
+    /// Whether a copy of it has been given energy.
+    pub enriched: bool,
 }
 
 /// One process's spans, sorted by start time.
@@ -38,16 +41,54 @@ impl KnownSpans {
         self.by_pid.contains_key(&pid)
     }
 
-    /// Remembers a span (spans arrive roughly in start order, so inserting is cheap).
-    pub fn insert(&mut self, known: Known) {
-        let list = self.by_pid.entry(known.request.pid).or_default();
+    /// Remembers a span (spans arrive roughly in start order, so inserting is cheap);
+    /// false, and nothing changes, when a span with its process, start and ids is
+    /// already remembered.
+    pub fn insert(&mut self, known: Known) -> bool {
         let r = &known.request;
+        if self
+            .find(r.pid, r.start_ns, known.trace, known.span)
+            .is_some()
+        {
+            return false;
+        }
+        let list = self.by_pid.entry(r.pid).or_default();
         list.longest_ns = list.longest_ns.max(r.end_ns.saturating_sub(r.start_ns));
         let at = list
             .spans
             .partition_point(|k| k.request.start_ns <= r.start_ns);
         list.spans.insert(at, known);
         self.count += 1;
+        true
+    }
+
+    /// The remembered span of `pid` that starts at `start_ns` with these ids.
+    pub fn find(&self, pid: u32, start_ns: u64, trace: TraceId, span: SpanId) -> Option<&Known> {
+        let list = self.by_pid.get(&pid)?;
+        let from = list
+            .spans
+            .partition_point(|k| k.request.start_ns < start_ns);
+        list.spans[from..]
+            .iter()
+            .take_while(|k| k.request.start_ns == start_ns)
+            .find(|k| k.trace == trace && k.span == span)
+    }
+
+    /// Records that the span was given energy.
+    pub fn mark_enriched(&mut self, pid: u32, start_ns: u64, trace: TraceId, span: SpanId) {
+        let Some(list) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        let from = list
+            .spans
+            .partition_point(|k| k.request.start_ns < start_ns);
+        if let Some(k) = list.spans[from..]
+            .iter_mut()
+            .take_while(|k| k.request.start_ns == start_ns)
+            .find(|k| k.trace == trace && k.span == span)
+        {
+            k.enriched = true;
+        }
     }
 
     /// The spans of `pid` that overlap `[from, to]` (nanoseconds since the epoch).
@@ -125,6 +166,7 @@ mod tests {
                 tid: None,
                 tokens: None,
             },
+            enriched: false,
         }
     }
 
@@ -159,6 +201,24 @@ mod tests {
                 assert_eq!(starts(&k, 7, from, to), want, "window {from}..{to}");
             }
         }
+    }
+
+    #[test]
+    fn a_span_sent_again_is_remembered_once() {
+        let mut k = KnownSpans::default();
+        assert!(k.insert(span(7, 10, 20)));
+        assert!(!k.insert(span(7, 10, 20)), "the same span again");
+        let mut sibling = span(7, 10, 30);
+        sibling.span = 99;
+        assert!(k.insert(sibling), "another span starting at the same time");
+        assert!(k.insert(span(8, 10, 20)), "another process");
+        assert_eq!(k.len(), 3);
+        assert_eq!(starts(&k, 7, 0, 100), vec![10, 10]);
+        assert!(k.find(7, 10, 1, 10).is_some_and(|s| !s.enriched));
+        k.mark_enriched(7, 10, 1, 10);
+        assert!(k.find(7, 10, 1, 10).is_some_and(|s| s.enriched));
+        assert!(k.find(7, 10, 1, 99).is_some_and(|s| !s.enriched));
+        assert!(k.find(7, 11, 1, 10).is_none());
     }
 
     #[test]

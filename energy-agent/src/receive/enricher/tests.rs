@@ -1,4 +1,5 @@
 use super::*;
+use crate::receive::spans::names;
 use crate::units::Joules;
 use crate::{attribute::EnergyByClass, requests::ProcessInterval};
 use opentelemetry_proto::tonic::{
@@ -6,6 +7,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
 };
+use std::path::PathBuf;
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_800_000_000 * S;
@@ -185,7 +187,10 @@ fn the_connection_origin_names_the_process_when_the_resource_does_not() {
             None,
             vec![span(1, None, SpanKind::Server, T0, T0 + S, vec![])],
         ),
-        Origin { pid: Some(42) },
+        Origin {
+            pid: Some(42),
+            ..Default::default()
+        },
     );
     let out = e.on_interval(record(T0, 42, 8.0));
     assert_eq!(joules(&attrs_of(&out[0])[0]), Some(8.0));
@@ -346,3 +351,5 @@ fn a_span_of_another_batch_in_the_same_interval_still_decides_the_split_mode() {
     assert_eq!(joules(&attrs_of(&out[0])[0]), Some(2.0));
     assert_eq!(joules(&attrs_of(&out[1])[0]), Some(4.0));
 }
+
+mod untrusted;

@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-// Ids come from senders: a keyed hasher (random per process) that is fast on
-// fixed-size keys.
-use foldhash::HashMap;
+use super::generations::Generations;
 
 /// An OTLP trace id (16 bytes; shorter or longer ids are padded or cut).
 pub(super) type TraceId = u128;
@@ -45,13 +43,7 @@ const MAX_DEPTH: usize = 64;
 
 /// Recent spans by (trace, span), in two generations.
 pub(super) struct TraceIndex {
-    current: HashMap<(TraceId, SpanId), SpanNode>,
-    previous: HashMap<(TraceId, SpanId), SpanNode>,
-    started: Instant,
-    /// Spans per generation.
-    capacity: usize,
-    /// Longest a generation lasts.
-    max_age: Duration,
+    nodes: Generations<SpanNode>,
 }
 
 impl TraceIndex {
@@ -59,25 +51,17 @@ impl TraceIndex {
     /// fewer (and at most twice that).
     pub fn new(capacity: usize, max_age: Duration) -> Self {
         Self {
-            current: HashMap::default(),
-            previous: HashMap::default(),
-            started: Instant::now(),
-            capacity: capacity.max(1),
-            max_age,
+            nodes: Generations::new(capacity, max_age),
         }
     }
 
     fn get(&self, key: (TraceId, SpanId)) -> Option<&SpanNode> {
-        self.current.get(&key).or_else(|| self.previous.get(&key))
+        self.nodes.get(key)
     }
 
     /// The node, brought into the current generation.
     fn node(&mut self, key: (TraceId, SpanId)) -> &mut SpanNode {
-        if !self.current.contains_key(&key) {
-            let old = self.previous.remove(&key).unwrap_or_default();
-            self.current.insert(key, old);
-        }
-        self.current.get_mut(&key).expect("just inserted")
+        self.nodes.entry(key)
     }
 
     /// Records a span received at `now`.
@@ -89,10 +73,7 @@ impl TraceIndex {
         request: bool,
         now: Instant,
     ) {
-        if self.current.len() >= self.capacity || now.duration_since(self.started) >= self.max_age {
-            self.previous = std::mem::take(&mut self.current);
-            self.started = now;
-        }
+        self.nodes.rotate(now);
         let node = self.node((trace, span));
         node.parent = parent;
         node.request |= request;
@@ -158,7 +139,7 @@ impl TraceIndex {
     /// Spans remembered (both generations).
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.nodes.len()
     }
 }
 
