@@ -134,6 +134,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
+    // The package of the command depends on libfaketime, which tests/tests/clock.rs preloads.
+    ("faketime", "faketime"),
 ];
 
 /// The benchmarks.

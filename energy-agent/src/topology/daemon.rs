@@ -121,7 +121,7 @@ impl Daemon {
         let mut probe = Probe::load(&config.probe)?;
         let pipeline = Pipeline::new(&config.pipeline, &mut probe)?;
         let clock = pipeline.clock();
-        let sink = console_sink(config.console, clock);
+        let sink = console_sink(config.console, clock.clone());
         let exporters = Exporters::start(&config.export, config.interval, clock).await?;
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
