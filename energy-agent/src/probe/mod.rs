@@ -119,6 +119,10 @@ pub struct ProbeConfig {
     pub ebpf_log: bool,
     /// `--libcuda PATH`: the CUDA driver library (found by itself when `None`).
     pub libcuda: Option<PathBuf>,
+    /// Load the programs as for a kernel whose `sched_process_exit` lacks `group_dead`
+    /// (older kernels do not pass it): no exit record then says that a process ended,
+    /// as when the exiting map is full. For tests of that path on newer kernels.
+    pub without_group_dead: bool,
 }
 
 impl Default for ProbeConfig {
@@ -127,6 +131,7 @@ impl Default for ProbeConfig {
             max_tasks: DEFAULT_MAX_TASKS,
             ebpf_log: false,
             libcuda: None,
+            without_group_dead: false,
         }
     }
 }
@@ -238,7 +243,10 @@ impl Probe {
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
         check_object()?;
         check_privileges()?;
-        let layout = KernelLayout::read()?;
+        let mut layout = KernelLayout::read()?;
+        if config.without_group_dead {
+            layout.exit_has_group_dead = 0;
+        }
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
         let mut ebpf = layout
             .loader()
