@@ -133,6 +133,13 @@ def!(
     "Capacity of the kernel task map."
 );
 def!(
+    AGENT_TASKS_SWEPT,
+    "energy_agent.probe.tasks.swept",
+    "1",
+    Counter,
+    "Task map entries of gone threads removed by the liveness sweep (missed final switches)."
+);
+def!(
     AGENT_PROBE_LOST,
     "energy_agent.probe.lost",
     "1",
@@ -176,7 +183,7 @@ def!(
 );
 
 /// Every metric, in exposition order.
-pub const ALL: [Def; 17] = [
+pub const ALL: [Def; 18] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -188,6 +195,7 @@ pub const ALL: [Def; 17] = [
     AGENT_LAG,
     AGENT_TASKS,
     AGENT_TASKS_MAX,
+    AGENT_TASKS_SWEPT,
     AGENT_PROBE_LOST,
     AGENT_SPANS,
     AGENT_SPANS_HELD,
@@ -398,6 +406,7 @@ impl MetricsState {
         );
         self.set(AGENT_TASKS, Vec::new(), r.probe.tasks_tracked as f64);
         self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
+        self.set(AGENT_TASKS_SWEPT, Vec::new(), r.probe.tasks_swept as f64);
         let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;
         self.set(AGENT_PROBE_LOST, Vec::new(), lost as f64);
     }
