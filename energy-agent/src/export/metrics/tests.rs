@@ -159,6 +159,52 @@ fn gone_processes_series_are_evicted_eventually() {
 }
 
 #[test]
+fn gone_models_and_containers_series_are_evicted_and_present_ones_stay() {
+    let mut s = MetricsState::new(10);
+    let mut gone = process(9, "batch", 1.0, true);
+    gone.model = "old-model".into();
+    gone.container_id = Some("c0ffee".into());
+    let mut stays = process(10, "server", 1.0, false);
+    stays.container_id = Some("beef".into());
+    s.observe(&report(vec![gone, stays.clone()]));
+    s.observe_request("old-model", 0.5);
+    let series = |s: &MetricsState, def: Def, value: &str| {
+        s.values
+            .keys()
+            .filter(|(n, l)| *n == def.name && l.iter().any(|(_, v)| v == value))
+            .count()
+    };
+    assert_eq!(series(&s, ENERGY_MODEL, "old-model"), 3, "cpu, dram, gpu");
+    assert_eq!(series(&s, CARBON_MODEL, "old-model"), 1);
+    assert_eq!(series(&s, ENERGY_CONTAINER, "c0ffee"), 1);
+    assert_eq!(s.histograms.len(), 1);
+    for n in 1..=EVICT_AFTER + 1 {
+        s.observe(&report(vec![stays.clone()]));
+        if n == EVICT_AFTER {
+            assert_eq!(
+                series(&s, ENERGY_MODEL, "old-model"),
+                3,
+                "kept for {EVICT_AFTER} intervals"
+            );
+        }
+    }
+    assert_eq!(series(&s, ENERGY_MODEL, "old-model"), 0);
+    assert_eq!(series(&s, CARBON_MODEL, "old-model"), 0);
+    assert_eq!(series(&s, ENERGY_CONTAINER, "c0ffee"), 0);
+    assert!(
+        s.histograms.is_empty(),
+        "the gone model's request histogram"
+    );
+    assert_eq!(series(&s, ENERGY_MODEL, "server"), 3, "still running");
+    assert_eq!(series(&s, ENERGY_CONTAINER, "beef"), 1);
+    assert_eq!(
+        value(&s, ENERGY_CONTAINER, &[("container.id", "beef")]),
+        f64::from(EVICT_AFTER as u32 + 2),
+        "its counter kept accumulating"
+    );
+}
+
+#[test]
 fn gpu_joules_get_their_own_domain_series() {
     let mut s = MetricsState::new(5);
     let mut p = process(9, "vllm", 1.0, true);
