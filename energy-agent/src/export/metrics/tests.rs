@@ -264,6 +264,53 @@ fn otlp_encoding_decodes_to_the_state() {
         resource.iter().any(|(k, _)| k == "service.version"),
         "{resource:?}"
     );
+    // Who sends, from which host: series of many hosts never collide in one backend.
+    let text = |key: &str| {
+        resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| match v {
+                Some(Any::StringValue(s)) => s.clone(),
+                other => panic!("{key} is not a string: {other:?}"),
+            })
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert_eq!(text("host.arch").as_deref(), Some(arch), "{resource:?}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        text("host.name").as_deref(),
+        Some(hostname.trim()),
+        "{resource:?}"
+    );
+    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() == 32);
+    assert_eq!(text("host.id"), machine_id, "{resource:?}");
+    let instance = text("service.instance.id").expect("a service.instance.id");
+    assert_eq!(
+        instance,
+        crate::export::otlp::resource::instance_id(),
+        "one id for the run"
+    );
+    let again = MetricsEncoding::new(2_000).encode(&s, 6_000);
+    let sorted = |r: &Option<opentelemetry_proto::tonic::resource::v1::Resource>| {
+        let mut kvs: Vec<String> = (r.iter().flat_map(|r| &r.attributes))
+            .map(|kv| format!("{kv:?}"))
+            .collect();
+        kvs.sort();
+        kvs
+    };
+    assert_eq!(
+        sorted(&again.resource_metrics[0].resource),
+        sorted(&rm.resource),
+        "every export carries the same resource"
+    );
     let sm = &rm.scope_metrics[0];
     assert_eq!(
         sm.scope.as_ref().map(|s| s.name.as_str()),
