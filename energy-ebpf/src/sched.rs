@@ -5,7 +5,8 @@
 //! (`se.sum_exec_runtime`, steal time excluded, the figure /proc and cgroups report).
 //! Nothing is charged before the program's first switch on each CPU after attach. A thread's final switch (state
 //! TASK_DEAD) sends its per-CPU totals on the ring buffer and removes it from the map, so
-//! short-lived threads are never lost and the map stays bounded.
+//! short-lived threads are never lost and the map stays bounded; the agent sweeps out
+//! the entries of gone threads a missed final switch would leave (its `probe::sweep`).
 //!
 //! These are raw tracepoints, not classic (perf) tracepoints, on purpose: the kernel
 //! silently skips classic tracepoint programs on a CPU while any process there is inside

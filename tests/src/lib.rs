@@ -56,9 +56,15 @@ impl AgentRun {
     /// Starts the agent with `args` after `run --output json`, and waits for its first
     /// interval (so the probe is attached before the test goes on).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`AgentRun::start`], with `env` added to the agent's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(agent_bin())
             .args(["run", "--output", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -135,6 +135,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
     ("unshare", "util-linux"),
+    // The package of the command depends on libfaketime, which tests/tests/clock.rs preloads.
+    ("faketime", "faketime"),
 ];
 
 /// The benchmarks.

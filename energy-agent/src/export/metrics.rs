@@ -3,7 +3,10 @@
 //! independent of exporting: a Prometheus scrape or an OTLP push only reads it).
 //! Energy and carbon are monotonic counters (`*_joules_total`), never per-interval
 //! gauges. Per-process series exist only for the top N processes of an interval and
-//! those a model rule matched; the rest are summed under `process.pid="other"`.
+//! those a model rule matched; the rest are summed under `process.pid="other"`. Series
+//! of processes, models and containers (and a model's request histogram) not updated
+//! for [`EVICT_AFTER`] intervals are dropped, so a host's churn of processes,
+//! executables and containers cannot grow the state without bound.
 //!
 //! Both encodings are derived from this state, and only from it:
 //! [`super::prometheus::render`] writes the Prometheus text exposition,
@@ -133,6 +136,13 @@ def!(
     "Capacity of the kernel task map."
 );
 def!(
+    AGENT_TASKS_SWEPT,
+    "energy_agent.probe.tasks.swept",
+    "1",
+    Counter,
+    "Task map entries of gone threads removed by the liveness sweep (missed final switches)."
+);
+def!(
     AGENT_PROBE_LOST,
     "energy_agent.probe.lost",
     "1",
@@ -233,7 +243,7 @@ def!(
 );
 
 /// Every metric, in exposition order.
-pub const ALL: [Def; 25] = [
+pub const ALL: [Def; 26] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -245,6 +255,7 @@ pub const ALL: [Def; 25] = [
     AGENT_LAG,
     AGENT_TASKS,
     AGENT_TASKS_MAX,
+    AGENT_TASKS_SWEPT,
     AGENT_PROBE_LOST,
     AGENT_SPANS,
     AGENT_SPANS_HELD,
@@ -260,6 +271,10 @@ pub const ALL: [Def; 25] = [
     AGENT_RECEIVER_PENDING_BYTES,
     AGENT_ENRICHER_INTERVALS_DROPPED,
 ];
+
+/// Intervals after which a process, model or container series nothing updated is
+/// dropped.
+pub const EVICT_AFTER: u64 = 300;
 
 /// Label set, sorted by key.
 pub type Labels = Vec<(&'static str, String)>;
@@ -311,7 +326,8 @@ pub struct MetricsState {
     pub values: BTreeMap<(&'static str, Labels), f64>,
     /// Histograms.
     pub histograms: BTreeMap<(&'static str, Labels), Histogram>,
-    /// Interval in which each per-process series was last updated, for eviction.
+    /// Interval in which each process, model and container series (counter, gauge or
+    /// histogram) was last updated, for eviction.
     last_touch: HashMap<(&'static str, Labels), u64>,
     interval: u64,
     /// Per-process series kept per interval.
@@ -350,13 +366,20 @@ impl MetricsState {
         self.values.insert((def.name, labels), v);
     }
 
+    /// [`MetricsState::add`] to a series that is evicted once nothing updates it.
+    fn add_evictable(&mut self, def: Def, labels: Labels, v: f64) {
+        self.last_touch
+            .insert((def.name, labels.clone()), self.interval);
+        self.add(def, labels, v);
+    }
+
     /// Folds one interval in.
     pub fn observe(&mut self, r: &CarbonReport) {
         self.interval += 1;
         self.observe_processes(r);
         self.observe_models(r);
         for c in &r.containers {
-            self.add(
+            self.add_evictable(
                 ENERGY_CONTAINER,
                 l(&[("container.id", &c.name)]),
                 c.energy_j.get(),
@@ -395,9 +418,7 @@ impl MetricsState {
                         ("container.id", if keep { container } else { "" }),
                         ("energy.domain", domain),
                     ]);
-                    self.last_touch
-                        .insert((ENERGY_PROCESS.name, labels.clone()), self.interval);
-                    self.add(ENERGY_PROCESS, labels, v);
+                    self.add_evictable(ENERGY_PROCESS, labels, v);
                 }
             }
         }
@@ -407,13 +428,13 @@ impl MetricsState {
     fn observe_models(&mut self, r: &CarbonReport) {
         for m in &r.models {
             for (domain, get) in DOMAINS {
-                self.add(
+                self.add_evictable(
                     ENERGY_MODEL,
                     l(&[("model", &m.name), ("energy.domain", domain)]),
                     get(&m.joules),
                 );
             }
-            self.add(
+            self.add_evictable(
                 CARBON_MODEL,
                 l(&[
                     ("model", &m.name),
@@ -463,31 +484,33 @@ impl MetricsState {
         );
         self.set(AGENT_TASKS, Vec::new(), r.probe.tasks_tracked as f64);
         self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
+        self.set(AGENT_TASKS_SWEPT, Vec::new(), r.probe.tasks_swept as f64);
         let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;
         self.set(AGENT_PROBE_LOST, Vec::new(), lost as f64);
     }
 
-    /// Drops per-process series not updated for 300 intervals (gone processes).
+    /// Drops the process, model and container series not updated for [`EVICT_AFTER`]
+    /// intervals (gone processes, models and containers).
     fn evict_stale(&mut self) {
         let now = self.interval;
         let stale: Vec<_> = self
             .last_touch
             .iter()
-            .filter(|(_, t)| now - **t > 300)
+            .filter(|(_, t)| now - **t > EVICT_AFTER)
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
             self.last_touch.remove(&k);
             self.values.remove(&k);
+            self.histograms.remove(&k);
         }
     }
 
     /// Records one enriched request's energy.
     pub fn observe_request(&mut self, model: &str, joules: f64) {
-        self.histograms
-            .entry((REQUESTS_ENERGY.name, l(&[("model", model)])))
-            .or_default()
-            .record(joules);
+        let key = (REQUESTS_ENERGY.name, l(&[("model", model)]));
+        self.last_touch.insert(key.clone(), self.interval);
+        self.histograms.entry(key).or_default().record(joules);
     }
 
     /// Sets a counter or gauge to an absolute value (agent health from other stages).

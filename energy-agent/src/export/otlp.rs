@@ -30,7 +30,8 @@ use opentelemetry_proto::tonic::{
     },
     resource::v1::Resource as ProtoResource,
 };
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use resource::resource;
 
 use super::{
     forward::{ForwardConfig, Forwarder, Payload, Protocol, http_url},
@@ -38,12 +39,7 @@ use super::{
 };
 use crate::clock::{WallClock, monotonic_ns};
 
-fn resource() -> Resource {
-    Resource::builder()
-        .with_service_name("energy-agent")
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build()
-}
+pub mod resource;
 
 fn tonic_metadata(headers: &[(String, String)]) -> tonic::metadata::MetadataMap {
     let mut map = tonic::metadata::MetadataMap::new();
@@ -62,7 +58,8 @@ fn tonic_metadata(headers: &[(String, String)]) -> tonic::metadata::MetadataMap 
 /// the Prometheus exposition reads too): counters as cumulative monotonic sums, gauges,
 /// and the request histogram with explicit [`metrics::REQUEST_BUCKETS`], every
 /// cumulative series starting at the same instant (the agent's start), under the
-/// agent's resource and an `energy-agent` scope.
+/// agent's resource ([`resource`]: the service and its host) and an `energy-agent`
+/// scope.
 #[derive(Clone, Debug)]
 pub struct MetricsEncoding {
     resource: ProtoResource,

@@ -1,22 +1,40 @@
 //! Who a pid is: name, command line, executable, cgroup and container, cached per
 //! process and kept current from the probe's exec/exit records.
+//!
+//! A process is its pid *and* its start time (`/proc/<pid>/stat` field 22): the cache
+//! holds at most one identity per pid, tagged with the start time it was read with,
+//! and every lookup of a live entry checks that tag against procfs, so a reused pid —
+//! a later process — is read afresh and never inherits the name, model or container of
+//! the one before. Entries leave on the exit record of a process's last thread
+//! (`group_dead`), and otherwise by liveness: a lookup that finds the process gone, the
+//! check of a leader whose exit record could not say whether the process ended (kernels
+//! without `group_dead`, a full exiting map), and a sweep of the entries no lookup
+//! checked, every [`SWEEP_NS`]. So the cache holds the live processes that ran, plus
+//! the last interval's dead, whatever records the kernel could send.
 
 pub mod cgroup;
+mod procfs;
+#[cfg(test)]
+mod tests;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, path::PathBuf};
 
 use cgroup::CgroupResolver;
+pub use procfs::{parse_start_time, read_cmdline};
 
 use crate::probe::Lifecycle;
+
+/// How often the entries no lookup checked are checked for liveness (monotonic ns).
+pub const SWEEP_NS: u64 = 10_000_000_000;
 
 /// What the agent knows about a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessInfo {
     /// Process id.
     pub pid: u32,
+    /// Start time of the process this identity was read from (clock ticks after boot,
+    /// as `/proc/<pid>/stat` gives it); None when it was never seen alive.
+    pub start_time: Option<u64>,
     /// Kernel task name (`comm`).
     pub comm: String,
     /// Command line; empty when it could not be read (kernel threads, exited processes).
@@ -31,12 +49,26 @@ pub struct ProcessInfo {
     pub exited: bool,
 }
 
-/// Process identities, read from procfs on first sight and kept until the process ends.
+#[derive(Debug)]
+struct Entry {
+    info: ProcessInfo,
+    /// When a lookup or a sweep last found it alive (monotonic ns).
+    checked_ns: u64,
+}
+
+/// Process identities, read from procfs on first sight and kept while the process
+/// lives (see the module documentation).
 pub struct Identity {
     proc_root: PathBuf,
-    cache: HashMap<u32, ProcessInfo>,
+    cache: HashMap<u32, Entry>,
     cgroups: CgroupResolver,
+    /// Pids to forget after the interval: their exit record came, or they were gone.
     dead: Vec<u32>,
+    /// Leaders that exited this interval without saying whether their process ended:
+    /// (name, cgroup id) from the exit record, for a process procfs no longer has.
+    leader_exits: HashMap<u32, (String, u64)>,
+    now_ns: u64,
+    last_sweep_ns: u64,
 }
 
 impl Identity {
@@ -47,6 +79,9 @@ impl Identity {
             cache: HashMap::new(),
             cgroups,
             dead: Vec::new(),
+            leader_exits: HashMap::new(),
+            now_ns: 0,
+            last_sweep_ns: 0,
         }
     }
 
@@ -56,8 +91,10 @@ impl Identity {
     }
 
     /// Applies exec and exit records: an exec re-reads the process, an exit of its last
-    /// thread marks it exited (kept until [`Identity::forget_exited`]).
+    /// thread marks it exited (kept until [`Identity::forget_exited`]); a leader's exit
+    /// that does not say so has its liveness checked then.
     pub fn observe(&mut self, lifecycle: &[Lifecycle], now_ns: u64) {
+        self.now_ns = now_ns;
         for event in lifecycle {
             match event {
                 Lifecycle::Exec { tgid, comm, .. } => {
@@ -65,53 +102,117 @@ impl Identity {
                     if info.comm.is_empty() || info.exited {
                         info.comm = comm.clone();
                     }
-                    self.cache.insert(*tgid, info);
+                    if info.exited {
+                        self.dead.push(*tgid);
+                    }
+                    self.insert(info);
                 }
                 Lifecycle::Exit {
                     tgid,
                     comm,
-                    group_dead,
+                    group_dead: true,
                     cgroup_id,
                     ..
-                } if *group_dead => {
-                    let info = self.cache.entry(*tgid).or_insert_with(|| ProcessInfo {
-                        pid: *tgid,
-                        comm: comm.clone(),
-                        exe_name: comm.clone(),
-                        ..Default::default()
-                    });
-                    info.exited = true;
-                    if info.cgroup.is_none() {
-                        info.cgroup = self.cgroups.path(*cgroup_id, now_ns);
-                        info.container_id = info.cgroup.as_deref().and_then(cgroup::container_id);
-                    }
-                    self.dead.push(*tgid);
+                } => self.exited(*tgid, comm, *cgroup_id, now_ns),
+                Lifecycle::Exit {
+                    tgid,
+                    tid,
+                    comm,
+                    cgroup_id,
+                    ..
+                } if tid == tgid => {
+                    self.leader_exits.insert(*tgid, (comm.clone(), *cgroup_id));
                 }
                 _ => {}
             }
         }
     }
 
-    /// The identity of process `pid`, reading procfs the first time it is asked for.
-    /// `cgroup_id` (from the probe) names the cgroup when procfs cannot.
+    /// Marks process `tgid` exited from its exit record (named from it when unknown).
+    fn exited(&mut self, tgid: u32, comm: &str, cgroup_id: u64, now_ns: u64) {
+        let entry = self.cache.entry(tgid).or_insert_with(|| Entry {
+            info: ProcessInfo {
+                pid: tgid,
+                comm: comm.to_string(),
+                exe_name: comm.to_string(),
+                ..Default::default()
+            },
+            checked_ns: now_ns,
+        });
+        let info = &mut entry.info;
+        info.exited = true;
+        if info.cgroup.is_none() {
+            info.cgroup = self.cgroups.path(cgroup_id, now_ns);
+            info.container_id = info.cgroup.as_deref().and_then(cgroup::container_id);
+        }
+        self.dead.push(tgid);
+    }
+
+    /// The identity of process `pid`, reading procfs the first time it is asked for and
+    /// again when the pid now belongs to another process. `cgroup_id` (from the probe)
+    /// names the cgroup when procfs cannot.
     pub fn process(&mut self, pid: u32, cgroup_id: u64, now_ns: u64) -> &ProcessInfo {
-        if !self.cache.contains_key(&pid) {
+        let known = match self.cache.get(&pid) {
+            Some(e) if e.info.exited => true,
+            Some(e) => match procfs::start_time(&self.dir(pid)) {
+                same @ Some(_) if same == e.info.start_time => {
+                    self.touch(pid, now_ns);
+                    true
+                }
+                // Gone: the time of this interval was still its own.
+                None => {
+                    self.gone(pid);
+                    true
+                }
+                // Another process has the pid now.
+                Some(_) => false,
+            },
+            None => false,
+        };
+        if !known {
             let mut info = self.read(pid);
+            if info.exited {
+                // Gone before first sight: named from its leader's exit record, if any.
+                if let Some((comm, exit_cgroup)) = self.leader_exits.get(&pid) {
+                    info.comm.clone_from(comm);
+                    info.exe_name.clone_from(comm);
+                    if cgroup_id == 0 {
+                        info.cgroup = self.cgroups.path(*exit_cgroup, now_ns);
+                    }
+                }
+                self.dead.push(pid);
+            }
             if info.cgroup.is_none() {
                 info.cgroup = self.cgroups.path(cgroup_id, now_ns);
                 info.container_id = info.cgroup.as_deref().and_then(cgroup::container_id);
             }
-            self.cache.insert(pid, info);
+            self.insert(info);
         }
-        &self.cache[&pid]
+        &self.cache[&pid].info
     }
 
-    /// Drops processes that exited; call after the interval that reported them.
+    /// Drops processes that exited or are gone; call after the interval that reported
+    /// them. Checks the leaders whose exit did not say whether their process ended,
+    /// and, every [`SWEEP_NS`], every entry no lookup checked in this interval.
     pub fn forget_exited(&mut self) {
         for pid in self.dead.drain(..) {
-            if self.cache.get(&pid).is_some_and(|i| i.exited) {
+            if self.cache.get(&pid).is_some_and(|e| e.info.exited) {
                 self.cache.remove(&pid);
             }
+        }
+        let leaders: Vec<u32> = self.leader_exits.drain().map(|(pid, _)| pid).collect();
+        for pid in leaders {
+            self.forget_if_gone(pid);
+        }
+        if self.now_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_NS {
+            let unchecked: Vec<u32> = (self.cache.iter())
+                .filter(|(_, e)| e.checked_ns < self.now_ns)
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in unchecked {
+                self.forget_if_gone(pid);
+            }
+            self.last_sweep_ns = self.now_ns;
         }
     }
 
@@ -125,139 +226,46 @@ impl Identity {
         self.cache.is_empty()
     }
 
-    fn read(&self, pid: u32) -> ProcessInfo {
-        let dir = self.proc_root.join(pid.to_string());
-        let comm = read_trimmed(&dir.join("comm")).unwrap_or_default();
-        let cmdline = read_cmdline(&dir);
-        let exe_name = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map(|n| n.trim_end_matches(" (deleted)").to_string())
-            .or_else(|| {
-                cmdline
-                    .first()
-                    .and_then(|a| Path::new(a).file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| comm.clone());
-        let cgroup = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|t| cgroup::cgroup_v2_path(&t));
-        ProcessInfo {
-            pid,
-            container_id: cgroup.as_deref().and_then(cgroup::container_id),
-            exited: comm.is_empty(),
-            comm,
-            cmdline,
-            exe_name,
-            cgroup,
+    /// Forgets `pid` unless procfs still has the process its identity was read from.
+    fn forget_if_gone(&mut self, pid: u32) {
+        let Some(entry) = self.cache.get(&pid) else {
+            return;
+        };
+        let now = procfs::start_time(&self.dir(pid));
+        if now.is_some() && now == entry.info.start_time {
+            self.touch(pid, self.now_ns);
+        } else {
+            self.cache.remove(&pid);
         }
     }
-}
 
-/// The command line of the process whose procfs directory is `dir` (`/proc/<pid>`):
-/// its NUL-separated arguments, empty ones left out, read as lossy UTF-8. Empty when
-/// it cannot be read (kernel threads, exited processes). The one reading of
-/// `cmdline`, for identities and for the receiver's `--service` rules alike.
-pub fn read_cmdline(dir: &Path) -> Vec<String> {
-    std::fs::read(dir.join("cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim_end().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fake_proc() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("42");
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("comm"), "python3\n").unwrap();
-        std::fs::write(
-            p.join("cmdline"),
-            b"/usr/bin/python3\0serve.py\0--model\0llama\0",
-        )
-        .unwrap();
-        std::fs::write(p.join("cgroup"), "0::/system.slice/vllm.service\n").unwrap();
-        dir
+    /// Marks a cached process exited, to be forgotten after this interval.
+    fn gone(&mut self, pid: u32) {
+        if let Some(e) = self.cache.get_mut(&pid) {
+            e.info.exited = true;
+            self.dead.push(pid);
+        }
     }
 
-    #[test]
-    fn reads_a_live_process() {
-        let dir = fake_proc();
-        let mut id = Identity::new(dir.path(), CgroupResolver::new(None));
-        let info = id.process(42, 0, 0).clone();
-        assert_eq!(info.comm, "python3");
-        assert_eq!(
-            info.cmdline,
-            vec!["/usr/bin/python3", "serve.py", "--model", "llama"]
-        );
-        assert_eq!(info.exe_name, "python3");
-        assert_eq!(info.cgroup.as_deref(), Some("/system.slice/vllm.service"));
-        assert!(!info.exited);
+    fn touch(&mut self, pid: u32, now_ns: u64) {
+        if let Some(e) = self.cache.get_mut(&pid) {
+            e.checked_ns = now_ns;
+        }
     }
 
-    #[test]
-    fn command_lines_skip_empty_arguments_and_unreadable_ones_are_empty() {
-        let dir = fake_proc();
-        let p = dir.path().join("42");
-        std::fs::write(p.join("cmdline"), b"a\0\0b c\0").unwrap();
-        assert_eq!(read_cmdline(&p), vec!["a", "b c"]);
-        assert!(
-            read_cmdline(&dir.path().join("43")).is_empty(),
-            "no such process"
-        );
+    fn insert(&mut self, info: ProcessInfo) {
+        let entry = Entry {
+            info,
+            checked_ns: self.now_ns,
+        };
+        self.cache.insert(entry.info.pid, entry);
     }
 
-    #[test]
-    fn exited_process_keeps_its_exit_name_until_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut id = Identity::new(dir.path(), CgroupResolver::new(None));
-        id.observe(
-            &[Lifecycle::Exit {
-                tgid: 7,
-                tid: 7,
-                comm: "short".into(),
-                group_dead: true,
-                cgroup_id: 0,
-                ts_ns: 0,
-            }],
-            0,
-        );
-        let info = id.process(7, 0, 0);
-        assert_eq!(info.comm, "short");
-        assert!(info.exited);
-        id.forget_exited();
-        assert!(id.is_empty());
+    fn dir(&self, pid: u32) -> PathBuf {
+        self.proc_root.join(pid.to_string())
     }
 
-    #[test]
-    fn exec_refreshes_the_name() {
-        let dir = fake_proc();
-        let mut id = Identity::new(dir.path(), CgroupResolver::new(None));
-        std::fs::write(dir.path().join("42/comm"), "bash\n").unwrap();
-        assert_eq!(id.process(42, 0, 0).comm, "bash");
-        std::fs::write(dir.path().join("42/comm"), "python3\n").unwrap();
-        id.observe(
-            &[Lifecycle::Exec {
-                tgid: 42,
-                comm: "python3".into(),
-                ts_ns: 0,
-            }],
-            0,
-        );
-        assert_eq!(id.process(42, 0, 0).comm, "python3");
+    fn read(&self, pid: u32) -> ProcessInfo {
+        procfs::read(pid, &self.dir(pid))
     }
 }

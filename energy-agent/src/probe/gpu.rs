@@ -3,11 +3,14 @@
 //! The programs keep one cumulative [`GpuActivity`] per thread; each read turns them
 //! into per-interval [`GpuCalls`] with high-water marks (a counter never goes back, so a
 //! difference is never negative) and forgets threads that are gone, in the kernel map
-//! too, so it stays bounded without relying on exit records.
+//! too (the probe's liveness [`Sweep`], at every read), so it stays bounded without
+//! relying on exit records.
 
 use std::collections::HashMap;
 
 use energy_common::{GpuActivity, TaskKey};
+
+use super::sweep::Sweep;
 
 /// One thread's (or process's) GPU-driver activity in an interval: the kernel record's
 /// counters, as differences.
@@ -58,6 +61,7 @@ pub struct GpuRound {
 #[derive(Debug, Default)]
 pub struct GpuTracker {
     marks: HashMap<TaskKey, GpuCalls>,
+    sweep: Sweep<TaskKey>,
 }
 
 impl GpuTracker {
@@ -78,15 +82,17 @@ impl GpuTracker {
             let mark = self.marks.entry(*key).or_default();
             let calls = cumulative(record, in_sync.contains(&key.pid), now_ns).advance(mark);
             if !calls.is_zero() {
+                self.sweep.active(*key);
                 round.threads.push(GpuThreadActivity {
                     tgid: key.tgid,
                     tid: key.pid,
                     calls,
                 });
-            } else if !alive(key) {
-                round.gone.push(*key);
             }
         }
+        round.gone = self
+            .sweep
+            .due(now_ns, records.iter().map(|(k, _)| *k), alive);
         for key in &round.gone {
             self.marks.remove(key);
         }
@@ -94,11 +100,6 @@ impl GpuTracker {
         self.marks.retain(|k, _| present.contains(k));
         round
     }
-}
-
-/// Whether thread `key` still exists (its /proc entry is there).
-pub fn thread_alive(key: &TaskKey) -> bool {
-    std::path::Path::new(&format!("/proc/{}/task/{}", key.tgid, key.pid)).exists()
 }
 
 #[cfg(test)]

@@ -10,14 +10,17 @@ mod attach;
 pub mod btf;
 pub mod cuda;
 pub mod gpu;
+mod interval;
 mod layout;
 pub mod privileges;
 pub mod progstats;
+pub mod sweep;
 pub mod tracefs;
 
 use std::{
     os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use accounting::consistent_running;
@@ -34,8 +37,10 @@ use energy_common::{
 };
 use gpu::GpuTracker;
 pub use gpu::{GpuCalls, GpuThreadActivity};
+pub use interval::{ProbeStats, SchedInterval};
 pub use layout::KernelLayout;
 use privileges::Capabilities;
+use sweep::{Sweep, Swept};
 use tracefs::TracefsError;
 
 use crate::clock::monotonic_ns;
@@ -115,102 +120,28 @@ pub enum ProbeError {
 pub struct ProbeConfig {
     /// Capacity of the task map (threads tracked at once).
     pub max_tasks: u32,
+    /// How often the task and exiting maps are swept for threads that are gone
+    /// ([`sweep`]).
+    pub sweep_every: Duration,
     /// Forward the programs' diagnostics (aya-log) to the agent's log.
     pub ebpf_log: bool,
     /// `--libcuda PATH`: the CUDA driver library (found by itself when `None`).
     pub libcuda: Option<PathBuf>,
+    /// Load the programs as for a kernel whose `sched_process_exit` lacks `group_dead`
+    /// (older kernels do not pass it): no exit record then says that a process ended,
+    /// as when the exiting map is full. For tests of that path on newer kernels.
+    pub without_group_dead: bool,
 }
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             max_tasks: DEFAULT_MAX_TASKS,
+            sweep_every: Duration::from_secs(10),
             ebpf_log: false,
             libcuda: None,
+            without_group_dead: false,
         }
-    }
-}
-
-/// Loss and activity counters kept by the programs, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ProbeStats {
-    /// Thread-time inserts that failed because the task map was full.
-    pub task_map_full: u64,
-    /// Ring-buffer records lost because it was full.
-    pub events_lost: u64,
-    /// Exit flags lost because the exiting map was full.
-    pub exiting_map_full: u64,
-    /// `sched_switch` runs since attach.
-    pub switches: u64,
-    /// Switch-outs of a task whose switch-in the kernel did not trace; such a task is
-    /// charged from the last traced switch on its CPU.
-    pub unseen_switch_in: u64,
-    /// Program runs the kernel skipped (recursion guard), summed over the programs.
-    pub missed_runs: u64,
-    /// Threads in the task map at the last read.
-    pub tasks_tracked: u64,
-    /// GPU-driver records lost because the GPU activity map was full.
-    pub gpu_map_full: u64,
-    /// Threads in the GPU activity map at the last read.
-    pub gpu_threads_tracked: u64,
-    /// Capacity of the task map.
-    pub max_tasks: u64,
-}
-
-/// Scheduler data for one interval.
-#[derive(Debug, Default)]
-pub struct SchedInterval {
-    /// Start (monotonic ns): the end of the previous interval, or the attach time.
-    pub start_ns: u64,
-    /// End (monotonic ns).
-    pub end_ns: u64,
-    /// On-CPU time per thread and CPU in the interval, exited threads included.
-    pub slices: Vec<TaskSlice>,
-    /// Exits, execs and forks seen in the interval.
-    pub lifecycle: Vec<Lifecycle>,
-    /// GPU-driver activity per thread in the interval.
-    pub gpu: Vec<GpuThreadActivity>,
-    /// Each program's counters after the interval (run time with
-    /// `kernel.bpf_stats_enabled=1`).
-    pub programs: Vec<progstats::NamedProgramStats>,
-    /// Counters after the interval.
-    pub stats: ProbeStats,
-}
-
-impl SchedInterval {
-    /// Joins consecutive reads into one interval: their slices and lifecycle in order,
-    /// the first start, the last end and counters. `parts` must not be empty.
-    pub fn merge(parts: Vec<SchedInterval>) -> SchedInterval {
-        let mut parts = parts.into_iter();
-        let mut merged = parts.next().unwrap_or_default();
-        for p in parts {
-            merged.end_ns = p.end_ns;
-            merged.slices.extend(p.slices);
-            merged.lifecycle.extend(p.lifecycle);
-            merged.gpu.extend(p.gpu);
-            merged.programs = p.programs;
-            merged.stats = p.stats;
-        }
-        merged
-    }
-
-    /// Length of the interval, ns.
-    pub fn duration_ns(&self) -> u64 {
-        self.end_ns.saturating_sub(self.start_ns)
-    }
-
-    /// On-CPU nanoseconds of all threads per CPU (index = CPU id), `cpus` entries long
-    /// at least.
-    pub fn busy_ns_per_cpu(&self, cpus: usize) -> Vec<u64> {
-        let mut busy = vec![0u64; cpus];
-        for s in &self.slices {
-            let cpu = s.cpu as usize;
-            if cpu >= busy.len() {
-                busy.resize(cpu + 1, 0);
-            }
-            busy[cpu] += s.on_cpu_ns;
-        }
-        busy
     }
 }
 
@@ -218,6 +149,11 @@ impl SchedInterval {
 pub struct Probe {
     _ebpf: Ebpf,
     tasks: PerCpuHashMap<MapData, TaskKey, TaskTime>,
+    exiting: HashMap<MapData, u32, u32>,
+    task_sweep: Sweep<TaskKey>,
+    exiting_sweep: Sweep<u32>,
+    sync_sweep: Sweep<u32>,
+    swept: Swept,
     cpu_state: PerCpuArray<MapData, CpuState>,
     stats: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
@@ -238,7 +174,10 @@ impl Probe {
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
         check_object()?;
         check_privileges()?;
-        let layout = KernelLayout::read()?;
+        let mut layout = KernelLayout::read()?;
+        if config.without_group_dead {
+            layout.exit_has_group_dead = 0;
+        }
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
         let mut ebpf = layout
             .loader()
@@ -253,6 +192,7 @@ impl Probe {
         };
         attach::sched_programs(&mut ebpf)?;
         let tasks = typed_map(&mut ebpf, names::TASKS)?;
+        let exiting = typed_map(&mut ebpf, names::EXITING)?;
         let cpu_state = typed_map(&mut ebpf, names::CPU_STATE)?;
         let stats = typed_map(&mut ebpf, names::STATS)?;
         let events = typed_map(&mut ebpf, names::EVENTS)?;
@@ -262,9 +202,15 @@ impl Probe {
         for line in gpu_status.lines() {
             log::info!("{line}");
         }
+        let sweep_ns = config.sweep_every.as_nanos() as u64;
         Ok(Self {
             _ebpf: ebpf,
             tasks,
+            exiting,
+            task_sweep: Sweep::new(sweep_ns),
+            exiting_sweep: Sweep::new(sweep_ns),
+            sync_sweep: Sweep::default(),
+            swept: Swept::default(),
             cpu_state,
             stats,
             events,
@@ -328,9 +274,14 @@ impl Probe {
         let after = self.read_cpu_state()?;
         let running = consistent_running(&before, &after, slices);
         let round = self.accountant.account(&events, &snapshot, &running);
+        let ran = round.slices.iter().map(|s| TaskKey {
+            tgid: s.tgid,
+            pid: s.tid,
+        });
+        let swept = self.sweep_tasks(&snapshot, ran, now);
         let gpu = self.read_gpu()?;
         let mut stats = self.stats()?;
-        stats.tasks_tracked = snapshot.len() as u64;
+        stats.tasks_tracked = (snapshot.len() - swept) as u64;
         let programs: Vec<progstats::NamedProgramStats> = self
             .program_stats()
             .into_iter()
@@ -387,18 +338,17 @@ impl Probe {
         }
         let in_sync: std::collections::HashSet<u32> =
             self.sync_entry.keys().filter_map(Result::ok).collect();
+        let now = monotonic_ns();
         let round = self
             .gpu_tracker
-            .round(&records, &in_sync, monotonic_ns(), gpu::thread_alive);
+            .round(&records, &in_sync, now, sweep::thread_alive);
         for key in &round.gone {
             let _ = self.gpu_activity.remove(key);
             let _ = self.sync_entry.remove(&key.pid);
         }
         // A thread killed inside a synchronize call leaves its entry behind.
-        for tid in in_sync {
-            if !Path::new(&format!("/proc/{tid}")).exists() {
-                let _ = self.sync_entry.remove(&tid);
-            }
+        for tid in self.sync_sweep.due(now, in_sync, sweep::tid_alive) {
+            let _ = self.sync_entry.remove(&tid);
         }
         self.gpu_threads_tracked = records.len() - round.gone.len();
         Ok(round.threads)
@@ -448,6 +398,8 @@ impl Probe {
             unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
             missed_runs: 0,
             tasks_tracked: 0,
+            tasks_swept: self.swept.tasks,
+            exiting_swept: self.swept.exiting,
             gpu_map_full: sums[STAT_GPU_MAP_FULL as usize],
             gpu_threads_tracked: self.gpu_threads_tracked as u64,
             max_tasks: u64::from(self.max_tasks),

@@ -177,8 +177,19 @@ impl History {
         }
     }
 
-    /// Adds the newest interval.
+    /// Adds the newest interval. The kept intervals stay in time order, as the lookups
+    /// need: after the wall clock went back (a step [`WallClock::reanchor`] followed),
+    /// those that end after the new one starts are dropped, since their wall times now
+    /// also name moments still to come and a later span there would be matched to them.
+    /// A forward step leaves a gap, which no span time falls into.
     pub fn push(&mut self, record: IntervalRecord) {
+        while self
+            .records
+            .back()
+            .is_some_and(|r| r.end_ns > record.start_ns)
+        {
+            self.records.pop_back();
+        }
         self.records.push_back(record);
         while self.records.len() > self.max {
             self.records.pop_front();

@@ -259,6 +259,33 @@ fn old_intervals_keep_only_the_processes_that_sent_spans() {
 }
 
 #[test]
+fn a_wall_clock_step_keeps_the_history_in_order_and_spans_on_their_own_interval() {
+    // Intervals of one second; the clock is re-anchored at each interval's end.
+    let mut h = History::new(8);
+    h.push(record(0, 7, 10.0, &[(7, S)]));
+    h.push(record(S, 7, 10.0, &[(7, S)]));
+    // Stepped 10 s forward: a gap that no span time falls into.
+    h.push(record(12 * S, 7, 20.0, &[(7, S)]));
+    assert_eq!((h.covered_from(), h.covered_until()), (0, 13 * S));
+    let e = enrich_all(&[span(12 * S, 13 * S, None, None)], &h);
+    assert!(close(e[0].joules.cpu_j, 20.0), "{e:?}");
+    // Stepped 12.5 s back: the next interval's wall times are [0.5 s, 1.5 s], which the
+    // first intervals claimed too; they go, and a span there meets only the new one.
+    h.push(record(S / 2, 7, 30.0, &[(7, S)]));
+    assert_eq!((h.covered_from(), h.covered_until()), (S / 2, 3 * S / 2));
+    let e = enrich_all(&[span(6 * S / 10, 14 * S / 10, None, None)], &h);
+    assert!(
+        close(e[0].joules.cpu_j, 24.0),
+        "0.8 of the new interval: {e:?}"
+    );
+    assert_eq!(
+        h.intervals_overlapping(0, 20 * S),
+        vec![(S / 2, 3 * S / 2)],
+        "in order, nothing from the old timeline"
+    );
+}
+
+#[test]
 fn gpu_energy_follows_the_threads_gpu_activity_then_the_span_rules() {
     let mut h = History::new(8);
     // CPU 2:1 between threads 71 and 72, but GPU activity 1:3.

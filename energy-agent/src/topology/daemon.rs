@@ -173,7 +173,7 @@ impl Daemon {
         let exporters = tokio::select! {
             biased;
             _ = signals.recv() => return Ok(None),
-            exporters = Exporters::start(&config.export, config.interval, clock) => exporters?,
+            exporters = Exporters::start(&config.export, config.interval, clock.clone()) => exporters?,
         };
         let sink = console_sink(config.console, clock, &exporters);
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd

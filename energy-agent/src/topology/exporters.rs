@@ -119,7 +119,12 @@ impl Exporters {
         let (shutdown, _) = watch::channel(false);
         let forwarder = config.forward.clone().map(forward::spawn);
         let otlp_metrics = forwarder.as_ref().map(|fwd| {
-            OtlpMetrics::start(fwd.clone(), config.metrics_interval, metrics.clone(), clock)
+            OtlpMetrics::start(
+                fwd.clone(),
+                config.metrics_interval,
+                metrics.clone(),
+                clock.clone(),
+            )
         });
         let enricher = match (&forwarder, &config.receive) {
             (Some(forwarder), Some(receive)) => {

@@ -80,9 +80,10 @@ impl Pipeline {
         })
     }
 
-    /// The wall clock the reports' times convert with.
+    /// The wall clock the reports' times convert with: a handle on the pipeline's
+    /// own, which [`Pipeline::next`] re-anchors every interval.
     pub fn clock(&self) -> WallClock {
-        self.clock
+        self.clock.clone()
     }
 
     /// Whether any figure is estimated, and the sources' names.
@@ -104,6 +105,12 @@ impl Pipeline {
     ) -> anyhow::Result<(CarbonReport, Vec<Lifecycle>)> {
         self.pending.push(probe.read_interval()?);
         probe.flush_log();
+        if let Some(step) = self.clock.reanchor() {
+            log::warn!(
+                "the wall clock moved {:+.3} s against the monotonic clock (a step, suspend or VM pause); wall times follow it from this interval on",
+                step as f64 / 1e9
+            );
+        }
         let parts = std::mem::take(&mut self.pending);
         let (timeline, gpu_timeline) = thread_timelines(&parts);
         let sched = SchedInterval::merge(parts);

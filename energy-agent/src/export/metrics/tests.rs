@@ -159,6 +159,52 @@ fn gone_processes_series_are_evicted_eventually() {
 }
 
 #[test]
+fn gone_models_and_containers_series_are_evicted_and_present_ones_stay() {
+    let mut s = MetricsState::new(10);
+    let mut gone = process(9, "batch", 1.0, true);
+    gone.model = "old-model".into();
+    gone.container_id = Some("c0ffee".into());
+    let mut stays = process(10, "server", 1.0, false);
+    stays.container_id = Some("beef".into());
+    s.observe(&report(vec![gone, stays.clone()]));
+    s.observe_request("old-model", 0.5);
+    let series = |s: &MetricsState, def: Def, value: &str| {
+        s.values
+            .keys()
+            .filter(|(n, l)| *n == def.name && l.iter().any(|(_, v)| v == value))
+            .count()
+    };
+    assert_eq!(series(&s, ENERGY_MODEL, "old-model"), 3, "cpu, dram, gpu");
+    assert_eq!(series(&s, CARBON_MODEL, "old-model"), 1);
+    assert_eq!(series(&s, ENERGY_CONTAINER, "c0ffee"), 1);
+    assert_eq!(s.histograms.len(), 1);
+    for n in 1..=EVICT_AFTER + 1 {
+        s.observe(&report(vec![stays.clone()]));
+        if n == EVICT_AFTER {
+            assert_eq!(
+                series(&s, ENERGY_MODEL, "old-model"),
+                3,
+                "kept for {EVICT_AFTER} intervals"
+            );
+        }
+    }
+    assert_eq!(series(&s, ENERGY_MODEL, "old-model"), 0);
+    assert_eq!(series(&s, CARBON_MODEL, "old-model"), 0);
+    assert_eq!(series(&s, ENERGY_CONTAINER, "c0ffee"), 0);
+    assert!(
+        s.histograms.is_empty(),
+        "the gone model's request histogram"
+    );
+    assert_eq!(series(&s, ENERGY_MODEL, "server"), 3, "still running");
+    assert_eq!(series(&s, ENERGY_CONTAINER, "beef"), 1);
+    assert_eq!(
+        value(&s, ENERGY_CONTAINER, &[("container.id", "beef")]),
+        f64::from(EVICT_AFTER as u32 + 2),
+        "its counter kept accumulating"
+    );
+}
+
+#[test]
 fn gpu_joules_get_their_own_domain_series() {
     let mut s = MetricsState::new(5);
     let mut p = process(9, "vllm", 1.0, true);
@@ -217,6 +263,53 @@ fn otlp_encoding_decodes_to_the_state() {
     assert!(
         resource.iter().any(|(k, _)| k == "service.version"),
         "{resource:?}"
+    );
+    // Who sends, from which host: series of many hosts never collide in one backend.
+    let text = |key: &str| {
+        resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| match v {
+                Some(Any::StringValue(s)) => s.clone(),
+                other => panic!("{key} is not a string: {other:?}"),
+            })
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert_eq!(text("host.arch").as_deref(), Some(arch), "{resource:?}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        text("host.name").as_deref(),
+        Some(hostname.trim()),
+        "{resource:?}"
+    );
+    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() == 32);
+    assert_eq!(text("host.id"), machine_id, "{resource:?}");
+    let instance = text("service.instance.id").expect("a service.instance.id");
+    assert_eq!(
+        instance,
+        crate::export::otlp::resource::instance_id(),
+        "one id for the run"
+    );
+    let again = MetricsEncoding::new(2_000).encode(&s, 6_000);
+    let sorted = |r: &Option<opentelemetry_proto::tonic::resource::v1::Resource>| {
+        let mut kvs: Vec<String> = (r.iter().flat_map(|r| &r.attributes))
+            .map(|kv| format!("{kv:?}"))
+            .collect();
+        kvs.sort();
+        kvs
+    };
+    assert_eq!(
+        sorted(&again.resource_metrics[0].resource),
+        sorted(&rm.resource),
+        "every export carries the same resource"
     );
     let sm = &rm.scope_metrics[0];
     assert_eq!(

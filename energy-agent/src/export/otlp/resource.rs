@@ -1,0 +1,163 @@
+//! The resource every OTLP export of the agent carries: which agent sends
+//! (`service.name`, `service.version`, `service.instance.id`) from which host
+//! (`host.name`, `host.id`, `host.arch`), so that the series of many hosts never
+//! collide in one backend.
+//!
+//! `service.instance.id` is a random UUID v4 drawn once per run, as OTel's semantic
+//! conventions recommend when a service has no inherent unique id: two agents on one
+//! host (a daemon and an ad-hoc `run`) must not share it, which an id derived from
+//! `host.id` alone would make them do, and the host is named by `host.id` anyway, so a
+//! backend can follow a host across restarts. `host.id` is the machine id (what the
+//! conventions ask for outside clouds), absent when the host has none.
+
+use std::{path::Path, sync::OnceLock};
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+/// Where the machine id is, in order (systemd's, then D-Bus's older copy).
+pub const MACHINE_ID_PATHS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// The agent's resource.
+pub fn resource() -> Resource {
+    let mut attributes = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", instance_id()),
+        KeyValue::new("host.arch", host_arch(std::env::consts::ARCH)),
+    ];
+    if let Some(name) = host_name() {
+        attributes.push(KeyValue::new("host.name", name));
+    }
+    let paths = MACHINE_ID_PATHS.map(Path::new);
+    if let Some(id) = machine_id(&paths) {
+        attributes.push(KeyValue::new("host.id", id));
+    }
+    Resource::builder()
+        .with_service_name("energy-agent")
+        .with_attributes(attributes)
+        .build()
+}
+
+/// This run's `service.instance.id`: the same for every export of the run.
+pub fn instance_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| uuid_v4(random_bytes()))
+}
+
+/// OTel's `host.arch` value for a Rust `target_arch` (the conventions' names where they
+/// have one, the Rust name otherwise).
+pub fn host_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm32",
+        "x86" => "x86",
+        "powerpc" => "ppc32",
+        "powerpc64" => "ppc64",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+/// The first machine id among `paths`: 32 hex digits, as machine-id(5) defines it (an
+/// empty or `uninitialized` file, as on a first boot, is skipped).
+pub fn machine_id(paths: &[&Path]) -> Option<String> {
+    paths.iter().find_map(|p| {
+        let text = std::fs::read_to_string(p).ok()?;
+        let id = text.trim();
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_lowercase())
+    })
+}
+
+/// The host's name (`gethostname`), when it has one.
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the kernel NUL-terminates names
+    // shorter than it (HOST_NAME_MAX is 64).
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// 16 bytes from the kernel's random source; from std's randomly keyed hasher, mixed
+/// with the time and pid, where getrandom(2) is missing (before Linux 3.17).
+fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    // SAFETY: the buffer is valid for 16 bytes.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        return bytes;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let seed = (crate::clock::read_clocks(), std::process::id());
+    for half in bytes.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        std::hash::Hash::hash(&seed, &mut h);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    bytes
+}
+
+/// An RFC 4122 version 4 (random) UUID from 16 random bytes, in its text form.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_version_4_and_instance_ids_last_the_run() {
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        let id = instance_id();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(&id[14..15], "4", "{id}");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(instance_id(), id, "one per run");
+        assert_ne!(uuid_v4(random_bytes()), uuid_v4(random_bytes()));
+    }
+
+    #[test]
+    fn machine_ids_come_from_the_first_file_that_has_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("machine-id");
+        let dbus = dir.path().join("dbus-machine-id");
+        let missing = dir.path().join("missing");
+        std::fs::write(&dbus, "3D1219C7C4C5404AAA1F6D2A48ADFDA4\n").expect("write");
+        // systemd writes "uninitialized" until the first boot completes.
+        std::fs::write(&etc, "uninitialized\n").expect("write");
+        assert_eq!(
+            machine_id(&[&missing, &etc, &dbus]).as_deref(),
+            Some("3d1219c7c4c5404aaa1f6d2a48adfda4")
+        );
+        std::fs::write(&etc, "0123456789abcdef0123456789abcdef\n").expect("write");
+        assert_eq!(
+            machine_id(&[&etc, &dbus]).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(machine_id(&[&missing]), None);
+    }
+
+    #[test]
+    fn arches_take_the_conventions_names() {
+        assert_eq!(host_arch("x86_64"), "amd64");
+        assert_eq!(host_arch("aarch64"), "arm64");
+        assert_eq!(host_arch("powerpc64"), "ppc64");
+        assert_eq!(host_arch("riscv64"), "riscv64");
+    }
+}
