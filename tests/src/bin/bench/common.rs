@@ -129,6 +129,19 @@ impl Agent {
     }
 }
 
+/// Waits until the agent's receiver accepts connections on `port` (it binds after the
+/// programs attach).
+pub fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent's receiver did not listen on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether a program named `sched_switch` is loaded (the agent is attached).
 pub fn sched_program_loaded() -> bool {
     aya::programs::loaded_programs()

@@ -75,6 +75,7 @@ pub fn run(s: &Settings) -> Value {
     let receive = format!("127.0.0.1:{port}");
     // The agent on CPU 0; the generator and the sink elsewhere when there is elsewhere.
     let agent = start_agent(s, &receive, sink_port);
+    crate::common::wait_listening(port);
     if cpus > 1 {
         pin(cpus - 1);
     }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::{
     agent_cost::churn,
-    common::{Agent, Settings},
+    common::{Agent, Settings, wait_listening},
     otlp,
 };
 
@@ -148,6 +148,7 @@ pub fn run(s: &Settings) -> Value {
         ],
         false,
     );
+    wait_listening(port);
     let stop = Arc::new(AtomicBool::new(false));
     let churner = churn(CHURN_PER_S, stop.clone());
     let up = Arc::new(AtomicBool::new(true));
