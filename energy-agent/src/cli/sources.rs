@@ -246,6 +246,7 @@ impl SourceArgs {
                 .map(|(domain, w)| (domain.clone(), Watts(*w)))
                 .collect(),
             models: ModelRules::new(self.models.clone()),
+            idle_fit: Default::default(),
         }
     }
 }

@@ -14,7 +14,10 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     identity::Identity,
     power::{
-        PowerReading, PowerSources, SampleContext, packages::CpuPackages, replay::Recorder,
+        PowerReading, PowerSource, PowerSources, SampleContext,
+        estimate::{Estimate, HostFacts},
+        packages::CpuPackages,
+        replay::Recorder,
         select::PowerOptions,
     },
     probe::{Lifecycle, Probe, SchedInterval, possible_cpus},
@@ -56,7 +59,15 @@ impl Pipeline {
         let packages = CpuPackages::host();
         let carbon =
             Carbon::new(&config.carbon, packages.cpu_count()).map_err(anyhow::Error::msg)?;
-        let attributor = Attributor::new(config.attribution.clone(), packages, power.idle_power());
+        // The estimate model of this host: a meter's fallback idle power before any
+        // fit or calibration (flagged uncertain).
+        let prior = if power.estimated() {
+            Vec::new()
+        } else {
+            Estimate::new(&HostFacts::host(), packages.clone()).idle_power()
+        };
+        let attributor = Attributor::new(config.attribution.clone(), packages, power.idle_power())
+            .with_prior(prior);
         // Baseline: the probe's first interval and the meters both start here.
         probe.read_interval()?;
         let now = monotonic_ns();
