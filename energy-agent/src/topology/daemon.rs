@@ -17,6 +17,7 @@ use super::{
     pipeline::{Pipeline, PipelineConfig},
 };
 use crate::{
+    attribute::idle::state::Method,
     clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
     probe::{Probe, ProbeConfig},
@@ -25,6 +26,10 @@ use crate::{
 /// Shortest interval: RAPL figures are never exposed finer than this (PLATYPUS,
 /// CVE-2020-8694, used fine-grained RAPL readings as a side channel).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often a running daemon keeps its good idle-power fits in the state file (and
+/// once more at the end).
+const STORE_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 /// Finest sub-interval probe read while spans are received.
 const MIN_SUB_PERIOD: Duration = Duration::from_millis(20);
@@ -79,6 +84,7 @@ struct Daemon {
     pipeline: Pipeline,
     sink: Option<Box<dyn Sink>>,
     exporters: Exporters,
+    stored_idle_at: Instant,
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -90,6 +96,7 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
     let mut daemon = Daemon::start(&config).await?;
     log::info!("probe attached; interval {:?}", config.interval);
     daemon.run_loop(&config).await?;
+    daemon.pipeline.store_idle(Method::Fitted);
     log::info!("detaching");
     let Daemon {
         probe, exporters, ..
@@ -132,6 +139,7 @@ impl Daemon {
             pipeline,
             sink,
             exporters,
+            stored_idle_at: Instant::now(),
         })
     }
 
@@ -192,6 +200,10 @@ impl Daemon {
         let report = self.pipeline.next(self.probe.get_mut())?;
         let lag = monotonic_ns().saturating_sub(report.end_ns);
         self.exporters.observe(&report, Duration::from_nanos(lag));
+        if self.stored_idle_at.elapsed() >= STORE_IDLE_EVERY {
+            self.pipeline.store_idle(Method::Fitted);
+            self.stored_idle_at = Instant::now();
+        }
         let Some(sink) = &mut self.sink else {
             return Ok(true);
         };

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use super::pipeline::{Pipeline, PipelineConfig};
 use crate::{
+    attribute::idle::state::Method,
     export::{
         forward::ForwardConfig,
         measure::{Accumulator, MeasureReport, Membership, render, span_attributes},
@@ -125,6 +126,7 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
     let status = m.until_exit(&mut child, config.interval)?;
     let duration = started.elapsed();
     m.until_exit_records(child.id())?;
+    m.pipeline.store_idle(Method::Fitted);
     let code = exit_code(status);
     let report = m.acc.finish(config.command.clone(), code, duration);
     if let Some(otlp) = &config.otlp {

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod exporters;
 pub mod measure;
 pub mod pipeline;
+pub mod state;
 pub mod top;
 
 pub use daemon::{Console, DaemonConfig, MIN_INTERVAL};

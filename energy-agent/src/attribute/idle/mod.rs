@@ -8,7 +8,7 @@
 //!    domain's busy CPUs (or GPU utilisation), see [`fit`] ([`IdleOrigin::Fitted`];
 //!    once good, the last good fit is kept while the load is too steady to refit);
 //! 4. a calibration stored in the state file, by `energy-agent calibrate` or a good fit
-//!    of an earlier run, see `state` ([`IdleOrigin::Calibrated`]);
+//!    of an earlier run, see [`state`] ([`IdleOrigin::Calibrated`]);
 //! 5. the estimate model's idle figure for this host, when it is not above the lowest
 //!    power seen ([`IdleOrigin::Model`], flagged uncertain);
 //! 6. the lowest interval power seen so far ([`IdleOrigin::Lowest`], flagged
@@ -18,6 +18,7 @@
 //! interval's `idle_power[].fit` says why (`steady_load`, `few_samples`, `poor`).
 
 pub mod fit;
+pub mod state;
 
 use std::collections::BTreeMap;
 
