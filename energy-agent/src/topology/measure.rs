@@ -128,7 +128,8 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
     m.until_exit_records(child.id())?;
     m.pipeline.store_idle(Method::Fitted);
     let code = exit_code(status);
-    let report = m.acc.finish(config.command.clone(), code, duration);
+    let idle = m.pipeline.idle().current();
+    let report = m.acc.finish(config.command.clone(), code, duration, idle);
     if let Some(otlp) = &config.otlp {
         send_span(otlp, &config.command, &report, started_wall, duration);
     }

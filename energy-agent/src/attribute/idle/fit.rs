@@ -44,9 +44,10 @@ pub struct FitConfig {
     pub min_relative_spread: f64,
     /// Intervals at least this long (seconds) get full weight.
     pub full_weight_s: f64,
-    /// A good fit's `uncertainty_w` is at most the larger of this (watts)…
+    /// A good fit's `uncertainty_w` is at most the largest of this (watts)…
     pub max_uncertainty_w: f64,
-    /// …and this fraction of the idle power.
+    /// …and this fraction of the idle power, or of the mean dynamic power (`k·ū`: the
+    /// figure the band is an error of, for the processes).
     pub max_relative_uncertainty: f64,
 }
 
@@ -326,9 +327,10 @@ fn summarise(
         spread,
         residual_w: scale,
     };
+    let dynamic = (b * mu).abs();
     let allowed = c
         .max_uncertainty_w
-        .max(c.max_relative_uncertainty * a.abs());
+        .max(c.max_relative_uncertainty * a.abs().max(dynamic));
     let status = if spread < c.min_spread.max(c.min_relative_spread * mu) {
         FitStatus::SteadyLoad
     } else if b < -2.0 * se_b

@@ -6,7 +6,9 @@
 //!    construction and nothing is fitted ([`IdleOrigin::Model`]);
 //! 3. a good fit of this run: the intercept of interval power regressed on the
 //!    domain's busy CPUs (or GPU utilisation), see [`fit`] ([`IdleOrigin::Fitted`];
-//!    once good, the last good fit is kept while the load is too steady to refit);
+//!    once good, the last good fit is kept while the load is too steady to refit) —
+//!    unless a stored calibration is more precise and within the two bands of it
+//!    (then both estimate the same figure, and the calibration is the better one);
 //! 4. a calibration stored in the state file, by `energy-agent calibrate` or a good fit
 //!    of an earlier run, see [`state`] ([`IdleOrigin::Calibrated`]);
 //! 5. the estimate model's idle figure for this host, when it is not above the lowest
@@ -231,7 +233,16 @@ fn choose(
     stored: Option<&Calibration>,
     prior: Option<Watts>,
 ) -> IdlePower {
-    let mut ip = if let Some(fit) = t.good {
+    // A stored calibration more precise than the fit and consistent with it is the
+    // better estimate of the same figure; one the fit contradicts is stale.
+    let consistent_calibration = match (t.good, stored) {
+        (Some(fit), Some(c)) => {
+            c.uncertainty.get() < fit.uncertainty_w
+                && (fit.idle_w - c.idle.get()).abs() <= fit.uncertainty_w + c.uncertainty.get()
+        }
+        _ => false,
+    };
+    let mut ip = if let Some(fit) = t.good.filter(|_| !consistent_calibration) {
         let mut ip = IdlePower::new(domain, Watts(fit.idle_w), IdleOrigin::Fitted);
         ip.uncertainty_w = Some(Watts(fit.uncertainty_w));
         ip

@@ -106,6 +106,30 @@ fn a_good_fit_comes_before_the_stored_calibration_and_is_kept_through_steady_loa
 }
 
 #[test]
+fn a_consistent_more_precise_calibration_stays_and_a_contradicted_one_goes() {
+    for (stored, expect) in [(10.05, IdleOrigin::Calibrated), (12.0, IdleOrigin::Fitted)] {
+        let mut m = model(&[]);
+        m.set_calibrations(vec![Calibration {
+            uncertainty: Watts(0.01),
+            ..calibration(stored)
+        }]);
+        let mut last = None;
+        for i in 0..30 {
+            // Noise of ±0.3 W, so the fit's band is wider than the calibration's.
+            let noise = 0.3 * (((i * 37) % 11) as f64 / 5.0 - 1.0);
+            let o = Observation {
+                energy: Joules((10.0 + noise + 15.0 * varied(i)) * 0.5),
+                ..obs(varied(i), 10.0)
+            };
+            last = Some(m.idle_power(Domain::Package(0), o));
+        }
+        let ip = last.unwrap();
+        assert_eq!(ip.origin, expect, "stored {stored}: {ip:?}");
+        assert_eq!(ip.fit, Some(FitStatus::Good));
+    }
+}
+
+#[test]
 fn a_load_that_never_varies_uses_the_calibration_and_says_why() {
     let mut m = model(&[]);
     m.set_calibrations(vec![calibration(10.0)]);
