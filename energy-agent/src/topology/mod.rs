@@ -14,8 +14,10 @@
 //! [`pipeline`] runs the interval stages (probe → power → attribute → carbon) for
 //! every command; [`exporters`] starts the sinks and the receive → enrich → forward
 //! path of `run`; [`daemon`], [`top`] and [`measure`] are the three loops that drive
-//! them. The CLI only builds the plain configs here from flags and calls one loop.
+//! them, and [`calibrate`] drives the CPUs itself to fit idle power; [`state`] keeps
+//! what was learned between runs. The CLI only builds the plain configs here from flags and calls one loop.
 
+pub mod calibrate;
 pub mod daemon;
 pub mod exporters;
 pub mod measure;

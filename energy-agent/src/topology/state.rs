@@ -18,6 +18,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct IdleStore {
     dir: Option<StateDir>,
+    problem: Option<String>,
     cpu_meter: String,
     gpu_meter: String,
 }
@@ -33,23 +34,40 @@ fn cpu_meter(name: &str, options: &PowerOptions) -> String {
 }
 
 impl IdleStore {
-    /// Opens `dir` (None: no persistence) for the sources in use.
+    /// Opens `dir` (None: no persistence) for the sources in use; a dir that cannot be
+    /// used is said once (in the log), see [`IdleStore::problem`].
     pub fn open(dir: Option<&Path>, options: &PowerOptions, power: &PowerSources) -> Self {
+        let store = Self::open_quietly(dir, options, power);
+        if let Some(p) = &store.problem {
+            log::warn!("{p}");
+        }
+        store
+    }
+
+    /// [`IdleStore::open`] without the log line (for `check`, which reports it).
+    pub fn open_quietly(dir: Option<&Path>, options: &PowerOptions, power: &PowerSources) -> Self {
         let (cpu, gpu) = power.names();
-        let dir = dir.and_then(|d| match StateDir::open(d) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::warn!(
+        let (dir, problem) = match dir.map(StateDir::open) {
+            None => (None, None),
+            Some(Ok(s)) => (Some(s), None),
+            Some(Err(e)) => (
+                None,
+                Some(format!(
                     "state dir unusable ({e}): idle power is not kept between runs; --state-dir DIR chooses another"
-                );
-                None
-            }
-        });
+                )),
+            ),
+        };
         Self {
             dir,
+            problem,
             cpu_meter: cpu_meter(cpu, options),
             gpu_meter: gpu.to_string(),
         }
+    }
+
+    /// Why the state dir cannot be used, when it cannot.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
     }
 
     /// The state file, when persistence is on.

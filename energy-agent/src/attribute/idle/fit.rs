@@ -74,8 +74,9 @@ impl FitConfig {
 
     /// With [`FitConfig::RUN`], a step of the idle power is followed (the fit within
     /// its uncertainty of the new value) within this many intervals of varied load
-    /// (tested in `fit::tests` and `tests/tests/idle.rs`).
-    pub const FOLLOW_INTERVALS: usize = 32;
+    /// (tested in `fit::tests` and `tests/tests/idle.rs`): a few intervals to see it
+    /// ([`Window::drop_before_shift`]), then a new fit from the samples after it.
+    pub const FOLLOW_INTERVALS: usize = 16;
 }
 
 impl Default for FitConfig {
@@ -165,7 +166,51 @@ impl Window {
     pub fn fit(&self) -> (FitStatus, Option<Fit>) {
         fit(&self.samples, &self.config)
     }
+
+    /// Whether the newest samples left the line of `good` (the idle power stepped):
+    /// the mean residual of the newest [`SHIFT_SAMPLES`] beyond 4 residual scales /
+    /// √n, and each of the newest 3 beyond 2 scales on the same side. Then only the
+    /// samples after the step are kept, so the fit restarts from them instead of
+    /// waiting for the old ones to decay; returns whether it did.
+    pub fn drop_before_shift(&mut self, good: &Fit) -> bool {
+        let n = self.samples.len();
+        if n < SHIFT_SAMPLES {
+            return false;
+        }
+        let scale = good.residual_w.max(1e-9);
+        let resid: Vec<f64> = (self.samples.iter().skip(n - SHIFT_SAMPLES))
+            .filter(|s| s.seconds >= self.config.full_weight_s / 2.0)
+            .map(|s| s.watts - good.idle_w - good.per_busy_w * s.busy)
+            .collect();
+        if resid.len() < SHIFT_SAMPLES / 2 {
+            return false;
+        }
+        let mean = resid.iter().sum::<f64>() / resid.len() as f64;
+        let newest = &resid[resid.len() - 3..];
+        let shifted = mean.abs() > 4.0 * scale / (resid.len() as f64).sqrt()
+            && newest
+                .iter()
+                .all(|r| r.abs() > 2.0 * scale && r.signum() == mean.signum());
+        if !shifted {
+            return false;
+        }
+        // The step is where the residuals turned: keep from the first of the newest
+        // run of residuals beyond 2 scales on the shifted side.
+        let run = resid
+            .iter()
+            .rev()
+            .take_while(|r| r.abs() > 2.0 * scale && r.signum() == mean.signum())
+            .count();
+        let keep = run.max(3);
+        while self.samples.len() > keep {
+            self.samples.pop_front();
+        }
+        true
+    }
 }
+
+/// How many of the newest samples are looked at for a step of the idle power.
+pub const SHIFT_SAMPLES: usize = 8;
 
 /// Weights before reweighting: decay by age (the last sample is newest) × length.
 fn base_weights(samples: &VecDeque<Sample>, c: &FitConfig) -> Vec<f64> {
@@ -448,8 +493,20 @@ mod tests {
     #[test]
     fn a_step_of_the_idle_power_is_followed_within_the_stated_intervals() {
         let step_at = 60;
+        // No false alarm on the way.
+        let mut before = window(FitConfig::RUN, 20, |_| 10.0);
+        for i in 20..step_at {
+            let good = before.fit().1.expect("a fit");
+            before.push(Sample {
+                busy: busy(i),
+                watts: 10.0 + 15.0 * busy(i) + noise(i, 0.3),
+                seconds: 0.25,
+            });
+            assert!(!before.drop_before_shift(&good), "a false step at {i}");
+        }
         let idle = |i: usize| if i < step_at { 10.0 } else { 14.0 };
         let mut w = window(FitConfig::RUN, step_at, idle);
+        let mut good = w.fit().1.expect("a fit before the step");
         let mut followed = None;
         for i in step_at..step_at + 100 {
             let u = busy(i);
@@ -458,7 +515,11 @@ mod tests {
                 watts: idle(i) + 15.0 * u + noise(i, 0.3),
                 seconds: 0.25,
             });
+            w.drop_before_shift(&good);
             let (status, fit) = w.fit();
+            if status == FitStatus::Good {
+                good = fit.expect("a good fit");
+            }
             let near = fit.is_some_and(|f| (f.idle_w - 14.0).abs() < 0.5);
             match (followed, status == FitStatus::Good && near) {
                 (None, true) => followed = Some(i + 1 - step_at),

@@ -56,6 +56,16 @@ pub struct Observation {
     pub busy: Option<f64>,
 }
 
+/// The `--idle-power` figure of `domain`: by its name (`package-0`), else its class
+/// (`package`).
+pub fn configured_for(configured: &BTreeMap<String, Watts>, domain: Domain) -> Option<Watts> {
+    let name = domain.to_string();
+    let class = name.split('-').next().unwrap_or(&name);
+    (configured.get(&name))
+        .or_else(|| configured.get(class))
+        .copied()
+}
+
 /// Intervals of steady load after which the log says the idle power cannot be fitted.
 const SAY_STEADY_AFTER: u64 = 40;
 
@@ -112,11 +122,7 @@ impl IdleModel {
     }
 
     fn configured(&self, domain: Domain) -> Option<Watts> {
-        let class = domain.to_string();
-        let class = class.split('-').next().unwrap_or(&class);
-        (self.configured.get(&domain.to_string()))
-            .or_else(|| self.configured.get(class))
-            .copied()
+        configured_for(&self.configured, domain)
     }
 
     /// The idle power of `domain` in an interval, given what the interval showed.
@@ -197,6 +203,14 @@ impl Tracker {
                 watts: watts.get(),
                 seconds: obs.duration.seconds(),
             });
+            if let Some(good) = &self.good
+                && self.window.drop_before_shift(good)
+            {
+                log::info!(
+                    "idle power moved off its fit ({:.2} W); refitting",
+                    good.idle_w
+                );
+            }
         }
         let (status, fit) = self.window.fit();
         self.status = status;
