@@ -52,8 +52,8 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
-    /// While running: follows a drifting idle power within a few half-lives (16
-    /// intervals; see [`FitConfig::FOLLOW_INTERVALS`]).
+    /// While running: weights halve every 16 intervals, and a step of the idle power
+    /// is followed within [`FitConfig::FOLLOW_INTERVALS`].
     pub const RUN: Self = Self {
         half_life: 16.0,
         window: 64,
@@ -75,8 +75,9 @@ impl FitConfig {
     /// With [`FitConfig::RUN`], a step of the idle power is followed (the fit within
     /// its uncertainty of the new value) within this many intervals of varied load
     /// (tested in `fit::tests` and `tests/tests/idle.rs`): a few intervals to see it
-    /// ([`Window::drop_before_shift`]), then a new fit from the samples after it.
-    pub const FOLLOW_INTERVALS: usize = 16;
+    /// ([`Window::drop_before_shift`]), then a new fit from the samples after it, good
+    /// once its band is (about 8 intervals of varied load at 250 ms on the test tree).
+    pub const FOLLOW_INTERVALS: usize = 24;
 }
 
 impl Default for FitConfig {
