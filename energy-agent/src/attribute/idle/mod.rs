@@ -66,6 +66,9 @@ pub fn configured_for(configured: &BTreeMap<String, Watts>, domain: Domain) -> O
         .copied()
 }
 
+/// Intervals shorter than this do not count for the lowest power (seconds).
+const LOWEST_MIN_S: f64 = 0.1;
+
 /// Intervals of steady load after which the log says the idle power cannot be fitted.
 const SAY_STEADY_AFTER: u64 = 40;
 
@@ -74,6 +77,8 @@ const SAY_STEADY_AFTER: u64 = 40;
 struct Tracker {
     window: Window,
     lowest: Option<Watts>,
+    /// Whether `lowest` is over intervals of at least [`LOWEST_MIN_S`].
+    lowest_from_long: bool,
     good: Option<Fit>,
     status: FitStatus,
     intervals: u64,
@@ -138,6 +143,7 @@ impl IdleModel {
         let t = self.domains.entry(domain).or_insert_with(|| Tracker {
             window: Window::new(config),
             lowest: None,
+            lowest_from_long: false,
             good: None,
             status: FitStatus::FewSamples,
             intervals: 0,
@@ -193,10 +199,17 @@ impl Tracker {
             return;
         }
         let watts = obs.energy.per(obs.duration);
-        self.lowest = Some(
-            self.lowest
-                .map_or(watts, |l| Watts(l.get().min(watts.get()))),
-        );
+        // An interval shorter than a meter's update period can read 0 J: only intervals
+        // of at least 100 ms count, unless there are none yet.
+        let long = obs.duration.seconds() >= LOWEST_MIN_S;
+        if long || !self.lowest_from_long {
+            let lowest = match self.lowest {
+                Some(l) if long == self.lowest_from_long => Watts(l.get().min(watts.get())),
+                _ => watts,
+            };
+            self.lowest = Some(lowest);
+            self.lowest_from_long = long;
+        }
         if let Some(busy) = obs.busy {
             self.window.push(Sample {
                 busy,

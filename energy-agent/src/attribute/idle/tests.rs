@@ -162,3 +162,26 @@ fn the_summary_is_the_weakest_origin() {
     assert_eq!(idle_summary(&[a, b]), (Some(IdleOrigin::Lowest), true));
     assert_eq!(idle_summary(&[]), (None, false));
 }
+
+#[test]
+fn a_short_interval_reading_nothing_is_not_the_lowest_power() {
+    let mut m = model(&[]);
+    m.idle_power(Domain::Package(0), obs(1.0, 10.0));
+    let blip = Observation {
+        energy: Joules(0.0),
+        duration: Nanos(S / 200),
+        busy: Some(1.0),
+    };
+    let ip = m.idle_power(Domain::Package(0), blip);
+    assert_eq!(
+        (ip.watts, ip.origin),
+        (Watts(25.0), IdleOrigin::Lowest),
+        "{ip:?}"
+    );
+    // With nothing longer yet, a short one is all there is.
+    let mut fresh = model(&[]);
+    let ip = fresh.idle_power(Domain::Package(0), blip);
+    assert_eq!(ip.watts, Watts(0.0));
+    let ip = fresh.idle_power(Domain::Package(0), obs(1.0, 10.0));
+    assert_eq!(ip.watts, Watts(25.0), "the first long interval replaces it");
+}
