@@ -14,20 +14,20 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use energy_tests::{
     AgentRun, agent_bin,
-    powercap::{PowercapTree, ZoneSpec},
-    require_root, test_bin,
+    known_model::{
+        Burned, IDLE_W, K_W, PKG, WORKLOAD, f, flags, idle_of, measure_workload, run_workload,
+        spawn, sum_of, tree,
+    },
+    powercap::PowercapTree,
+    require_root,
 };
 
-const PKG: &str = "intel-rapl:0";
-const DRAM: &str = "intel-rapl:0/intel-rapl:0:0";
-const IDLE_W: f64 = 10.0;
-const K_W: f64 = 15.0;
 /// The interval of the accuracy tests: each interval boundary moves up to 10 ms of
 /// energy between neighbours (`/proc/stat`'s 10 ms ticks, the writer's 10 ms period),
 /// about 0.7 W of noise at 250 ms and half that at 500 ms, which is what bounds a
@@ -40,63 +40,6 @@ const DRIFT_INTERVAL: &str = "250ms";
 /// the agent must fit: it needs 0.1 CPU and a band within 10% of the dynamic power,
 /// which at this tree's noise it reaches at about 0.3 CPU.
 const MUST_FIT_SPREAD: f64 = 0.4;
-
-/// Three concurrent processes of different CPU shares whose load varies from interval
-/// to interval, about 8 s each: 0.3 CPU steady; 0.5 CPU in 400 ms bursts; 2 threads at
-/// 0.25 CPU each in 300 ms bursts.
-const WORKLOAD: [&[&str]; 3] = [
-    &["2.4", "1", "0.3"],
-    &["3.6", "1", "0.5", "-", "800"],
-    &["2.0", "2", "0.25", "-", "1200"],
-];
-
-fn f(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-fn tree() -> PowercapTree {
-    PowercapTree::start_following_load(
-        vec![
-            ZoneSpec {
-                path: PKG,
-                name: "package-0",
-                watts: IDLE_W,
-                range_uj: 262_143_328_850,
-            },
-            ZoneSpec {
-                path: DRAM,
-                name: "dram",
-                watts: 2.0,
-                range_uj: 65_712_999_613,
-            },
-        ],
-        &[(PKG, K_W)],
-        0,
-    )
-}
-
-fn utf8(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 temp path")
-}
-
-/// The flags every agent command here gets, with `--interval`.
-fn flags<'a>(root: &'a Path, state: &'a Path) -> Vec<&'a str> {
-    flags_at(root, state, INTERVAL)
-}
-
-fn flags_at<'a>(root: &'a Path, state: &'a Path, interval: &'a str) -> Vec<&'a str> {
-    vec![
-        "--no-gpu",
-        "--power-source",
-        "rapl-powercap",
-        "--powercap-root",
-        utf8(root),
-        "--state-dir",
-        utf8(state),
-        "--interval",
-        interval,
-    ]
-}
 
 /// The largest spread of the tree's busy CPUs (per `interval`) over any 16 intervals in
 /// `[from, to]`.
@@ -142,89 +85,6 @@ fn store_calibration(state: &Path, root: &Path, idle_w: f64, band_w: f64) {
         ]}}
     });
     std::fs::write(state.join("idle-power.json"), file.to_string()).expect("state file");
-}
-
-/// One burner of the workload: its pid, energy and CPU time per the agent, and its
-/// CPU time per the kernel's schedstat.
-#[derive(Debug)]
-struct Burned {
-    energy_j: f64,
-    cpu_s: f64,
-    schedstat_s: f64,
-}
-
-impl Burned {
-    /// Energy over the known model's dynamic energy of its CPU time.
-    fn ratio(&self) -> f64 {
-        self.energy_j / (K_W * self.cpu_s)
-    }
-}
-
-/// `measure --json` of the workload started by one shell; each burner's figures, the
-/// report, and the instants the command ran between.
-fn measure_workload(
-    root: &Path,
-    state: &Path,
-) -> (Vec<Burned>, serde_json::Value, Instant, Instant) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let burner = test_bin("burner");
-    let mut script: String = WORKLOAD
-        .iter()
-        .enumerate()
-        .map(|(i, args)| {
-            format!(
-                "{} {} > {d}/{i}.out & echo $! > {d}/{i}.pid\n",
-                burner.display(),
-                args.join(" "),
-                d = dir.path().display()
-            )
-        })
-        .collect();
-    script.push_str("wait\n");
-    let started = Instant::now();
-    let out = Command::new(agent_bin())
-        .args(["measure", "--json"])
-        .args(flags(root, state))
-        .args(["--", "sh", "-c", &script])
-        .output()
-        .expect("running measure");
-    let ended = Instant::now();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(stderr.trim().lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("report is not JSON ({e}): {stderr}"));
-    let burned = (0..WORKLOAD.len())
-        .map(|i| {
-            let read = |ext| std::fs::read_to_string(dir.path().join(format!("{i}.{ext}")));
-            let pid: u64 = read("pid")
-                .expect("pid file")
-                .trim()
-                .parse()
-                .expect("a pid");
-            let schedstat: f64 = read("out")
-                .expect("burner output")
-                .trim()
-                .strip_prefix("schedstat_ns=")
-                .and_then(|n| n.parse().ok())
-                .expect("schedstat_ns=N");
-            let p = (report["processes"].as_array().expect("processes").iter())
-                .find(|p| p["pid"].as_u64() == Some(pid))
-                .unwrap_or_else(|| panic!("burner {pid} not in the report: {report}"));
-            Burned {
-                energy_j: f(&p["energy_j"]),
-                cpu_s: f(&p["cpu_time_s"]),
-                schedstat_s: schedstat / 1e9,
-            }
-        })
-        .collect();
-    (burned, report, started, ended)
-}
-
-/// The report's idle power entry for `domain`.
-fn idle_of<'a>(idle_power: &'a serde_json::Value, domain: &str) -> &'a serde_json::Value {
-    (idle_power.as_array().expect("idle_power").iter())
-        .find(|d| d["domain"] == domain)
-        .unwrap_or_else(|| panic!("no idle power for {domain}: {idle_power}"))
 }
 
 /// Checks every burner's CPU time against schedstat and its energy within `bound` of
@@ -286,7 +146,7 @@ fn calibrate_fits_the_known_model_then_measure_is_within_5_percent() {
     let started = Instant::now();
     let out = Command::new(agent_bin())
         .args(["calibrate", "--duration", "24s", "--json"])
-        .args(flags(&root, st))
+        .args(flags(&root, Some(st), INTERVAL))
         .output()
         .expect("running calibrate");
     let ended = Instant::now();
@@ -330,7 +190,7 @@ fn calibrate_fits_the_known_model_then_measure_is_within_5_percent() {
     // check shows it, with its date.
     let check = Command::new(agent_bin())
         .args(["check", "--json"])
-        .args(&flags(&root, st)[..7])
+        .args(&flags(&root, Some(st), INTERVAL)[..7])
         .output()
         .expect("running check");
     let check: serde_json::Value = serde_json::from_slice(&check.stdout).expect("check JSON");
@@ -341,7 +201,7 @@ fn calibrate_fits_the_known_model_then_measure_is_within_5_percent() {
     assert!(detail.contains("calibrated on 20"), "{detail}");
     assert!(detail.starts_with(&format!("{idle:.2} ± ")), "{detail}");
     // measure starts from the calibration: within 5%, whatever the load does.
-    let (burned, r, ..) = measure_workload(&root, st);
+    let (burned, r, ..) = measure_workload(&WORKLOAD, &flags(&root, Some(st), INTERVAL));
     let origin = idle_of(&r["idle_power"], "package-0");
     assert!(
         origin["origin"] == "calibrated" || origin["origin"] == "fitted",
@@ -356,7 +216,8 @@ fn measure_without_calibration_fits_within_the_run_within_10_percent() {
     require_root();
     let t = tree();
     let state = tempfile::tempdir().expect("tempdir");
-    let (burned, r, started, ended) = measure_workload(&t.root(), state.path());
+    let (burned, r, started, ended) =
+        measure_workload(&WORKLOAD, &flags(&t.root(), Some(state.path()), INTERVAL));
     let idle = idle_of(&r["idle_power"], "package-0");
     eprintln!("measure: idle power {}", r["idle_power"]);
     if idle["origin"] != "fitted" {
@@ -373,59 +234,14 @@ fn measure_without_calibration_fits_within_the_run_within_10_percent() {
     assert!(stored.contains("\"fitted\""), "{stored}");
 }
 
-/// Starts the workload, then the agent (no idle lead); returns the intervals and the
-/// burners' pids once they are done, and when the agent ran.
-fn run_workload(root: &Path, state: &Path) -> (Vec<serde_json::Value>, Vec<u32>, Instant, Instant) {
-    let mut burners: Vec<Child> = WORKLOAD
-        .iter()
-        .map(|a| {
-            Command::new(test_bin("burner"))
-                .args(*a)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("burner")
-        })
-        .collect();
-    let started = Instant::now();
-    let mut agent = AgentRun::start(&flags(root, state));
-    for b in &mut burners {
-        assert!(b.wait().expect("burner").success());
-    }
-    agent.wait_intervals(2, Duration::from_secs(10));
-    let (_, intervals) = agent.stop();
-    let pids = burners.iter().map(Child::id).collect();
-    (intervals, pids, started, Instant::now())
-}
-
-/// (energy, CPU time) of `pid` over the intervals `keep` selects.
-fn sum_of(
-    intervals: &[serde_json::Value],
-    pid: u32,
-    keep: impl Fn(&serde_json::Value) -> bool,
-) -> Burned {
-    let (mut energy_j, mut cpu_s) = (0.0, 0.0);
-    for i in intervals.iter().filter(|i| keep(i)) {
-        for p in i["processes"].as_array().expect("processes") {
-            if p["pid"].as_u64() == Some(u64::from(pid)) {
-                energy_j += f(&p["energy_j"]);
-                cpu_s += f(&p["cpu_time_s"]);
-            }
-        }
-    }
-    Burned {
-        energy_j,
-        cpu_s,
-        schedstat_s: cpu_s,
-    }
-}
-
 #[test]
 fn run_json_with_a_stored_calibration_is_within_5_percent_from_the_first_interval() {
     require_root();
     let t = tree();
     let state = tempfile::tempdir().expect("tempdir");
     store_calibration(state.path(), &t.root(), IDLE_W, 0.2);
-    let (intervals, pids, ..) = run_workload(&t.root(), state.path());
+    let (intervals, pids, ..) =
+        run_workload(&WORKLOAD, &flags(&t.root(), Some(state.path()), INTERVAL));
     for i in &intervals {
         let idle = idle_of(&i["idle_power"], "package-0");
         assert!(
@@ -446,7 +262,8 @@ fn run_json_without_calibration_is_within_10_percent_once_fitted_and_flagged_bef
     require_root();
     let t = tree();
     let state = tempfile::tempdir().expect("tempdir");
-    let (intervals, pids, started, ended) = run_workload(&t.root(), state.path());
+    let (intervals, pids, started, ended) =
+        run_workload(&WORKLOAD, &flags(&t.root(), Some(state.path()), INTERVAL));
     let fitted =
         |i: &serde_json::Value| idle_of(&i["idle_power"], "package-0")["origin"] == "fitted";
     for i in intervals.iter().filter(|i| !fitted(i)) {
@@ -504,24 +321,11 @@ fn run_json_without_calibration_is_within_10_percent_once_fitted_and_flagged_bef
     assert_within(&vouched, 0.10, "run --output json, fitted intervals");
 }
 
-/// Starts `n` burners of one full core each for `seconds`.
-fn full_cores(n: usize, seconds: &str) -> Vec<Child> {
-    (0..n)
-        .map(|_| {
-            Command::new(test_bin("burner"))
-                .args([seconds, "1"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("burner")
-        })
-        .collect()
-}
-
 /// `run` for 12 intervals (6 s) on a host whose every CPU a burner keeps busy (one of
 /// them the "workload", `pids[1]`).
 fn never_idle_run(root: &Path, state: &Path) -> (Vec<serde_json::Value>, u32) {
-    let mut burners = full_cores(2, "60");
-    let mut agent = AgentRun::start(&flags(root, state));
+    let mut burners = spawn(&[&["60", "1"], &["60", "1"]]);
+    let mut agent = AgentRun::start(&flags(root, Some(state), INTERVAL));
     agent.wait_intervals(12, Duration::from_secs(30));
     let (_, intervals) = agent.stop();
     for b in &mut burners {
@@ -578,18 +382,9 @@ fn a_step_of_the_idle_power_is_followed_within_24_intervals() {
         &["9.6", "1", "0.4", "-", "800"],
         &["6.0", "2", "0.25", "-", "1200"],
     ];
-    let mut burners: Vec<Child> = long
-        .iter()
-        .map(|a| {
-            Command::new(test_bin("burner"))
-                .args(*a)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("burner")
-        })
-        .collect();
+    let mut burners = spawn(&long);
     let started = Instant::now();
-    let mut agent = AgentRun::start(&flags_at(&t.root(), state.path(), DRIFT_INTERVAL));
+    let mut agent = AgentRun::start(&flags(&t.root(), Some(state.path()), DRIFT_INTERVAL));
     let package = |i: &serde_json::Value| idle_of(&i["idle_power"], "package-0").clone();
     let fitted_near = |i: &serde_json::Value, w: f64| {
         let p = package(i);

@@ -137,7 +137,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The benchmarks.
-const BENCHMARKS: [&str; 5] = ["probe", "slowdown", "agent", "enrich", "accuracy"];
+const BENCHMARKS: [&str; 6] = ["probe", "slowdown", "agent", "enrich", "accuracy", "idle"];
 
 /// A short run of every benchmark on the debug build: it proves the harness works (the
 /// numbers mean nothing); each counts as a test.

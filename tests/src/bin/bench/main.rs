@@ -1,8 +1,9 @@
 //! The benchmarks (`cargo xtask bench`): per-probe cost, workload slowdown, agent cost,
-//! enrichment throughput and delay, and accuracy against procfs sampling. Method and
-//! latest numbers: BENCHMARKS.md.
+//! enrichment throughput and delay, accuracy against procfs sampling, and per-process
+//! accuracy under a known power model (idle power). Method and latest numbers:
+//! BENCHMARKS.md.
 //!
-//! usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] [--out DIR]
+//! usage: bench [probe|slowdown|agent|enrich|accuracy|idle …] [--smoke] [--out DIR]
 //!              [--markdown FILE --plots DIR]
 //!
 //! Each benchmark writes DIR/NAME.json (default target/bench) and prints its table;
@@ -14,6 +15,7 @@ mod accuracy;
 mod agent_cost;
 mod common;
 mod enrich;
+mod idle;
 mod otlp;
 mod plot;
 mod probe_cost;
@@ -34,7 +36,7 @@ struct Bench {
     plot: Option<plot::Plot>,
 }
 
-const BENCHES: [Bench; 5] = [
+const BENCHES: [Bench; 6] = [
     Bench {
         name: "probe",
         title: "per-probe cost",
@@ -69,6 +71,13 @@ const BENCHES: [Bench; 5] = [
         run: accuracy::run,
         table: accuracy::table,
         plot: Some(plot::accuracy),
+    },
+    Bench {
+        name: "idle",
+        title: "per-process accuracy under a known power model",
+        run: idle::run,
+        table: idle::table,
+        plot: None,
     },
 ];
 
@@ -111,7 +120,7 @@ struct Options {
     plots: PathBuf,
 }
 
-const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy …] [--smoke] \
+const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy|idle …] [--smoke] \
                      [--out DIR] [--markdown FILE --plots DIR]";
 
 /// Reads the command line; prints the usage and exits on `--help` (0) or a bad argument (2).
@@ -146,7 +155,9 @@ fn parse_args(args: &[String]) -> Options {
         .cloned()
         .collect();
     if let Some(bad) = names.iter().find(|n| !BENCHES.iter().any(|b| b.name == *n)) {
-        eprintln!("bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy)");
+        eprintln!(
+            "bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy, idle)"
+        );
         std::process::exit(2);
     }
     let out = value("--out")
