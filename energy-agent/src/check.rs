@@ -1,6 +1,11 @@
 //! `energy-agent check`: what works on this host, what does not, and the fix for each.
 
-use std::path::{Path, PathBuf};
+mod idle;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     carbon::CarbonOptions,
@@ -22,6 +27,10 @@ pub struct CheckConfig {
     pub carbon: Result<CarbonOptions, String>,
     /// `--libcuda`.
     pub libcuda: Option<PathBuf>,
+    /// `--state-dir` (None with `--no-state`).
+    pub state_dir: Option<PathBuf>,
+    /// `--idle-power`.
+    pub idle_power: BTreeMap<String, crate::units::Watts>,
     /// Print one JSON object instead of text.
     pub json: bool,
 }
@@ -84,6 +93,12 @@ pub fn check(config: &CheckConfig) -> anyhow::Result<i32> {
     let mut checks = run_checks();
     check_libcuda(&mut checks, config.libcuda.as_deref());
     check_power(&mut checks, &config.power);
+    idle::check_idle(
+        &mut checks,
+        &config.power,
+        config.state_dir.as_deref(),
+        &config.idle_power,
+    );
     check_carbon(&mut checks, &config.carbon);
     let report = Report {
         ok: checks.iter().all(|c| c.status != Status::Fail),

@@ -2,6 +2,7 @@
 //! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
 
 pub mod cuda;
+pub mod known_model;
 pub mod otlp;
 pub mod powercap;
 

@@ -46,6 +46,8 @@ struct State {
     /// Busy CPU-seconds of this machine since the tree started (what the load-following
     /// zones were advanced by, frozen spells included).
     busy_s: f64,
+    /// (when, `busy_s` then) at every write: how the load varied, as the tree saw it.
+    history: Vec<(Instant, f64)>,
 }
 
 /// A powercap tree in a temp dir with a thread advancing every zone's `energy_uj`.
@@ -134,6 +136,8 @@ impl BusyCpus {
 /// seconds, and writes it.
 fn advance(root: &Path, state: &mut State, dt: f64, busy: f64) {
     state.busy_s += busy;
+    let now = (Instant::now(), state.busy_s);
+    state.history.push(now);
     if state.frozen {
         return;
     }
@@ -184,6 +188,7 @@ impl PowercapTree {
             zones,
             frozen: false,
             busy_s: 0.0,
+            history: Vec::new(),
         }));
         let writer = {
             let (root, stop, state) = (dir.path().to_path_buf(), stop.clone(), state.clone());
@@ -220,6 +225,15 @@ impl PowercapTree {
         self.state.lock().expect("tree state").frozen = false;
     }
 
+    /// From the next write on, the zone at `path` advances at `watts` (plus its watts per
+    /// busy CPU): an idle power that drifts. Returns when it was changed.
+    pub fn set_watts(&self, path: &str, watts: f64) -> Instant {
+        let mut state = self.state.lock().expect("tree state");
+        let zone = state.zones.iter_mut().find(|z| z.spec.path == path);
+        zone.unwrap_or_else(|| panic!("no zone {path}")).spec.watts = watts;
+        Instant::now()
+    }
+
     /// Every value written to the zone at `path`, in order, not wrapped (µJ).
     pub fn written_uj(&self, path: &str) -> Vec<u64> {
         let state = self.state.lock().expect("tree state");
@@ -227,6 +241,27 @@ impl PowercapTree {
         zone.unwrap_or_else(|| panic!("no zone {path}"))
             .written
             .clone()
+    }
+
+    /// Busy CPUs of this machine on average over each `bucket` from `from` to `to`, as
+    /// the writer saw them (`/proc/stat`, independently of the agent).
+    pub fn busy_cpus(&self, from: Instant, to: Instant, bucket: Duration) -> Vec<f64> {
+        let state = self.state.lock().expect("tree state");
+        let at = |t: Instant| {
+            let i = state.history.partition_point(|(w, _)| *w <= t);
+            i.checked_sub(1).map(|i| state.history[i])
+        };
+        let mut out = Vec::new();
+        let mut t = from;
+        while t + bucket <= to {
+            if let (Some((t0, b0)), Some((t1, b1))) = (at(t), at(t + bucket))
+                && t1 > t0
+            {
+                out.push((b1 - b0) / t1.duration_since(t0).as_secs_f64());
+            }
+            t += bucket;
+        }
+        out
     }
 
     /// Busy CPU-seconds of this machine since the tree started, as the writer saw them.

@@ -44,5 +44,5 @@ commands:
   build [--release]  setup, then build the agent with its eBPF programs
   run [-- ARGS]      build (release) and run `energy-agent ARGS` (default: run)
   test [-- FILTER]   setup, build and run every test (needs root for eBPF)
-  bench [NAME…]      run the benchmarks (probe, slowdown, agent, enrich, accuracy) on a
+  bench [NAME…]      run the benchmarks (probe, slowdown, agent, enrich, accuracy, idle) on a
                      release build and update BENCHMARKS.md; --smoke for a quick check";

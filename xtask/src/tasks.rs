@@ -140,7 +140,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// The benchmarks.
-const BENCHMARKS: [&str; 6] = ["probe", "slowdown", "agent", "enrich", "accuracy", "soak"];
+const BENCHMARKS: [&str; 7] = [
+    "probe", "slowdown", "agent", "enrich", "accuracy", "idle", "soak",
+];
 
 /// A short run of every benchmark on the debug build: it proves the harness works (the
 /// numbers mean nothing); each counts as a test.

@@ -157,6 +157,7 @@ mod tests {
             ),
             sm_util: sm.map(|s| s.iter().copied().collect()),
             mig: false,
+            busy: None,
         }
     }
 

@@ -4,11 +4,13 @@
 //!
 //! Per interval and domain (docs/ARCHITECTURE.md, "Attribution"): a package's energy
 //! (and its DRAM's) is split by on-CPU time on that package's CPUs (see [`split`]);
-//! idle power is `--idle-power` where given, else the power model's idle figure, else the
-//! lowest power observed so far on the domain. GPU energy is split by NVML's
-//! per-process view and the probe's driver activity (see [`gpu`]).
+//! idle power is `--idle-power` where given, else a fit of the domain's power on its
+//! busy time, a stored calibration, a power model or the lowest power seen (see
+//! [`idle`]). GPU energy is split by NVML's per-process view and the probe's driver
+//! activity (see [`gpu`]).
 
 pub mod gpu;
+pub mod idle;
 pub mod models;
 pub mod report;
 pub mod split;
@@ -24,6 +26,7 @@ use crate::{
     probe::{GpuCalls, SchedInterval},
     units::{Joules, Nanos, Watts},
 };
+use idle::{Calibration, IdleModel, Observation, fit::FitConfig};
 use models::ModelRules;
 
 /// How energy is attributed.
@@ -36,44 +39,47 @@ pub struct AttributionConfig {
     pub idle_power: BTreeMap<String, Watts>,
     /// Model rules.
     pub models: ModelRules,
+    /// How idle power is fitted.
+    pub idle_fit: FitConfig,
 }
 
 /// Per-process activity weights for each GPU (index → pid → weight).
 pub type GpuWeights = BTreeMap<u32, BTreeMap<u32, u64>>;
 
-/// The stateful attribution stage (it remembers each domain's lowest power).
+/// The stateful attribution stage (it learns each domain's idle power).
 pub struct Attributor {
     config: AttributionConfig,
     packages: CpuPackages,
-    model_idle: BTreeMap<Domain, Watts>,
-    lowest_w: BTreeMap<Domain, Watts>,
-}
-
-fn class_name(d: Domain) -> &'static str {
-    match d {
-        Domain::Package(_) => "package",
-        Domain::Core(_) => "core",
-        Domain::Uncore(_) => "uncore",
-        Domain::Dram(_) => "dram",
-        Domain::Psys => "psys",
-        Domain::Gpu(_) => "gpu",
-    }
+    idle: IdleModel,
 }
 
 impl Attributor {
-    /// An attributor for a host.s CPU `packages`; `model_idle` is the power source's own idle
-    /// figures (the estimate model's), used when `--idle-power` does not give one.
+    /// An attributor for a host's CPU `packages`; `model_idle` is the power source's own
+    /// idle figures (the estimate's), used for the domains it estimates.
     pub fn new(
         config: AttributionConfig,
         packages: CpuPackages,
         model_idle: Vec<(Domain, Watts)>,
     ) -> Self {
+        let idle = IdleModel::new(config.idle_fit, config.idle_power.clone(), model_idle);
         Self {
             config,
             packages,
-            model_idle: model_idle.into_iter().collect(),
-            lowest_w: BTreeMap::new(),
+            idle,
         }
+    }
+
+    /// Starts from stored calibrations of this host's meters.
+    pub fn with_calibrations(mut self, stored: Vec<Calibration>) -> Self {
+        self.idle.set_calibrations(stored);
+        self
+    }
+
+    /// The estimate model's idle figures for this host: the fallback for meters before
+    /// any fit or calibration (flagged uncertain).
+    pub fn with_prior(mut self, prior: Vec<(Domain, Watts)>) -> Self {
+        self.idle.set_prior(prior);
+        self
     }
 
     /// The model rules in use.
@@ -81,34 +87,9 @@ impl Attributor {
         &self.config.models
     }
 
-    /// Idle power of `domain` given its power `observed_w` this interval.
-    fn idle_power(&mut self, domain: Domain, observed_w: Watts) -> IdlePower {
-        let configured = self
-            .config
-            .idle_power
-            .get(&domain.to_string())
-            .or_else(|| self.config.idle_power.get(class_name(domain)));
-        if let Some(&watts) = configured {
-            return IdlePower {
-                domain,
-                watts,
-                origin: IdleOrigin::Configured,
-            };
-        }
-        if let Some(&watts) = self.model_idle.get(&domain) {
-            return IdlePower {
-                domain,
-                watts,
-                origin: IdleOrigin::Model,
-            };
-        }
-        let lowest = self.lowest_w.entry(domain).or_insert(observed_w);
-        *lowest = lowest.min(observed_w);
-        IdlePower {
-            domain,
-            watts: *lowest,
-            origin: IdleOrigin::Calibrated,
-        }
+    /// What the stage knows of each domain's idle power.
+    pub fn idle(&self) -> &IdleModel {
+        &self.idle
     }
 
     /// Attributes one interval, in joules (grams are the carbon stage's).
@@ -132,8 +113,11 @@ impl Attributor {
             })
             .collect();
         let (gpu_weights, gpus) = gpu::gpu_weights(&gpu_ids, &power.gpu_processes, &gpu.calls);
-        let domains = self.split_domains(power, duration, &cpu, &gpu_weights);
-        let processes = self.process_reports(cpu, gpu, &domains.joules, sched, identity);
+        let mut domains = self.split_domains(power, duration, &cpu, &gpu_weights);
+        let exposure = std::mem::take(&mut domains.exposure);
+        let processes =
+            self.process_reports(cpu, gpu, (&domains.joules, exposure), sched, identity);
+        let (idle_origin, idle_uncertain) = idle_summary(&domains.idle_power);
         identity.forget_exited();
         let total_cpu: Nanos = processes.iter().map(|p| p.cpu_time_ns).sum();
         let mut report = IntervalReport {
@@ -153,6 +137,8 @@ impl Attributor {
             power: PowerSummary::new(power, sources, duration),
             idle_policy: self.config.idle_policy,
             idle_power: domains.idle_power,
+            idle_origin,
+            idle_uncertain,
             gpus,
             probe: sched.stats,
             probe_programs: sched.programs.clone(),
@@ -181,19 +167,41 @@ impl Attributor {
                 Domain::Gpu(g) => gpu_weights.get(&g).unwrap_or(&empty),
                 Domain::Core(_) | Domain::Uncore(_) => continue,
             };
-            let ip = self.idle_power(domain, energy_j.per(duration));
+            let obs = Observation {
+                energy: energy_j,
+                duration,
+                busy: busy_of(domain, cpu, power, duration),
+            };
+            let mut ip = self.idle.idle_power(domain, obs);
             let parts = split(
                 energy_j,
                 ip.watts * duration,
                 weights,
                 self.config.idle_policy,
             );
+            let charged = (ip.watts * duration)
+                .non_negative()
+                .min(energy_j.non_negative());
+            let total_weight: u64 = weights.values().sum();
+            ip.shared = total_weight > 0;
+            ip.charged_j = if ip.shared {
+                charged
+            } else {
+                energy_j.non_negative()
+            };
             out.idle_power.push(ip);
             let class = domain.class();
             for (pid, share) in parts.shares {
                 let j = out.joules.entry(pid).or_default();
                 j.add(class, share.dynamic_j + share.idle_j);
                 j.idle_j += share.idle_j;
+                let f = weights.get(&pid).copied().unwrap_or(0) as f64 / total_weight as f64;
+                out.exposure.entry(pid).or_default().push(IdleExposure {
+                    domain,
+                    seconds: duration.seconds() * f,
+                    idle_j: charged * f,
+                    dynamic_j: share.dynamic_j,
+                });
             }
             out.idle.add(class, parts.idle_bucket_j);
         }
@@ -205,7 +213,10 @@ impl Attributor {
         &self,
         mut cpu: CpuUse,
         mut gpu: GpuUse,
-        joules: &BTreeMap<u32, EnergyByClass>,
+        (joules, mut exposure): (
+            &BTreeMap<u32, EnergyByClass>,
+            BTreeMap<u32, Vec<IdleExposure>>,
+        ),
         sched: &SchedInterval,
         identity: &mut Identity,
     ) -> Vec<ProcessReport> {
@@ -245,6 +256,7 @@ impl Attributor {
                     energy_j: j.total(),
                     joules: j,
                     watts: j.total().per(duration),
+                    idle_exposure: exposure.remove(&pid).unwrap_or_default(),
                 }
             })
             .collect();
@@ -315,12 +327,33 @@ impl GpuUse {
 }
 
 /// Every domain's split, summed: joules per process, the idle bucket, and the idle
-/// power each domain used.
+/// power each domain used; each process's part of each domain.
 #[derive(Default)]
 struct DomainSplits {
     joules: BTreeMap<u32, EnergyByClass>,
     idle: EnergyByClass,
     idle_power: Vec<IdlePower>,
+    exposure: BTreeMap<u32, Vec<IdleExposure>>,
+}
+
+/// How busy `domain` was over the interval: busy CPUs of its package (all CPUs for
+/// psys), or the GPU's utilisation from NVML (None when NVML gave none).
+fn busy_of(domain: Domain, cpu: &CpuUse, power: &PowerReading, duration: Nanos) -> Option<f64> {
+    let secs = duration.seconds();
+    if secs <= 0.0 {
+        return None;
+    }
+    let ns = |m: &BTreeMap<u32, u64>| m.values().sum::<u64>() as f64 / 1e9;
+    match domain {
+        Domain::Package(p) | Domain::Dram(p) => Some(cpu.by_package.get(&p).map_or(0.0, ns) / secs),
+        Domain::Psys => Some(ns(&cpu.ns) / secs),
+        Domain::Gpu(g) => power
+            .gpu_processes
+            .iter()
+            .find(|u| u.gpu == g)
+            .and_then(|u| u.busy),
+        Domain::Core(_) | Domain::Uncore(_) => None,
+    }
 }
 
 /// Rebuilds the model and container groups from the processes.

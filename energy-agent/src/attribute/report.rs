@@ -7,7 +7,7 @@ use crate::{
     units::{Joules, Nanos, Watts},
 };
 
-use super::{gpu::GpuSplit, split::IdlePolicy};
+use super::{gpu::GpuSplit, idle::fit::FitStatus, split::IdlePolicy};
 
 /// Energy by domain class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -103,6 +103,27 @@ pub struct ProcessReport {
     pub joules: EnergyByClass,
     /// Average power over the interval.
     pub watts: Watts,
+    /// Its part of each domain's split (for re-splitting with another idle power; not
+    /// exported).
+    #[serde(skip)]
+    pub idle_exposure: Vec<IdleExposure>,
+}
+
+/// A process's part of one domain's split in one interval: what a re-split with
+/// another idle power needs (`measure` re-splits its whole run with the idle power
+/// known at its end).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdleExposure {
+    /// The domain.
+    pub domain: Domain,
+    /// Its fraction of the domain's weights times the interval, seconds: the idle
+    /// energy its part stands for is this × the idle power.
+    pub seconds: f64,
+    /// The idle energy its part stood for (in the bucket, or given to it with
+    /// `--idle share`).
+    pub idle_j: Joules,
+    /// The dynamic energy it was given.
+    pub dynamic_j: Joules,
 }
 
 /// A group of processes (a model, or a container).
@@ -229,16 +250,49 @@ impl PowerSummary {
     }
 }
 
-/// Where a domain's idle power came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// Where a domain's idle power came from (the JSON values are a contract; README,
+/// "Idle power").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdleOrigin {
     /// `--idle-power`.
     Configured,
-    /// The power model's idle figure.
-    Model,
-    /// The lowest power observed so far on this domain.
+    /// A good fit of interval power on busy CPUs (or GPU utilisation) this run.
+    Fitted,
+    /// A stored calibration (`energy-agent calibrate`, or a good fit an earlier run
+    /// stored), with its date.
     Calibrated,
+    /// A power model's idle figure: the estimate's own where it measures, else the
+    /// estimate model of this host standing in for a meter's (then uncertain).
+    Model,
+    /// The lowest interval power seen so far (uncertain: on a busy host it is a busy
+    /// power). Before the fitted model this was reported as `calibrated`.
+    Lowest,
+}
+
+impl IdleOrigin {
+    /// The JSON, metric and span attribute value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Fitted => "fitted",
+            Self::Calibrated => "calibrated",
+            Self::Model => "model",
+            Self::Lowest => "lowest",
+        }
+    }
+
+    /// The least trustworthy of two origins (precedence order: configured, fitted,
+    /// calibrated, model, lowest).
+    pub fn weaker(self, other: Self) -> Self {
+        self.max(other)
+    }
+}
+
+impl std::fmt::Display for IdleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A domain's idle power in one interval.
@@ -250,6 +304,50 @@ pub struct IdlePower {
     pub watts: Watts,
     /// Where the figure came from.
     pub origin: IdleOrigin,
+    /// Half-width of its band, about 95% (twice the fit's standard error), where a fit
+    /// gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty_w: Option<Watts>,
+    /// Whether the figure is a fallback that may be far off (`lowest`, or the
+    /// estimate model standing in for a meter).
+    pub uncertain: bool,
+    /// When the stored calibration was made (origin `calibrated`), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated_at: Option<String>,
+    /// This run's fit of the domain: `good`, or why not (`few_samples`,
+    /// `steady_load`, `poor`); absent where none is made (configured, the estimate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<FitStatus>,
+    /// Idle energy this domain was charged in the interval (for re-splits).
+    #[serde(skip)]
+    pub charged_j: Joules,
+    /// Whether any process had a claim on the domain (else all of it was idle).
+    #[serde(skip)]
+    pub shared: bool,
+}
+
+impl IdlePower {
+    /// A figure of `origin`, with nothing else known about it.
+    pub fn new(domain: Domain, watts: Watts, origin: IdleOrigin) -> Self {
+        Self {
+            domain,
+            watts,
+            origin,
+            uncertainty_w: None,
+            uncertain: false,
+            calibrated_at: None,
+            fit: None,
+            charged_j: Joules::ZERO,
+            shared: false,
+        }
+    }
+}
+
+/// The least trustworthy origin among `idle` (None when empty), and whether any is
+/// uncertain: the interval's summary.
+pub fn idle_summary(idle: &[IdlePower]) -> (Option<IdleOrigin>, bool) {
+    let origin = idle.iter().map(|i| i.origin).reduce(IdleOrigin::weaker);
+    (origin, idle.iter().any(|i| i.uncertain))
 }
 
 impl IntervalReport {
@@ -286,6 +384,11 @@ pub struct IntervalReport {
     pub idle_policy: IdlePolicy,
     /// The idle power used per domain.
     pub idle_power: Vec<IdlePower>,
+    /// The least trustworthy origin among `idle_power` (absent without domains).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_origin: Option<IdleOrigin>,
+    /// Whether any domain's idle power is uncertain (its figures too).
+    pub idle_uncertain: bool,
     /// How each GPU's energy was split.
     pub gpus: Vec<GpuSplit>,
     /// Probe counters after the interval.

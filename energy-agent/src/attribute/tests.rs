@@ -70,6 +70,7 @@ fn configured(idle: &[(&str, f64)], policy: IdlePolicy) -> AttributionConfig {
             .map(|(k, v)| (k.to_string(), Watts(*v)))
             .collect(),
         models: ModelRules::default(),
+        idle_fit: Default::default(),
     }
 }
 
@@ -144,7 +145,7 @@ fn share_policy_allocates_idle_and_still_conserves() {
 }
 
 #[test]
-fn calibrated_idle_is_the_lowest_power_seen() {
+fn without_a_fit_idle_is_the_lowest_power_seen() {
     let (_d, mut id) = identity();
     let mut a = Attributor::new(AttributionConfig::default(), CpuPackages::single(1), vec![]);
     let busy = sched(vec![slice(1, 0, 2 * S)]);
@@ -155,7 +156,8 @@ fn calibrated_idle_is_the_lowest_power_seen() {
         sources(),
         &mut id,
     );
-    assert_eq!(r.idle_power[0].origin, IdleOrigin::Calibrated);
+    assert_eq!(r.idle_power[0].origin, IdleOrigin::Lowest);
+    assert!(r.idle_power[0].uncertain && r.idle_uncertain);
     assert!(close(r.idle.energy_j, 80.0));
     // An idle interval at 10 W lowers the estimate; then 40 W gives 30 W dynamic.
     a.attribute(
@@ -241,6 +243,7 @@ fn gpu_energy_follows_gpu_weights_or_stays_idle() {
         ]),
         sm_util: Some([(7, 300), (8, 100)].into_iter().collect()),
         mig: false,
+        busy: None,
     });
     let r = a.attribute(&sched(vec![slice(7, 0, S)]), &p, sources(), &mut id);
     assert_eq!(r.gpus[0].basis, gpu::GpuSplitBasis::SmUtilisation);
@@ -312,4 +315,43 @@ fn exited_processes_keep_their_share_and_groups_add_up() {
     let total_models: Joules = r.models.iter().map(|m| m.energy_j).sum();
     assert!(close(total_models + r.idle.energy_j, 10.0));
     assert_eq!(r.containers.len(), 1);
+}
+
+#[test]
+fn a_varied_load_is_fitted_and_dynamic_energy_is_k_times_cpu_time() {
+    // Package at 10 W + 15 W per busy CPU; two processes whose CPU time varies.
+    let (_d, mut id) = identity();
+    let mut a = Attributor::new(AttributionConfig::default(), CpuPackages::single(2), vec![]);
+    let mut last = None;
+    for i in 0..12u64 {
+        let (ns1, ns2) = ((i % 4 + 1) * S / 4, (i % 3) * S / 3);
+        let s = sched(vec![slice(1, 0, ns1), slice(2, 1, ns2)]);
+        let busy_s = (ns1 + ns2) as f64 / 1e9;
+        let p = reading(&[(Domain::Package(0), 10.0 * 2.0 + 15.0 * busy_s)]);
+        last = Some((a.attribute(&s, &p, sources(), &mut id), ns1, ns2));
+    }
+    let (r, ns1, ns2) = last.expect("intervals");
+    let ip = &r.idle_power[0];
+    assert_eq!(ip.origin, IdleOrigin::Fitted, "{ip:?}");
+    assert!((ip.watts.get() - 10.0).abs() < 1e-6, "{ip:?}");
+    assert!(!r.idle_uncertain && r.idle_origin == Some(IdleOrigin::Fitted));
+    let j = |pid| r.processes.iter().find(|p| p.pid == pid).unwrap();
+    assert!(close(j(1).joules.cpu_j, 15.0 * ns1 as f64 / 1e9));
+    assert!(close(j(2).joules.cpu_j, 15.0 * ns2 as f64 / 1e9));
+    // Each process's part of the domain: its share of the interval, and of the idle.
+    let exposure: f64 = r
+        .processes
+        .iter()
+        .flat_map(|p| &p.idle_exposure)
+        .map(|e| e.seconds)
+        .sum();
+    assert!(close(exposure, 2.0), "{exposure}");
+    assert!(close(ip.charged_j, 20.0) && ip.shared);
+    let idle_parts: Joules = r
+        .processes
+        .iter()
+        .flat_map(|p| &p.idle_exposure)
+        .map(|e| e.idle_j)
+        .sum();
+    assert!(close(idle_parts, 20.0));
 }

@@ -23,6 +23,8 @@ impl CheckArgs {
             power: self.sources.power_options(),
             carbon: self.sources.carbon_options(),
             libcuda: self.sources.libcuda.clone(),
+            state_dir: self.sources.state_dir(),
+            idle_power: self.sources.attribution().idle_power,
             json: self.json,
         }
     }

@@ -21,6 +21,8 @@
 //! [attribution]
 //! idle = "bucket"            # or "share"
 //! idle_power = { package = 12.0, "dram-0" = 3.0 }
+//! state_dir = "/var/lib/energy-agent"   # --state-dir
+//! state = true               # false = --no-state
 //!
 //! [[model]]
 //! name = "llama"
@@ -139,6 +141,10 @@ pub struct AttributionSection {
     /// `--idle-power`, domain or class → watts.
     #[serde(default)]
     pub idle_power: BTreeMap<String, f64>,
+    /// `--state-dir`.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Keep learned idle power between runs (false = `--no-state`).
+    pub state: Option<bool>,
 }
 
 /// `[[model]]`.
@@ -261,6 +267,8 @@ impl Config {
     fn apply_attribution(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
         let a = &self.attribution;
         flags.take(&mut args.idle, "idle", a.idle);
+        flags.take(&mut args.state_dir, "state_dir", a.state_dir.clone());
+        flags.take(&mut args.no_state, "no_state", a.state.map(|keep| !keep));
         // Lists: the command line's entries first (first match wins), then the file's.
         for (domain, watts) in &a.idle_power {
             if !args.idle_power.iter().any(|(d, _)| d == domain) {
@@ -337,6 +345,7 @@ refresh = "10m"
 [attribution]
 idle = "share"
 idle_power = { package = 12.0 }
+state_dir = "/srv/energy"
 
 [[model]]
 name = "llama"
@@ -373,6 +382,7 @@ top = 5
         assert_eq!(a.sources.carbon_refresh, Duration::from_secs(600));
         assert_eq!(a.sources.idle, IdlePolicy::Share);
         assert_eq!(a.sources.idle_power, vec![("package".to_string(), 12.0)]);
+        assert_eq!(a.sources.state_dir(), Some("/srv/energy".into()));
         assert_eq!(a.sources.models.len(), 1);
         assert_eq!(a.interval, Duration::from_secs(2));
         assert_eq!(a.top, 5);
@@ -393,7 +403,10 @@ top = 5
             "package=3",
             "--model",
             "first=x",
+            "--state-dir",
+            "/tmp/s",
         ]);
+        assert_eq!(a.sources.state_dir(), Some("/tmp/s".into()));
         assert_eq!(a.sources.pue, 1.1);
         assert_eq!(a.sources.region.as_deref(), Some("DE"));
         assert_eq!(a.interval, Duration::from_millis(500));

@@ -2,6 +2,7 @@
 //! (flags, then the config file under them) and dispatches to [`crate::topology`] and
 //! [`crate::check`].
 
+pub mod calibrate;
 pub mod check;
 pub mod config;
 pub mod export;
@@ -35,6 +36,9 @@ pub enum Command {
     Measure(measure::MeasureArgs),
     /// Report what works on this host and how to fix what does not.
     Check(check::CheckArgs),
+    /// Drive the CPUs through load levels, fit each meter's idle power, and keep it in
+    /// the state dir for later runs.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Parses the command line (and the config file) and runs the chosen command; returns
@@ -50,6 +54,7 @@ pub fn main() -> anyhow::Result<i32> {
             Command::Top(args) => file.apply_sources(&mut args.sources, sub),
             Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
             Command::Check(args) => file.apply_sources(&mut args.sources, sub),
+            Command::Calibrate(args) => file.apply_sources(&mut args.sources, sub),
         };
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
@@ -62,6 +67,7 @@ pub fn main() -> anyhow::Result<i32> {
         ),
         Command::Measure(args) => crate::topology::measure::measure(args.measure_config()?),
         Command::Check(args) => crate::check::check(&args.check_config()),
+        Command::Calibrate(args) => crate::topology::calibrate::calibrate(args.calibrate_config()?),
     }
 }
 

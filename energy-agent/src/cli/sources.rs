@@ -1,5 +1,6 @@
-//! The flags shared by `run`, `top`, `measure` and `check`: where power and carbon
-//! figures come from, and how energy is attributed.
+//! The flags shared by `run`, `top`, `measure`, `check` and `calibrate`: where power
+//! and carbon figures come from, how energy is attributed, and where learned idle power
+//! is kept.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,6 +9,7 @@ use clap::Args;
 use crate::{
     attribute::{
         AttributionConfig,
+        idle::state,
         models::{ModelRule, ModelRules},
         split::IdlePolicy,
     },
@@ -115,6 +117,13 @@ pub struct SourceArgs {
     /// the power model's or the lowest power seen.
     #[arg(long = "idle-power", value_name = "DOMAIN=WATTS", value_parser = parse_idle_power, help_heading = "Attribution")]
     pub idle_power: Vec<(String, f64)>,
+    /// Where learned idle power is kept between runs (the `calibrate` result, good fits
+    /// of runs); created if needed, and the agent goes on without it when it cannot be.
+    #[arg(long, value_name = "DIR", default_value = state::DEFAULT_DIR, help_heading = "Attribution")]
+    pub state_dir: PathBuf,
+    /// Neither read nor write the state dir.
+    #[arg(long, help_heading = "Attribution")]
+    pub no_state: bool,
 }
 
 fn parse_choice(s: &str) -> Result<SourceChoice, String> {
@@ -163,7 +172,13 @@ impl SourceArgs {
             carbon: self.carbon_options().map_err(anyhow::Error::msg)?,
             attribution: self.attribution(),
             record_power,
+            state_dir: self.state_dir(),
         })
+    }
+
+    /// The state dir, unless `--no-state`.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        (!self.no_state).then(|| self.state_dir.clone())
     }
 
     /// The power options these flags describe.
@@ -246,6 +261,7 @@ impl SourceArgs {
                 .map(|(domain, w)| (domain.clone(), Watts(*w)))
                 .collect(),
             models: ModelRules::new(self.models.clone()),
+            idle_fit: Default::default(),
         }
     }
 }

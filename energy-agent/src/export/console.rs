@@ -141,7 +141,13 @@ fn render_power(report: &CarbonReport) -> String {
     let domains: Vec<String> = p
         .domains
         .iter()
-        .map(|d| format!("{} {:.2} W", d.domain, d.watts))
+        .map(|d| {
+            let idle = report.idle_power.iter().find(|ip| ip.domain == d.domain);
+            let idle = idle.map_or(String::new(), |ip| {
+                format!(" (idle {})", super::idle_text(ip))
+            });
+            format!("{} {:.2} W{idle}", d.domain, d.watts)
+        })
         .chain(
             p.errors
                 .iter()
@@ -186,7 +192,7 @@ impl<W: Write> Sink for ConsoleTable<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribute::{IntervalReport, ProcessReport};
+    use crate::attribute::{IdlePower, IntervalReport, ProcessReport};
 
     #[test]
     fn renders_rows_idle_total_and_host() {
@@ -211,6 +217,17 @@ mod tests {
         };
         energy.idle.energy_j = Joules(2.0);
         energy.idle.watts = Watts(2.0);
+        let domain = crate::power::Domain::Package(0);
+        energy.power.domains.push(crate::attribute::DomainPower {
+            domain,
+            joules: Joules(6.5),
+            watts: Watts(6.5),
+            source: "rapl-powercap",
+            estimated: false,
+        });
+        let mut ip = IdlePower::new(domain, Watts(2.0), crate::attribute::IdleOrigin::Fitted);
+        ip.uncertainty_w = Some(Watts(0.125));
+        energy.idle_power.push(ip);
         crate::attribute::regroup(&mut energy);
         let mut carbon = CarbonSummary {
             pue: 1.0,
@@ -238,5 +255,9 @@ mod tests {
         assert!(lines[4].contains("0.722"), "{text}");
         assert!(text.contains("MODEL"));
         assert!(text.contains("host") && text.contains("carbon"));
+        assert!(
+            text.contains("package-0 6.50 W (idle 2.00 ± 0.12 W fitted)"),
+            "{text}"
+        );
     }
 }

@@ -3,9 +3,16 @@
 //! summed from interval reports, and rendered like `perf stat`, as JSON, or as the
 //! attributes of one OTLP span.
 
+pub mod resplit;
+
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::{attribute::EnergyByClass, carbon::CarbonReport, units::Joules};
+use crate::{
+    attribute::{EnergyByClass, IdleOrigin, IdlePower, idle_summary},
+    carbon::CarbonReport,
+    units::Joules,
+};
+use resplit::Resplit;
 
 /// Which processes belong to the measured command.
 pub trait Membership {
@@ -90,6 +97,14 @@ pub struct MeasureReport {
     pub window_s: f64,
     /// Idle energy policy.
     pub idle_policy: String,
+    /// The idle power every interval was re-split with: each domain's figure at the
+    /// end of the run, with its origin and band.
+    pub idle_power: Vec<IdlePower>,
+    /// The least trustworthy of their origins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_origin: Option<IdleOrigin>,
+    /// Whether any of them is uncertain (then so are the energies).
+    pub idle_uncertain: bool,
     /// Per process of the tree, most energy first.
     pub processes: Vec<MeasuredProcess>,
 }
@@ -103,6 +118,7 @@ pub struct Accumulator {
     host_j: EnergyByClass,
     host_idle_j: Joules,
     grams_for_intensity: f64,
+    resplit: Resplit,
 }
 
 impl Accumulator {
@@ -116,6 +132,8 @@ impl Accumulator {
             idle_j: Joules::ZERO,
         });
         self.host_idle_j += r.idle.energy_j;
+        self.resplit
+            .add(r, r.processes.iter().filter(|p| tree.contains(p.pid)));
         for p in r.processes.iter().filter(|p| tree.contains(p.pid)) {
             let m = self
                 .processes
@@ -151,13 +169,16 @@ impl Accumulator {
         self.report.estimated |= r.power.estimated;
     }
 
-    /// The finished report.
+    /// The finished report, every interval re-split with `idle` (each domain's idle
+    /// power at the end of the run; see [`resplit`]).
     pub fn finish(
         mut self,
         command: Vec<String>,
         exit_code: i32,
         duration: Duration,
+        idle: Vec<IdlePower>,
     ) -> MeasureReport {
+        self.apply_idle(&idle);
         let energy = |j: &EnergyByClass, idle: Option<Joules>| EnergyJ {
             total: j.total(),
             cpu: j.cpu_j,
@@ -174,11 +195,33 @@ impl Accumulator {
         if self.tree_j.total() > Joules::ZERO {
             r.intensity_g_per_kwh = self.grams_for_intensity / self.tree_j.total().get();
         }
+        (r.idle_origin, r.idle_uncertain) = idle_summary(&idle);
+        r.idle_power = idle;
         let mut processes: Vec<MeasuredProcess> = self.processes.into_values().collect();
         processes.sort_by(|a, b| b.energy_j.total_cmp(&a.energy_j).then(a.pid.cmp(&b.pid)));
         r.cpu_time_s = processes.iter().map(|p| p.cpu_time_s).sum();
         r.processes = processes;
         self.report
+    }
+
+    /// Moves what the final idle power says is idle out of the processes (or back).
+    fn apply_idle(&mut self, idle: &[IdlePower]) {
+        let (changes, host) = self.resplit.apply(idle);
+        for (pid, c) in changes {
+            let Some(m) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            m.energy_j = (m.energy_j - c.moved.total()).non_negative();
+            m.gpu_energy_j = (m.gpu_energy_j - c.moved.gpu_j).non_negative();
+            let t = &mut self.tree_j;
+            t.cpu_j = (t.cpu_j - c.moved.cpu_j).non_negative();
+            t.dram_j = (t.dram_j - c.moved.dram_j).non_negative();
+            t.gpu_j = (t.gpu_j - c.moved.gpu_j).non_negative();
+            self.report.carbon_g = (self.report.carbon_g - c.grams).max(0.0);
+            self.grams_for_intensity -= c.joules_intensity;
+        }
+        let host_total = self.host_j.total();
+        self.host_idle_j = (self.host_idle_j + host).non_negative().min(host_total);
     }
 }
 
@@ -219,6 +262,13 @@ pub fn render(r: &MeasureReport) -> String {
             r.embodied_g
         ));
     }
+    if !r.idle_power.is_empty() {
+        s.push_str(&format!(
+            "{:>16}      idle power: {} (applied to the whole run)\n",
+            "",
+            super::idle_line(&r.idle_power)
+        ));
+    }
     s.push_str(&format!(
         "{:>16.3} J    host in the same {:.3} s (idle {:.3} J, idle policy {})\n\n",
         r.host_energy_j.total,
@@ -246,6 +296,11 @@ pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry::KeyValue> {
         KeyValue::new(names::ENERGY_GPU, r.energy_j.gpu.get()),
         KeyValue::new(names::ENERGY_ESTIMATED, r.estimated),
         KeyValue::new(names::ENERGY_SOURCE, source),
+        KeyValue::new(
+            names::ENERGY_IDLE_ORIGIN,
+            r.idle_origin.map_or("none", IdleOrigin::name),
+        ),
+        KeyValue::new(names::ENERGY_IDLE_UNCERTAIN, r.idle_uncertain),
         KeyValue::new(names::CARBON_G, r.carbon_g),
         KeyValue::new(names::CARBON_INTENSITY, r.intensity_g_per_kwh),
         KeyValue::new(names::CARBON_EMBODIED, r.embodied_g),
@@ -313,7 +368,7 @@ mod tests {
         let mut acc = Accumulator::default();
         acc.add(&r, &tree);
         acc.add(&r, &tree);
-        let m = acc.finish(vec!["cmd".into()], 0, Duration::from_secs(2));
+        let m = acc.finish(vec!["cmd".into()], 0, Duration::from_secs(2), Vec::new());
         assert_eq!(m.energy_j.total, Joules(12.0));
         assert_eq!(
             m.energy_j.cpu + m.energy_j.dram + m.energy_j.gpu,
@@ -331,5 +386,70 @@ mod tests {
             m.carbon_g
         );
         assert!(render(&m).contains("Energy stats for 'cmd'"));
+    }
+
+    #[test]
+    fn the_whole_run_is_resplit_with_the_final_idle_power() {
+        use crate::{
+            attribute::{IdleExposure, IdleOrigin, IdlePower},
+            power::Domain,
+            units::Watts,
+        };
+        // One 1 s interval at 40 W attributed with a busy power (30 W) as idle: the
+        // command (all the CPU time) got 10 J, the host's idle 30 J.
+        let mut early = IdlePower::new(Domain::Package(0), Watts(30.0), IdleOrigin::Lowest);
+        early.uncertain = true;
+        early.shared = true;
+        early.charged_j = Joules(30.0);
+        let mut energy = crate::attribute::IntervalReport {
+            duration_s: 1.0,
+            idle_power: vec![early],
+            processes: vec![ProcessReport {
+                pid: 1,
+                comm: "cmd".into(),
+                cpu_time_s: 2.0,
+                energy_j: Joules(10.0),
+                joules: EnergyByClass {
+                    cpu_j: Joules(10.0),
+                    ..Default::default()
+                },
+                idle_exposure: vec![IdleExposure {
+                    domain: Domain::Package(0),
+                    seconds: 1.0,
+                    idle_j: Joules(30.0),
+                    dynamic_j: Joules(10.0),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        energy.power.cpu_j = Joules(40.0);
+        energy.idle.energy_j = Joules(30.0);
+        let mut carbon = CarbonSummary {
+            pue: 1.0,
+            ..Default::default()
+        };
+        carbon.intensity.g_per_kwh = 360.0;
+        let mut acc = Accumulator::default();
+        acc.add(&CarbonReport { energy, carbon }, &Only(1));
+        let mut fitted = IdlePower::new(Domain::Package(0), Watts(10.0), IdleOrigin::Fitted);
+        fitted.uncertainty_w = Some(Watts(0.2));
+        let m = acc.finish(vec!["cmd".into()], 0, Duration::from_secs(1), vec![fitted]);
+        assert!((m.energy_j.total.get() - 30.0).abs() < 1e-9, "{m:?}");
+        assert!((m.processes[0].energy_j.get() - 30.0).abs() < 1e-9);
+        assert_eq!(m.host_energy_j.idle, Some(Joules(10.0)));
+        assert!(
+            (m.carbon_g - 30.0 / 3.6e6 * 360.0).abs() < 1e-15,
+            "{}",
+            m.carbon_g
+        );
+        assert!((m.intensity_g_per_kwh - 360.0).abs() < 1e-9);
+        assert_eq!(m.idle_origin, Some(IdleOrigin::Fitted));
+        assert!(!m.idle_uncertain);
+        assert!(
+            render(&m).contains("package-0 10.00 ± 0.20 W fitted"),
+            "{}",
+            render(&m)
+        );
     }
 }

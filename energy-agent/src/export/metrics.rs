@@ -94,6 +94,20 @@ def!(
     "Power of the host by domain over the last interval."
 );
 def!(
+    ENERGY_IDLE_POWER,
+    "energy.idle.power",
+    "W",
+    Gauge,
+    "Idle power under the split, per domain, with its origin and whether it is uncertain."
+);
+def!(
+    ENERGY_IDLE_UNCERTAINTY,
+    "energy.idle.power.uncertainty",
+    "W",
+    Gauge,
+    "Half-width of the idle power's band (twice its standard error), where a fit gives one."
+);
+def!(
     CARBON_MODEL,
     "carbon.model",
     "g",
@@ -243,12 +257,14 @@ def!(
 );
 
 /// Every metric, in exposition order.
-pub const ALL: [Def; 26] = [
+pub const ALL: [Def; 28] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
     HW_HOST_ENERGY,
     HW_HOST_POWER,
+    ENERGY_IDLE_POWER,
+    ENERGY_IDLE_UNCERTAINTY,
     CARBON_MODEL,
     REQUESTS_ENERGY,
     AGENT_INFO,
@@ -465,6 +481,33 @@ impl MetricsState {
         ]);
         self.add(HW_HOST_ENERGY, idle.clone(), r.idle.energy_j.get());
         self.set(HW_HOST_POWER, idle, r.idle.energy_j.per(r.duration()).get());
+        self.observe_idle_power(r);
+    }
+
+    /// `energy.idle.power` per domain, its origin a label (one series per domain: the
+    /// previous interval's are replaced, so a change of origin adds none), and its band.
+    fn observe_idle_power(&mut self, r: &CarbonReport) {
+        self.values.retain(|(name, _), _| {
+            *name != ENERGY_IDLE_POWER.name && *name != ENERGY_IDLE_UNCERTAINTY.name
+        });
+        for ip in &r.idle_power {
+            let id = ip.domain.to_string();
+            self.set(
+                ENERGY_IDLE_POWER,
+                l(&[
+                    ("hw.id", &id),
+                    ("energy.idle.origin", ip.origin.name()),
+                    (
+                        "energy.idle.uncertain",
+                        if ip.uncertain { "true" } else { "false" },
+                    ),
+                ]),
+                ip.watts.get(),
+            );
+            if let Some(u) = ip.uncertainty_w {
+                self.set(ENERGY_IDLE_UNCERTAINTY, l(&[("hw.id", &id)]), u.get());
+            }
+        }
     }
 
     /// The agent's own state: sources in use and the probe's health.

@@ -13,7 +13,32 @@ pub mod otlp;
 pub mod prometheus;
 pub mod top;
 
-use crate::carbon::CarbonReport;
+use crate::{attribute::IdlePower, carbon::CarbonReport};
+
+/// One domain's idle power as the text outputs show it: `10.02 ± 0.08 W fitted`,
+/// `calibrated on 2025-06-01`, `UNCERTAIN` where the figure is a fallback.
+pub fn idle_text(ip: &IdlePower) -> String {
+    let band = ip
+        .uncertainty_w
+        .map_or(String::new(), |u| format!(" ± {:.2}", u.get()));
+    let when = ip.calibrated_at.as_deref().map_or(String::new(), |at| {
+        format!(" on {}", at.get(..10).unwrap_or(at))
+    });
+    format!(
+        "{:.2}{band} W {}{when}{}",
+        ip.watts.get(),
+        ip.origin,
+        if ip.uncertain { ", UNCERTAIN" } else { "" }
+    )
+}
+
+/// Every domain's idle power: `package-0 10.02 ± 0.08 W fitted, dram-0 …`.
+pub fn idle_line(idle: &[IdlePower]) -> String {
+    idle.iter()
+        .map(|ip| format!("{} {}", ip.domain, idle_text(ip)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A destination for interval reports.
 pub trait Sink {

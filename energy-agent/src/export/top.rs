@@ -205,6 +205,7 @@ impl View {
                 if self.by_model { "models" } else { "processes" },
                 self.sort.name()
             ),
+            format!("idle power: {}", super::idle_line(&r.idle_power)),
         ]
     }
 

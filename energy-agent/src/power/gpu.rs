@@ -31,6 +31,11 @@ pub struct GpuProcesses {
     pub sm_util: Option<BTreeMap<u32, u64>>,
     /// Whether the GPU is partitioned (MIG): processes come from its instances.
     pub mig: bool,
+    /// The GPU's average utilisation since the last read (0–1: the fraction of time a
+    /// kernel ran, from NVML's samples), the load its idle power is fitted on; `None`
+    /// when NVML took none or cannot say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<f64>,
 }
 
 /// One reading of a GPU, as NVML reports it.

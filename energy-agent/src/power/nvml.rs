@@ -56,6 +56,8 @@ struct Gpu {
     meter: Arc<Mutex<GpuMeter>>,
     /// Timestamp (µs) of the newest per-process sample seen.
     last_sample_us: u64,
+    /// Timestamp (µs) of the newest device utilisation sample seen.
+    last_util_us: u64,
 }
 
 /// The host's NVIDIA GPUs.
@@ -88,15 +90,17 @@ impl NvmlSource {
                 why.push(format!("gpu {index}: neither energy nor power readable"));
                 continue;
             }
+            // NVML stamps samples with wall-clock µs: start from now, not from
+            // whatever its buffer holds from before the agent.
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
             gpus.push(Gpu {
                 index,
                 has_counter,
                 meter: Arc::new(Mutex::new(GpuMeter::default())),
-                // NVML stamps samples with wall-clock µs: start from now, not from
-                // whatever its buffer holds from before the agent.
-                last_sample_us: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64),
+                last_sample_us: now_us,
+                last_util_us: now_us,
             });
         }
         if gpus.is_empty() {
@@ -281,7 +285,29 @@ fn processes(device: &Device<'_>, gpu: &mut Gpu) -> GpuProcesses {
         running,
         sm_util,
         mig,
+        busy: utilisation(device, &mut gpu.last_util_us),
     }
+}
+
+/// The GPU's average utilisation (0–1) over NVML's samples since `last_us` (the
+/// fraction of each sample period a kernel ran); None when none were taken.
+fn utilisation(device: &Device<'_>, last_us: &mut u64) -> Option<f64> {
+    use nvml_wrapper::{enum_wrappers::device::Sampling, enums::device::SampleValue};
+    let samples = device.samples(Sampling::GpuUtilization, *last_us).ok()?;
+    let mut sum = 0.0;
+    let mut n = 0u32;
+    for s in samples {
+        *last_us = (*last_us).max(s.timestamp);
+        let percent = match s.value {
+            SampleValue::F64(v) => v,
+            SampleValue::U32(v) => f64::from(v),
+            SampleValue::U64(v) => v as f64,
+            SampleValue::I64(v) => v as f64,
+        };
+        sum += percent.clamp(0.0, 100.0) / 100.0;
+        n += 1;
+    }
+    (n > 0).then(|| sum / f64::from(n))
 }
 
 #[cfg(test)]

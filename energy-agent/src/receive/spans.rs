@@ -38,6 +38,12 @@ pub mod names {
     pub const ENERGY_IDLE: &str = "energy.idle.joules";
     /// Whether any part is estimated.
     pub const ENERGY_ESTIMATED: &str = "energy.estimated";
+    /// Where the idle power under the split came from: the least trustworthy origin
+    /// of the intervals the span drew from (`configured`, `fitted`, `calibrated`,
+    /// `model`, `lowest`).
+    pub const ENERGY_IDLE_ORIGIN: &str = "energy.idle.origin";
+    /// Whether that idle power is an uncertain fallback (so is the energy).
+    pub const ENERGY_IDLE_UNCERTAIN: &str = "energy.idle.uncertain";
     /// The energy sources.
     pub const ENERGY_SOURCE: &str = "energy.source";
     /// `unattributed` on spans that could not be tied to a process.
@@ -228,7 +234,7 @@ fn remove_written(attrs: &mut Vec<KeyValue>) {
 pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     let a = &mut span.attributes;
     remove_written(a);
-    a.reserve(11);
+    a.reserve(13);
     a.push(kv(
         names::ENERGY_JOULES,
         Value::DoubleValue(e.joules.total().get()),
@@ -242,6 +248,16 @@ pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
     a.push(kv(
         names::ENERGY_SOURCE,
         Value::StringValue(e.source.clone()),
+    ));
+    if let Some(origin) = e.idle_origin {
+        a.push(kv(
+            names::ENERGY_IDLE_ORIGIN,
+            Value::StringValue(origin.name().into()),
+        ));
+    }
+    a.push(kv(
+        names::ENERGY_IDLE_UNCERTAIN,
+        Value::BoolValue(e.idle_uncertain),
     ));
     a.push(kv(names::CARBON_G, Value::DoubleValue(e.carbon_g)));
     a.push(kv(names::CARBON_INTENSITY, Value::DoubleValue(e.g_per_kwh)));
@@ -388,8 +404,14 @@ mod tests {
             intensity_source: "fixed".into(),
             estimated: true,
             source: "estimate+nvml".into(),
+            idle_origin: Some(crate::attribute::IdleOrigin::Model),
+            idle_uncertain: false,
         };
         add_energy(&mut s, &e);
+        assert_eq!(
+            attr_str(&s.attributes, names::ENERGY_IDLE_ORIGIN),
+            Some("model")
+        );
         assert_eq!(attr_str(&s.attributes, "http.route"), Some("/v1/chat"));
         assert_eq!(
             attr(&s.attributes, names::ENERGY_JOULES),

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::{
     attribute::{
-        EnergyByClass, GpuTimeline,
+        EnergyByClass, GpuTimeline, IdleOrigin,
         gpu::{GpuSplitBasis, activity_weights},
     },
     carbon::{CarbonReport, operational_grams},
@@ -99,6 +99,10 @@ pub struct IntervalRecord {
     pub estimated: bool,
     /// The energy sources (`rapl-powercap`, `estimate+nvml`, …).
     pub source: String,
+    /// The interval's least trustworthy idle-power origin.
+    pub idle_origin: Option<IdleOrigin>,
+    /// Whether any of its idle powers is uncertain.
+    pub idle_uncertain: bool,
 }
 
 impl IntervalRecord {
@@ -148,6 +152,8 @@ impl IntervalRecord {
             pue: r.carbon.pue,
             estimated: r.power.estimated,
             source,
+            idle_origin: r.idle_origin,
+            idle_uncertain: r.idle_uncertain,
         }
     }
 }
@@ -292,6 +298,10 @@ pub struct SpanEnergy {
     pub estimated: bool,
     /// Energy source names.
     pub source: String,
+    /// The least trustworthy idle-power origin of the intervals it drew from.
+    pub idle_origin: Option<IdleOrigin>,
+    /// Whether any of those idle powers is uncertain.
+    pub idle_uncertain: bool,
 }
 
 impl SpanEnergy {
@@ -328,6 +338,11 @@ impl SpanEnergy {
         self.carbon_g += carbon;
         self.embodied_g += embodied_g * embodied_share;
         self.estimated |= record.estimated;
+        self.idle_uncertain |= record.idle_uncertain;
+        self.idle_origin = match (self.idle_origin, record.idle_origin) {
+            (Some(a), Some(b)) => Some(a.weaker(b)),
+            (a, b) => a.or(b),
+        };
         self.source.clone_from(&record.source);
         self.intensity_source.clone_from(&record.intensity_source);
         part.total()

@@ -32,6 +32,8 @@ fn record(start: u64, pid: u32, cpu_j: f64, threads: &[(u32, u64)]) -> IntervalR
         pue: 1.5,
         estimated: false,
         source: "rapl-powercap".into(),
+        idle_origin: Some(crate::attribute::IdleOrigin::Fitted),
+        idle_uncertain: false,
     }
 }
 
@@ -77,6 +79,23 @@ fn a_lone_span_gets_its_overlap_with_each_interval() {
     );
     assert!(close(e[0].embodied_g, 0.75));
     assert_eq!(e[0].source, "rapl-powercap");
+    assert_eq!(e[0].idle_origin, Some(crate::attribute::IdleOrigin::Fitted));
+    assert!(!e[0].idle_uncertain);
+}
+
+#[test]
+fn a_span_carries_the_weakest_idle_origin_of_its_intervals() {
+    let mut h = History::new(8);
+    h.push(record(0, 7, 10.0, &[(7, S)]));
+    let mut early = record(S, 7, 20.0, &[(7, S)]);
+    early.idle_origin = Some(crate::attribute::IdleOrigin::Lowest);
+    early.idle_uncertain = true;
+    h.push(early);
+    let e = enrich_all(&[span(S / 2, S + S / 4, None, None)], &h);
+    assert_eq!(e[0].idle_origin, Some(crate::attribute::IdleOrigin::Lowest));
+    assert!(e[0].idle_uncertain);
+    let e = enrich_all(&[span(0, S / 2, None, None)], &h);
+    assert_eq!(e[0].idle_origin, Some(crate::attribute::IdleOrigin::Fitted));
 }
 
 #[test]

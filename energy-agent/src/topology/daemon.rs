@@ -22,6 +22,7 @@ use super::{
     pipeline::{Pipeline, PipelineConfig},
 };
 use crate::{
+    attribute::idle::state::Method,
     clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
     probe::{Probe, ProbeConfig},
@@ -30,6 +31,10 @@ use crate::{
 /// Shortest interval: RAPL figures are never exposed finer than this (PLATYPUS,
 /// CVE-2020-8694, used fine-grained RAPL readings as a side channel).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often a running daemon keeps its good idle-power fits in the state file (and
+/// once more at the end).
+const STORE_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 /// Finest sub-interval probe read while spans are received.
 const MIN_SUB_PERIOD: Duration = Duration::from_millis(20);
@@ -94,6 +99,7 @@ struct Daemon {
     sink: Option<Box<dyn Sink>>,
     exporters: Exporters,
     faults: Faults,
+    stored_idle_at: Instant,
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -186,6 +192,7 @@ impl Daemon {
             sink,
             exporters,
             faults: Faults::default(),
+            stored_idle_at: Instant::now(),
         }))
     }
 
@@ -246,6 +253,10 @@ impl Daemon {
         };
         let lag = monotonic_ns().saturating_sub(report.end_ns);
         self.exporters.observe(&report, Duration::from_nanos(lag));
+        if self.stored_idle_at.elapsed() >= STORE_IDLE_EVERY {
+            self.pipeline.store_idle(Method::Fitted);
+            self.stored_idle_at = Instant::now();
+        }
         let written = match &mut self.sink {
             None => Ok(()),
             Some(sink) => sink.emit(&report),
@@ -270,6 +281,7 @@ impl Daemon {
         if ended == Ended::Between {
             self.emit_interval();
         }
+        self.pipeline.store_idle(Method::Fitted);
         let Daemon {
             probe, exporters, ..
         } = self;

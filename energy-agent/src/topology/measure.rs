@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use super::pipeline::{Pipeline, PipelineConfig};
 use crate::{
+    attribute::idle::state::Method,
     export::{
         forward::ForwardConfig,
         measure::{Accumulator, MeasureReport, Membership, render, span_attributes},
@@ -125,8 +126,10 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
     let status = m.until_exit(&mut child, config.interval)?;
     let duration = started.elapsed();
     m.until_exit_records(child.id())?;
+    m.pipeline.store_idle(Method::Fitted);
     let code = exit_code(status);
-    let report = m.acc.finish(config.command.clone(), code, duration);
+    let idle = m.pipeline.idle().current();
+    let report = m.acc.finish(config.command.clone(), code, duration, idle);
     if let Some(otlp) = &config.otlp {
         send_span(otlp, &config.command, &report, started_wall, duration);
     }

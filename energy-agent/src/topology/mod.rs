@@ -14,13 +14,16 @@
 //! [`pipeline`] runs the interval stages (probe → power → attribute → carbon) for
 //! every command; [`exporters`] starts the sinks and the receive → enrich → forward
 //! path of `run`; [`daemon`], [`top`] and [`measure`] are the three loops that drive
-//! them. The CLI only builds the plain configs here from flags and calls one loop.
+//! them, and [`calibrate`] drives the CPUs itself to fit idle power; [`state`] keeps
+//! what was learned between runs. The CLI only builds the plain configs here from flags and calls one loop.
 
+pub mod calibrate;
 pub mod daemon;
 pub mod exporters;
 pub mod faults;
 pub mod measure;
 pub mod pipeline;
+pub mod state;
 pub mod top;
 
 pub use daemon::{Console, DaemonConfig, MIN_INTERVAL};

@@ -6,15 +6,23 @@ use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::Context as _;
 
+use super::state::IdleStore;
 use crate::{
     attribute::{
         AttributionConfig, Attributor, GpuTimeline, IntervalReport, SourceNames, ThreadTimeline,
+        idle::{
+            IdleModel,
+            state::{Method, StoredIdle},
+        },
     },
     carbon::{Carbon, CarbonOptions, CarbonReport},
     clock::{WallClock, monotonic_ns},
     identity::Identity,
     power::{
-        PowerReading, PowerSources, SampleContext, packages::CpuPackages, replay::Recorder,
+        PowerReading, PowerSource, PowerSources, SampleContext,
+        estimate::{Estimate, HostFacts},
+        packages::CpuPackages,
+        replay::Recorder,
         select::PowerOptions,
     },
     probe::{Lifecycle, Probe, SchedInterval, possible_cpus},
@@ -32,6 +40,8 @@ pub struct PipelineConfig {
     pub attribution: AttributionConfig,
     /// Also write every interval's energy per domain here (`--record-power`).
     pub record_power: Option<PathBuf>,
+    /// Where learned idle power is kept between runs (None: not kept).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Everything between the probe and the exporters.
@@ -39,6 +49,7 @@ pub struct Pipeline {
     identity: Identity,
     power: PowerSources,
     attributor: Attributor,
+    idle_store: IdleStore,
     carbon: Carbon,
     recorder: Option<Recorder<std::fs::File>>,
     cpus: usize,
@@ -56,7 +67,17 @@ impl Pipeline {
         let packages = CpuPackages::host();
         let carbon =
             Carbon::new(&config.carbon, packages.cpu_count()).map_err(anyhow::Error::msg)?;
-        let attributor = Attributor::new(config.attribution.clone(), packages, power.idle_power());
+        // The estimate model of this host: a meter's fallback idle power before any
+        // fit or calibration (flagged uncertain).
+        let prior = if power.estimated() {
+            Vec::new()
+        } else {
+            Estimate::new(&HostFacts::host(), packages.clone()).idle_power()
+        };
+        let idle_store = IdleStore::open(config.state_dir.as_deref(), &config.power, &power);
+        let attributor = Attributor::new(config.attribution.clone(), packages, power.idle_power())
+            .with_prior(prior)
+            .with_calibrations(idle_store.calibrations());
         // Baseline: the probe's first interval and the meters both start here.
         probe.read_interval()?;
         let now = monotonic_ns();
@@ -72,6 +93,7 @@ impl Pipeline {
             identity: Identity::for_host(),
             power,
             attributor,
+            idle_store,
             carbon,
             recorder,
             cpus: possible_cpus() as usize,
@@ -90,6 +112,23 @@ impl Pipeline {
     pub fn sources(&self) -> (bool, SourceNames) {
         let (cpu, gpu) = self.power.names();
         (self.power.estimated(), SourceNames { cpu, gpu })
+    }
+
+    /// What the attribution stage knows of each domain's idle power.
+    pub fn idle(&self) -> &IdleModel {
+        self.attributor.idle()
+    }
+
+    /// The state dir in use (for reports).
+    pub fn idle_store(&self) -> &IdleStore {
+        &self.idle_store
+    }
+
+    /// Keeps this run's good fits in the state file, as made by `method`; returns the
+    /// entries the file took.
+    pub fn store_idle(&self, method: Method) -> Vec<StoredIdle> {
+        self.idle_store
+            .save(&self.attributor.idle().learned(), method)
     }
 
     /// Closes an interval: probe read, power sample, attribution, carbon.

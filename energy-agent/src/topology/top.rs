@@ -61,5 +61,6 @@ pub fn top(
         }
     })();
     ratatui::restore();
+    pipeline.store_idle(crate::attribute::idle::state::Method::Fitted);
     result.map(|()| 0)
 }

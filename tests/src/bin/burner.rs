@@ -2,10 +2,11 @@
 //! account of it (sum of `/proc/self/task/*/schedstat`, read while every thread is still
 //! alive, just before exit) as `schedstat_ns=<n>`.
 //!
-//! usage: burner <seconds per thread> [threads] [duty] [cpu]
+//! usage: burner <seconds per thread> [threads] [duty] [cpu|-] [period_ms]
 //!
-//! `duty` (0–1, default 1) burns that fraction of every 10 ms and sleeps the rest;
-//! `cpu` pins the process to one CPU.
+//! `duty` (0–1, default 1) burns that fraction of every period (10 ms unless
+//! `period_ms` says otherwise: a long one makes a load that varies from interval to
+//! interval) and sleeps the rest; `cpu` pins the process to one CPU (`-`: not pinned).
 
 use std::{sync::Barrier, thread};
 
@@ -19,13 +20,12 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Burns `ns` of this thread's CPU time; with `duty` < 1, only `duty` × 10 ms of CPU
-/// time in every 10 ms of wall time (measured on the thread's own CPU clock, so the
-/// ratio holds however the scheduler slices it).
-fn burn(ns: u64, duty: f64) {
+/// Burns `ns` of this thread's CPU time; with `duty` < 1, only `duty` × `period` of
+/// CPU time in every `period` of wall time (measured on the thread's own CPU clock, so
+/// the ratio holds however the scheduler slices it).
+fn burn(ns: u64, duty: f64, period: std::time::Duration) {
     let start = thread_cpu_ns();
     let mut x = 0u64;
-    let period = std::time::Duration::from_millis(10);
     let per_period = (period.as_nanos() as f64 * duty) as u64;
     let mut next = std::time::Instant::now();
     while thread_cpu_ns() - start < ns {
@@ -76,6 +76,8 @@ fn main() {
     if let Some(cpu) = args.next().and_then(|s| s.parse().ok()) {
         pin(cpu);
     }
+    let period_ms: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let period = std::time::Duration::from_millis(period_ms.max(1));
     let ns = (seconds * 1e9) as u64;
     // Every thread burns, then all meet at `done`; the main thread reads schedstat while
     // the others wait at `read`, alive, so their counts are still in /proc/self/task.
@@ -84,12 +86,12 @@ fn main() {
     let total = thread::scope(|s| {
         for _ in 1..threads {
             s.spawn(|| {
-                burn(ns, duty);
+                burn(ns, duty, period);
                 done.wait();
                 read.wait();
             });
         }
-        burn(ns, duty);
+        burn(ns, duty, period);
         done.wait();
         let total = schedstat_sum();
         read.wait();

@@ -429,3 +429,50 @@ fn otlp_encoding_decodes_to_the_state() {
         "nothing set it"
     );
 }
+
+#[test]
+fn idle_power_is_one_series_per_domain_whose_origin_is_a_label() {
+    use crate::attribute::{IdleOrigin, IdlePower};
+    use crate::power::Domain;
+    use crate::units::Watts;
+    let mut s = MetricsState::new(5);
+    let mut r = report(vec![]);
+    let mut lowest = IdlePower::new(Domain::Package(0), Watts(25.0), IdleOrigin::Lowest);
+    lowest.uncertain = true;
+    r.energy.idle_power = vec![lowest];
+    s.observe(&r);
+    let labels = |origin, uncertain| {
+        [
+            ("hw.id", "package-0"),
+            ("energy.idle.origin", origin),
+            ("energy.idle.uncertain", uncertain),
+        ]
+    };
+    assert_eq!(
+        value(&s, ENERGY_IDLE_POWER, &labels("lowest", "true")),
+        25.0
+    );
+    let mut fitted = IdlePower::new(Domain::Package(0), Watts(10.0), IdleOrigin::Fitted);
+    fitted.uncertainty_w = Some(Watts(0.25));
+    r.energy.idle_power = vec![fitted];
+    s.observe(&r);
+    assert_eq!(
+        value(&s, ENERGY_IDLE_POWER, &labels("fitted", "false")),
+        10.0
+    );
+    assert_eq!(
+        value(&s, ENERGY_IDLE_UNCERTAINTY, &[("hw.id", "package-0")]),
+        0.25
+    );
+    let series = s
+        .values
+        .keys()
+        .filter(|(n, _)| *n == ENERGY_IDLE_POWER.name)
+        .count();
+    assert_eq!(series, 1, "the origin changed, the series count did not");
+    let text = render_prometheus(&s);
+    assert!(
+        text.contains("energy_idle_power_watts{energy_idle_origin=\"fitted\""),
+        "{text}"
+    );
+}

@@ -89,6 +89,7 @@ impl GpuLines {
             running,
             sm_util,
             mig: false,
+            busy: None,
         }
     }
 }

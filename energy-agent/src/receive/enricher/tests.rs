@@ -87,6 +87,8 @@ fn record(start: u64, pid: u32, cpu_j: f64) -> IntervalRecord {
         pue: 1.0,
         estimated: true,
         source: "estimate".into(),
+        idle_origin: Some(crate::attribute::IdleOrigin::Fitted),
+        idle_uncertain: false,
     }
 }
 

@@ -1,8 +1,9 @@
 //! The benchmarks (`cargo xtask bench`): per-probe cost, workload slowdown, agent cost,
-//! enrichment throughput and delay, and accuracy against procfs sampling. Method and
-//! latest numbers: BENCHMARKS.md.
+//! enrichment throughput and delay, accuracy against procfs sampling, and per-process
+//! accuracy under a known power model (idle power). Method and latest numbers:
+//! BENCHMARKS.md.
 //!
-//! usage: bench [probe|slowdown|agent|enrich|accuracy|soak …] [--smoke] [--out DIR]
+//! usage: bench [probe|slowdown|agent|enrich|accuracy|idle|soak …] [--smoke] [--out DIR]
 //!              [--markdown FILE --plots DIR] [--soak-seconds N]
 //!
 //! Each benchmark writes DIR/NAME.json (default target/bench) and prints its table;
@@ -14,6 +15,7 @@ mod accuracy;
 mod agent_cost;
 mod common;
 mod enrich;
+mod idle;
 mod otlp;
 mod plot;
 mod probe_cost;
@@ -35,7 +37,7 @@ struct Bench {
     plot: Option<plot::Plot>,
 }
 
-const BENCHES: [Bench; 6] = [
+const BENCHES: [Bench; 7] = [
     Bench {
         name: "probe",
         title: "per-probe cost",
@@ -70,6 +72,13 @@ const BENCHES: [Bench; 6] = [
         run: accuracy::run,
         table: accuracy::table,
         plot: Some(plot::accuracy),
+    },
+    Bench {
+        name: "idle",
+        title: "per-process accuracy under a known power model",
+        run: idle::run,
+        table: idle::table,
+        plot: None,
     },
     Bench {
         name: "soak",
@@ -120,7 +129,7 @@ struct Options {
     soak_seconds: Option<u64>,
 }
 
-const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy|soak …] [--smoke] \
+const USAGE: &str = "usage: bench [probe|slowdown|agent|enrich|accuracy|idle|soak …] [--smoke] \
                      [--out DIR] [--markdown FILE --plots DIR] [--soak-seconds N]";
 
 /// Options that take a value.
@@ -159,7 +168,7 @@ fn parse_args(args: &[String]) -> Options {
         .collect();
     if let Some(bad) = names.iter().find(|n| !BENCHES.iter().any(|b| b.name == *n)) {
         eprintln!(
-            "bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy, soak)"
+            "bench: unknown benchmark {bad:?} (probe, slowdown, agent, enrich, accuracy, idle, soak)"
         );
         std::process::exit(2);
     }
