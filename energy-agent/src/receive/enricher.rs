@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{
 use regex::Regex;
 
 use super::spans::{self, Selection, attr_int, attr_str, names};
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, enrich};
+use crate::requests::{Claims, History, IntervalRecord, RequestSample, RequestSpan, enrich};
 use known::{Known, KnownSpans};
 use traces::{SpanId, TraceId, TraceIndex, span_id, trace_id};
 
@@ -107,7 +107,7 @@ pub struct Enricher {
     held_spans: usize,
     traces: TraceIndex,
     cmdlines: (Option<Instant>, Vec<(u32, String)>),
-    requests: Vec<(String, f64)>,
+    requests: Vec<RequestSample>,
     /// Request spans seen, so concurrent spans from other batches take part in each
     /// split.
     known: KnownSpans,
@@ -243,8 +243,8 @@ impl Enricher {
         request
     }
 
-    /// The (model, joules) of each request enriched since the last call.
-    pub fn take_requests(&mut self) -> Vec<(String, f64)> {
+    /// Each request enriched since the last call (model, joules, grams, tokens).
+    pub fn take_requests(&mut self) -> Vec<RequestSample> {
         std::mem::take(&mut self.requests)
     }
 
@@ -486,7 +486,14 @@ impl Enricher {
                 .model_of(all[*i].pid)
                 .unwrap_or("unknown")
                 .to_string();
-            self.requests.push((model, energy.joules.total().get()));
+            self.requests.push(RequestSample {
+                model,
+                end_unix_ns: all[*i].end_ns,
+                joules: energy.joules.total(),
+                carbon_g: energy.carbon_g,
+                tokens: all[*i].tokens,
+                estimated: energy.estimated,
+            });
             let span = span_at_mut(request, *at);
             spans::add_energy(span, energy);
             self.traces
