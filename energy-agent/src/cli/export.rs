@@ -153,6 +153,7 @@ impl ExportArgs {
             receive,
             prometheus: self.prometheus,
             metrics_top: self.metrics_top,
+            record: None,
         })
     }
 

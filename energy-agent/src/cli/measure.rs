@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{export::OtlpArgs, sources::SourceArgs};
+use super::{export::OtlpArgs, record::RecordArgs, sources::SourceArgs};
 use crate::topology::MeasureConfig;
 
 /// Options of `energy-agent measure`.
@@ -25,6 +25,9 @@ pub struct MeasureArgs {
     /// With an endpoint, one span for the command goes there too.
     #[command(flatten)]
     pub otlp: OtlpArgs,
+    /// History flags.
+    #[command(flatten)]
+    pub record: RecordArgs,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -41,6 +44,8 @@ impl MeasureArgs {
             json: self.json,
             output: self.output.clone(),
             otlp: self.otlp.forward_config(1)?,
+            record: (self.record)
+                .record_config(&format!("{:?}", self.sources.idle).to_lowercase())?,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod export;
 pub mod measure;
+pub mod record;
 pub mod run;
 pub mod sources;
 pub mod top;

@@ -18,6 +18,7 @@ use crate::{
         metrics::{self, MetricsState},
         otlp::OtlpMetrics,
     },
+    history::{HistorySink, IntervalRow, RecordConfig, RunInfo, RunKind},
     receive::{
         enricher::{EnrichConfig, Enricher},
         server::{Incoming, ReceiverConfig},
@@ -38,6 +39,8 @@ pub struct ExportConfig {
     pub prometheus: Option<SocketAddr>,
     /// Per-process metric series per interval.
     pub metrics_top: usize,
+    /// Write every interval and request to a history database (`--record`).
+    pub record: Option<RecordConfig>,
 }
 
 /// The OTLP receiver and the enricher behind it.
@@ -72,6 +75,7 @@ pub struct Exporters {
     forwarder: Option<Forwarder>,
     shutdown: watch::Sender<bool>,
     clock: WallClock,
+    history: Option<Arc<HistorySink>>,
 }
 
 impl Exporters {
@@ -84,6 +88,13 @@ impl Exporters {
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
+        let history = match &config.record {
+            Some(r) => Some(Arc::new(HistorySink::start(
+                r,
+                &RunInfo::starting_now(RunKind::Run, r, None),
+            )?)),
+            None => None,
+        };
         let forwarder = config.forward.clone().map(forward::spawn);
         let otlp_metrics = forwarder.as_ref().map(|fwd| {
             OtlpMetrics::start(fwd.clone(), config.metrics_interval, metrics.clone(), clock)
@@ -93,6 +104,7 @@ impl Exporters {
                 let sinks = EnrichSinks {
                     forwarder: forwarder.clone(),
                     metrics: metrics.clone(),
+                    history: history.clone(),
                 };
                 Some(start_receiving(receive, interval, sinks, shutdown.subscribe()).await?)
             }
@@ -111,6 +123,7 @@ impl Exporters {
             forwarder,
             shutdown,
             clock,
+            history,
         })
     }
 
@@ -131,6 +144,9 @@ impl Exporters {
                 &self.clock,
             )));
         }
+        if let Some(h) = &self.history {
+            h.interval(IntervalRow::from_report(report, &self.clock, |_| true));
+        }
     }
 
     /// Publishes the running loop's failure counts (`energy_agent.errors`).
@@ -138,6 +154,15 @@ impl Exporters {
         if let Ok(mut m) = self.metrics.lock() {
             for (component, n) in faults.totals() {
                 m.set_value(metrics::AGENT_ERRORS, &[("component", component)], n as f64);
+            }
+            if let Some(h) = &self.history {
+                use std::sync::atomic::Ordering::Relaxed;
+                let lost = h.stats().failed.load(Relaxed) + h.stats().dropped.load(Relaxed);
+                m.set_value(
+                    metrics::AGENT_ERRORS,
+                    &[("component", "history")],
+                    lost as f64,
+                );
             }
         }
     }
@@ -149,6 +174,12 @@ impl Exporters {
             let (ack, done) = oneshot::channel();
             if tx.send(ToEnricher::Flush(ack)).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+            }
+        }
+        if let Some(h) = self.history.clone() {
+            let flushed = tokio::task::spawn_blocking(move || h.flush(Duration::from_secs(1)));
+            if !flushed.await.unwrap_or(false) {
+                log::warn!("history: not every interval was written before the stop");
             }
         }
         if let Some(m) = self.otlp_metrics {
@@ -170,6 +201,7 @@ impl Exporters {
 struct EnrichSinks {
     forwarder: Forwarder,
     metrics: Arc<Mutex<MetricsState>>,
+    history: Option<Arc<HistorySink>>,
 }
 
 /// Binds the OTLP listeners and starts the task that enriches what they receive;
@@ -210,7 +242,12 @@ async fn enrich_task(
     mut control: mpsc::UnboundedReceiver<ToEnricher>,
     sinks: EnrichSinks,
 ) {
-    let EnrichSinks { forwarder, metrics } = sinks;
+    let EnrichSinks {
+        forwarder,
+        metrics,
+        history,
+    } = sinks;
+    let history = history.as_deref();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let released = tokio::select! {
@@ -232,7 +269,7 @@ async fn enrich_task(
                     for r in enricher.release(true) {
                         forwarder.send(Payload::Traces(r));
                     }
-                    record(&mut enricher, &forwarder, &metrics);
+                    record(&mut enricher, &forwarder, &metrics, history);
                     let _ = ack.send(());
                     Vec::new()
                 }
@@ -243,18 +280,26 @@ async fn enrich_task(
         for r in released {
             forwarder.send(Payload::Traces(r));
         }
-        record(&mut enricher, &forwarder, &metrics);
+        record(&mut enricher, &forwarder, &metrics, history);
     }
 }
 
 /// Moves the enricher's and forwarder's counters into the metrics.
-fn record(enricher: &mut Enricher, forwarder: &Forwarder, metrics: &Mutex<MetricsState>) {
+fn record(
+    enricher: &mut Enricher,
+    forwarder: &Forwarder,
+    metrics: &Mutex<MetricsState>,
+    history: Option<&HistorySink>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
-    for (model, joules) in &requests {
-        m.observe_request(model, *joules);
+    for r in &requests {
+        m.observe_request(&r.model, r.joules.get());
+    }
+    if let Some(h) = history {
+        h.requests(requests);
     }
     for (state, v) in [
         ("received", s.received),
