@@ -19,6 +19,7 @@ pub mod identity;
 pub mod power;
 pub mod probe;
 pub mod receive;
+pub mod report;
 pub mod requests;
 pub mod topology;
 pub mod units;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod export;
 pub mod measure;
 pub mod record;
+pub mod report;
 pub mod run;
 pub mod sources;
 pub mod top;
@@ -36,6 +37,9 @@ pub enum Command {
     Measure(measure::MeasureArgs),
     /// Report what works on this host and how to fix what does not.
     Check(check::CheckArgs),
+    /// Sum a recorded history by model, process, container or label; compare two
+    /// windows or labels.
+    Report(report::ReportArgs),
 }
 
 /// Parses the command line (and the config file) and runs the chosen command; returns
@@ -51,6 +55,7 @@ pub fn main() -> anyhow::Result<i32> {
             Command::Top(args) => file.apply_sources(&mut args.sources, sub),
             Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
             Command::Check(args) => file.apply_sources(&mut args.sources, sub),
+            Command::Report(_) => Ok(()),
         };
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
@@ -63,6 +68,7 @@ pub fn main() -> anyhow::Result<i32> {
         ),
         Command::Measure(args) => crate::topology::measure::measure(args.measure_config()?),
         Command::Check(args) => crate::check::check(&args.check_config()),
+        Command::Report(args) => args.run(),
     }
 }
 

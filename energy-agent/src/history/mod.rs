@@ -16,7 +16,7 @@ pub mod schema;
 pub mod sink;
 pub mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 
