@@ -14,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod export;
+pub mod gate;
 pub mod history;
 pub mod identity;
 pub mod power;

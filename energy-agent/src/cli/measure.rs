@@ -28,6 +28,11 @@ pub struct MeasureArgs {
     /// History flags.
     #[command(flatten)]
     pub record: RecordArgs,
+    /// Check the command against its budget in this config file (`[budget.MODEL]`,
+    /// MODEL from `--label model=NAME` or the file's only budget): when the command
+    /// succeeds, exit 1 over budget, 2 when it cannot be checked.
+    #[arg(long, value_name = "FILE")]
+    pub budget: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -46,6 +51,17 @@ impl MeasureArgs {
             otlp: self.otlp.forward_config(1)?,
             record: (self.record)
                 .record_config(&format!("{:?}", self.sources.idle).to_lowercase())?,
+            budget: match &self.budget {
+                None => None,
+                Some(path) => {
+                    let budgets = super::gate::load_budgets(path)?;
+                    let model = (self.record.labels.iter())
+                        .find(|(k, _)| k == "model")
+                        .map(|(_, v)| v.as_str());
+                    let (model, budget) = super::gate::pick_budget(&budgets, model)?;
+                    Some((model.to_string(), *budget))
+                }
+            },
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod config;
 pub mod export;
+pub mod gate;
 pub mod measure;
 pub mod record;
 pub mod report;
@@ -34,12 +35,15 @@ pub enum Command {
     /// A live full-screen view of processes and models by power.
     Top(top::TopArgs),
     /// Run a command and report its energy and carbon, like `perf stat`.
-    Measure(measure::MeasureArgs),
+    Measure(Box<measure::MeasureArgs>),
     /// Report what works on this host and how to fix what does not.
     Check(check::CheckArgs),
     /// Sum a recorded history by model, process, container or label; compare two
     /// windows or labels.
     Report(report::ReportArgs),
+    /// Check recorded figures against the carbon budgets, and drift against a baseline:
+    /// exit 0 within, 1 over, 2 when the data cannot decide.
+    Gate(gate::GateArgs),
 }
 
 /// Parses the command line (and the config file) and runs the chosen command; returns
@@ -55,7 +59,7 @@ pub fn main() -> anyhow::Result<i32> {
             Command::Top(args) => file.apply_sources(&mut args.sources, sub),
             Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
             Command::Check(args) => file.apply_sources(&mut args.sources, sub),
-            Command::Report(_) => Ok(()),
+            Command::Report(_) | Command::Gate(_) => Ok(()),
         };
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
@@ -69,6 +73,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Measure(args) => crate::topology::measure::measure(args.measure_config()?),
         Command::Check(args) => crate::check::check(&args.check_config()),
         Command::Report(args) => args.run(),
+        Command::Gate(args) => args.run(),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct MeasureConfig {
     pub otlp: Option<ForwardConfig>,
     /// Also write the run (the command's processes, the host) to a history.
     pub record: Option<RecordConfig>,
+    /// Check the report against this model's budget (`measure --budget`).
+    pub budget: Option<(String, crate::gate::Budget)>,
 }
 
 /// The command's processes, grown from fork records.
@@ -146,7 +148,19 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
         send_span(otlp, &config.command, &report, started_wall, duration);
     }
     write_report(&config, &report)?;
-    Ok(code)
+    match &config.budget {
+        Some((model, budget)) => {
+            let checks = crate::gate::check_measure(model, budget, &serde_json::to_value(&report)?);
+            eprint!("{}", crate::gate::render(&checks));
+            // The command's own failure comes first.
+            Ok(if code != 0 {
+                code
+            } else {
+                crate::gate::exit_code(&checks)
+            })
+        }
+        None => Ok(code),
+    }
 }
 
 impl Measurement {
