@@ -24,3 +24,4 @@ pub mod report;
 pub mod requests;
 pub mod topology;
 pub mod units;
+pub mod when;

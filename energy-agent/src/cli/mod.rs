@@ -12,6 +12,7 @@ pub mod report;
 pub mod run;
 pub mod sources;
 pub mod top;
+pub mod when;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -44,6 +45,8 @@ pub enum Command {
     /// Check recorded figures against the carbon budgets, and drift against a baseline:
     /// exit 0 within, 1 over, 2 when the data cannot decide.
     Gate(gate::GateArgs),
+    /// The greenest time to start a deferrable job, from an intensity forecast.
+    When(Box<when::WhenArgs>),
 }
 
 /// Parses the command line (and the config file) and runs the chosen command; returns
@@ -59,6 +62,7 @@ pub fn main() -> anyhow::Result<i32> {
             Command::Top(args) => file.apply_sources(&mut args.sources, sub),
             Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
             Command::Check(args) => file.apply_sources(&mut args.sources, sub),
+            Command::When(args) => file.apply_sources(&mut args.sources, sub),
             Command::Report(_) | Command::Gate(_) => Ok(()),
         };
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
@@ -74,6 +78,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Check(args) => crate::check::check(&args.check_config()),
         Command::Report(args) => args.run(),
         Command::Gate(args) => args.run(),
+        Command::When(args) => args.run(),
     }
 }
 

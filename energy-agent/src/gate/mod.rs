@@ -287,10 +287,21 @@ pub fn render(checks: &[Check]) -> String {
         .filter(|c| c.verdict == Verdict::Unusable)
         .count();
     let _ = match exit_code(checks) {
-        0 => writeln!(out, "gate: pass ({} checks within budget)", checks.len()),
+        0 => writeln!(
+            out,
+            "gate: pass ({} within budget, {} not applicable)",
+            checks
+                .iter()
+                .filter(|c| c.verdict == Verdict::Within)
+                .count(),
+            checks
+                .iter()
+                .filter(|c| c.verdict == Verdict::NotApplicable)
+                .count()
+        ),
         1 => writeln!(out, "gate: FAIL ({over} over budget)"),
         _ if checks.is_empty() => writeln!(out, "gate: UNUSABLE (nothing to check)"),
-        _ => writeln!(out, "gate: UNUSABLE ({unusable} checks without data)"),
+        _ => writeln!(out, "gate: UNUSABLE ({unusable} without enough data)"),
     };
     out
 }
