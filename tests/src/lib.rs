@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: the agent binary, the test programs, and the
 //! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
 
+pub mod browser;
 pub mod cuda;
 pub mod otlp;
 pub mod powercap;
