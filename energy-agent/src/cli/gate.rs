@@ -25,15 +25,9 @@ pub struct GateArgs {
     /// Only this model (default: every model with a budget).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
-    /// Only what ended at or after this time (RFC 3339, Unix seconds, or 24h ago).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-    /// Only what ended at or before this time.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
-    /// Only the runs with this label.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = super::record::parse_label)]
-    pub label: Option<(String, String)>,
+    /// The window.
+    #[command(flatten)]
+    pub window: super::report::WindowArgs,
     /// Fail when J/request or J/token is significantly worse in B than in A by more than
     /// this (10%, 0.1); needs --compare.
     #[arg(long, value_name = "PCT", value_parser = parse_fraction, requires = "compare")]
@@ -125,7 +119,7 @@ impl GateArgs {
         budgets: &Budgets,
     ) -> anyhow::Result<Vec<Check>> {
         let history = History::open(path)?;
-        let w = super::report::window(&self.since, &self.until, &self.label)?;
+        let w = self.window.window()?;
         let report = history.report(&GroupBy::Model, &w)?;
         let models: Vec<&str> = match &self.model {
             Some(m) => vec![m.as_str()],

@@ -16,16 +16,9 @@ pub struct ReportArgs {
     /// Group by model, process, container, label (all of a run's labels) or label:KEY.
     #[arg(long, default_value = "model", value_parser = parse_by)]
     pub by: GroupBy,
-    /// Only what ended at or after this time: RFC 3339, Unix seconds, or a duration
-    /// ago (24h).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-    /// Only what ended at or before this time.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
-    /// Only the runs with this label.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = super::record::parse_label)]
-    pub label: Option<(String, String)>,
+    /// The window.
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
@@ -55,31 +48,44 @@ fn parse_by(s: &str) -> Result<GroupBy, String> {
     s.parse()
 }
 
-/// The window that `--since`, `--until` and `--label` describe.
-pub fn window(
-    since: &Option<String>,
-    until: &Option<String>,
-    label: &Option<(String, String)>,
-) -> anyhow::Result<Window> {
-    let now = SystemTime::now();
-    let at = |t: &Option<String>, flag: &str| {
-        t.as_deref()
-            .map(|t| parse_time(t, now))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-    };
-    Ok(Window {
-        since: at(since, "--since")?,
-        until: at(until, "--until")?,
-        label: label.clone(),
-    })
+/// What counts: `--since`, `--until`, `--label` (shared with `gate`).
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Only what ended at or after this time: RFC 3339, Unix seconds, or a duration
+    /// ago (24h).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only what ended at or before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only the runs with this label.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = super::record::parse_label)]
+    pub label: Option<(String, String)>,
+}
+
+impl WindowArgs {
+    /// The window these flags describe.
+    pub fn window(&self) -> anyhow::Result<Window> {
+        let now = SystemTime::now();
+        let at = |t: &Option<String>, flag: &str| {
+            t.as_deref()
+                .map(|t| parse_time(t, now))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        Ok(Window {
+            since: at(&self.since, "--since")?,
+            until: at(&self.until, "--until")?,
+            label: self.label.clone(),
+        })
+    }
 }
 
 impl ReportArgs {
     /// Makes the report and writes it; returns the exit code.
     pub fn run(&self) -> anyhow::Result<i32> {
         let history = History::open(&self.file)?;
-        let w = window(&self.since, &self.until, &self.label)?;
+        let w = self.window.window()?;
         let text = match &self.compare {
             Some(spec) => {
                 let (a, b) =

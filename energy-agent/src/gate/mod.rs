@@ -9,7 +9,12 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
     carbon::J_PER_KWH,
-    report::{Figures, compare::Comparison, render::sig, stats::Change},
+    report::{
+        Figures,
+        compare::Comparison,
+        render::{columns, sig},
+        stats::Change,
+    },
 };
 
 /// One model's budget (`[budget.MODEL]` in the config file); unset limits are not
@@ -222,7 +227,7 @@ pub fn exit_code(checks: &[Check]) -> i32 {
 
 /// The comparison table and the verdict line.
 pub fn render(checks: &[Check]) -> String {
-    let rows: Vec<[String; 6]> = checks
+    let rows: Vec<Vec<String>> = checks
         .iter()
         .map(|c| {
             let pct = c.limit.starts_with("max_regression");
@@ -233,7 +238,7 @@ pub fn render(checks: &[Check]) -> String {
                     sig(v)
                 }
             };
-            [
+            vec![
                 c.model.clone(),
                 c.limit.clone(),
                 show(c.budget),
@@ -250,37 +255,7 @@ pub fn render(checks: &[Check]) -> String {
         })
         .collect();
     let header = ["model", "limit", "budget", "actual", "status", "note"];
-    let w: Vec<usize> = (0..6)
-        .map(|i| {
-            (rows.iter().map(|r| r[i].chars().count()))
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |r: [&str; 6]| {
-        format!(
-            "{:<a$}  {:<b$}  {:>c$}  {:>d$}  {:<e$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3],
-            e = w[4]
-        )
-        .trim_end()
-        .to_string()
-            + "\n"
-    };
-    let mut out = line(header);
-    for r in &rows {
-        out += &line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
-    }
+    let mut out = columns(&header, &rows, &[false, false, true, true, false]);
     let over = checks.iter().filter(|c| c.verdict == Verdict::Over).count();
     let unusable = checks
         .iter()

@@ -176,10 +176,10 @@ fn pct(c: &Option<Change>) -> String {
 
 /// The comparison for people.
 pub fn table(c: &Comparison) -> String {
-    let mut out = format!("A: {}\nB: {}\n", c.a, c.b);
-    let rows: Vec<[String; 4]> = (c.models.iter())
+    let out = format!("A: {}\nB: {}\n", c.a, c.b);
+    let rows: Vec<Vec<String>> = (c.models.iter())
         .map(|m| {
-            [
+            vec![
                 m.model.clone(),
                 format!("{} / {}", m.requests.0, m.requests.1),
                 pct(&m.j_per_request),
@@ -193,40 +193,7 @@ pub fn table(c: &Comparison) -> String {
         "J/request change [95% CI]",
         "J/token change [95% CI]",
     ];
-    let w: Vec<usize> = (0..4)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let _ = writeln!(
-        out,
-        "{:<a$}  {:<b$}  {:<c$}  {}",
-        header[0],
-        header[1],
-        header[2],
-        header[3],
-        a = w[0],
-        b = w[1],
-        c = w[2]
-    );
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{:<a$}  {:<b$}  {:<c$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            a = w[0],
-            b = w[1],
-            c = w[2]
-        );
-    }
-    out
+    out + &super::render::columns(&header, &rows, &[false])
 }
 
 /// The comparison as CSV, one row per model.

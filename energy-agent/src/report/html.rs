@@ -102,9 +102,7 @@ fn groups_table(r: &Report) -> String {
 
 fn host_list(r: &Report) -> String {
     let h = &r.host;
-    let idle = h
-        .idle_share
-        .map_or_else(|| "-".into(), |s| format!("{:.1}%", s * 100.0));
+    let idle = super::render::idle_share(h);
     format!(
         "<ul id=\"host\"><li>host energy: <b>{} J</b> (measured {} J, estimated {} J)</li>\
          <li>host carbon: <b>{} gCO2e</b> (+{} g embodied)</li><li>idle share: {idle}</li>\

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use plotters::{coord::Shift, prelude::*};
+use plotters::{
+    coord::{Shift, types::RangedCoordf64},
+    prelude::*,
+};
 
 use super::{Figures, rfc3339};
 
@@ -142,11 +145,46 @@ pub fn power_plot(series: &PowerSeries, from: u64) -> Result<String, String> {
     })
 }
 
+/// A chart of one category per unit of x (labelled at its middle) up to `y_max`.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+fn categories<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    labels: &[String],
+    y_max: f64,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, String> {
+    let n = labels.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(chart)
+}
+
 /// Energy per request per model: the median as a bar, the mean as a dot, the 95th
 /// percentile as a whisker.
 pub fn requests_plot(groups: &[Figures]) -> Result<String, String> {
     let with: Vec<&Figures> = groups.iter().filter(|g| g.requests > 0).collect();
-    let n = with.len().max(1);
     let y_max = with
         .iter()
         .flat_map(|g| [g.p95_j, g.j_per_request])
@@ -155,31 +193,13 @@ pub fn requests_plot(groups: &[Figures]) -> Result<String, String> {
         * 1.15;
     let names: Vec<String> = with.iter().map(|g| g.name.clone()).collect();
     svg((900, 360), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                "Energy per request (bar: p50, dot: mean, line: p95)",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.01 {
-                    names.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("J per request")
-            .draw()
-            .map_err(draw_err)?;
+        let mut chart = categories(
+            root,
+            "Energy per request (bar: p50, dot: mean, line: p95)",
+            &names,
+            y_max,
+            "J per request",
+        )?;
         for (i, g) in with.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let x = i as f64;
@@ -208,35 +228,19 @@ pub fn requests_plot(groups: &[Figures]) -> Result<String, String> {
 
 /// The host's operational carbon per clock hour.
 pub fn carbon_plot(hours: &[(u64, f64)]) -> Result<String, String> {
-    let n = hours.len().max(1);
     let y_max = hours.iter().map(|h| h.1).fold(1e-9, f64::max) * 1.15;
     let labels: Vec<String> = hours
         .iter()
         .map(|(t, _)| rfc3339(*t).get(5..16).unwrap_or_default().replace('T', " "))
         .collect();
     svg((900, 340), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("Carbon by hour (host, operational)", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.01 {
-                    labels.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("gCO2e")
-            .draw()
-            .map_err(draw_err)?;
+        let mut chart = categories(
+            root,
+            "Carbon by hour (host, operational)",
+            &labels,
+            y_max,
+            "gCO2e",
+        )?;
         chart
             .draw_series(hours.iter().enumerate().map(|(i, (_, g))| {
                 Rectangle::new(

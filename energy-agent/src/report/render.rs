@@ -64,30 +64,42 @@ pub fn table(r: &Report) -> String {
         "source",
     ];
     let rows: Vec<Vec<String>> = r.groups.iter().map(row).collect();
+    out += &columns(&header, &rows, &[false, true]);
+    out += &host(r);
+    out
+}
+
+/// Aligned columns: the header, then the rows; column i is right-aligned when
+/// `right[i]` (the last entry holds for the columns past the list).
+pub fn columns(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let width = |i: usize| {
-        rows.iter()
-            .map(|row| row[i].chars().count())
-            .chain([header[i].chars().count()])
-            .max()
-            .unwrap_or(0)
+        (rows
+            .iter()
+            .map(|row| row.get(i).map_or(0, |c| c.chars().count())))
+        .chain([header[i].chars().count()])
+        .max()
+        .unwrap_or(0)
     };
     let widths: Vec<usize> = (0..header.len()).map(width).collect();
-    let line = |cells: Vec<String>| {
+    let line = |cells: Vec<&str>| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(l, "{c:<w$}", w = widths[i]);
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if *right.get(i).or(right.last()).unwrap_or(&false) {
+                let _ = write!(l, "{c:>w$}");
             } else {
-                let _ = write!(l, "  {c:>w$}", w = widths[i]);
+                let _ = write!(l, "{c:<w$}");
             }
         }
         l.trim_end().to_string() + "\n"
     };
-    out += &line(header.iter().map(|h| h.to_string()).collect());
+    let mut out = line(header.to_vec());
     for row in rows {
-        out += &line(row);
+        out += &line(row.iter().map(String::as_str).collect());
     }
-    out += &host(r);
     out
 }
 
@@ -111,12 +123,16 @@ fn row(f: &Figures) -> Vec<String> {
     ]
 }
 
+/// The host's idle share as a percentage, or `-`.
+pub fn idle_share(h: &super::HostFigures) -> String {
+    h.idle_share
+        .map_or_else(|| "-".into(), |s| format!("{:.1}%", s * 100.0))
+}
+
 /// The host's lines under the table.
 fn host(r: &Report) -> String {
     let h = &r.host;
-    let idle = h
-        .idle_share
-        .map_or_else(|| "-".into(), |s| format!("{:.1}%", s * 100.0));
+    let idle = idle_share(h);
     let mut out = format!(
         "host: {} J, {} gCO2e (+{} g embodied), idle {idle}, {}\n",
         sig(h.energy_j),
