@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod cuda;
+pub mod lifecycle;
 pub mod otlp;
 pub mod powercap;
 

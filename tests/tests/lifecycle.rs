@@ -5,128 +5,15 @@
 //! versions, and `when` on a series file with a known best window.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::Duration,
+    path::Path,
+    process::{Command, Stdio},
 };
 
 use energy_tests::{
-    AgentRun, agent_bin, browser,
-    otlp::{Backend, free_port_pair, inference_server, wait_for},
+    agent_bin, browser,
+    lifecycle::{agent, close, f, group, printed_model_j, record_run, report_json, text},
     require_root, test_bin,
 };
-
-fn f(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-fn close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-9 * b.abs().max(1e-12),
-        "{what}: {a} vs {b}"
-    );
-}
-
-/// Runs the agent with `args`; returns its output.
-fn agent(args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .args(args)
-        .output()
-        .expect("running energy-agent")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `report FILE --format json` with `extra` flags.
-fn report_json(db: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["report", db.to_str().expect("path"), "--format", "json"];
-    args.extend_from_slice(extra);
-    let out = agent(&args);
-    assert!(out.status.success(), "report failed: {}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("report JSON")
-}
-
-fn group<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    r["groups"]
-        .as_array()
-        .and_then(|g| g.iter().find(|g| g["name"] == name))
-        .unwrap_or_else(|| panic!("no group {name} in {r}"))
-}
-
-/// Σ over the printed intervals of `models[name].energy_j`.
-fn printed_model_j(intervals: &[serde_json::Value], name: &str) -> f64 {
-    intervals
-        .iter()
-        .flat_map(|i| i["models"].as_array().into_iter().flatten())
-        .filter(|m| m["name"] == name)
-        .map(|m| f(&m["energy_j"]))
-        .sum()
-}
-
-/// A recorded run: the agent with `--record db --label version=V`, a burner, and the
-/// inference server's 8 requests of `unit` s; returns the printed intervals and the
-/// enriched request spans the backend received.
-fn record_run(
-    db: &Path,
-    version: &str,
-    unit: f64,
-) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-    let (port, backend_port) = (free_port_pair(), free_port_pair());
-    let backend = Backend::start(backend_port);
-    let (receive, endpoint) = (
-        format!("127.0.0.1:{port}"),
-        format!("http://127.0.0.1:{backend_port}"),
-    );
-    let label = format!("version={version}");
-    let mut run = AgentRun::start(&[
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
-        &endpoint,
-        "--carbon-intensity",
-        "300",
-        "--pue",
-        "1.2",
-        "--model",
-        "tiny-llama=inference_server",
-        "--record",
-        db.to_str().expect("path"),
-        "--label",
-        &label,
-    ]);
-    let mut burner = Command::new(test_bin("burner"))
-        .args(["1.0", "1"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting the burner");
-    inference_server(&format!("http://127.0.0.1:{port}"), "grpc", 8, unit, &[]);
-    assert!(burner.wait().expect("burner").success());
-    let spans = wait_for(Duration::from_secs(20), || {
-        let s: Vec<_> = (backend.received("span").into_iter())
-            .filter(|s| s["attributes"].get("energy.joules").is_some())
-            .collect();
-        (s.len() >= 8).then_some(s)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "not every request came back enriched: {:?}",
-            backend.received("span")
-        )
-    });
-    run.wait_intervals(1, Duration::from_secs(10));
-    let (status, intervals) = run.stop();
-    assert!(status.success(), "agent: {status}");
-    (intervals, spans)
-}
 
 #[test]
 fn a_recorded_run_reports_what_was_printed_and_the_requests_the_backend_got() {
@@ -201,8 +88,12 @@ fn a_recorded_run_reports_what_was_printed_and_the_requests_the_backend_got() {
         f(&llama["request_j"]) <= f(&llama["energy_j"]) * 1.0001,
         "requests ≤ their model"
     );
+    check_other_formats(&db, &r);
+}
 
-    // The other formats carry the same figures.
+/// The table, CSV, label grouping and HTML page carry the JSON report's figures.
+fn check_other_formats(db: &Path, r: &serde_json::Value) {
+    let llama = group(r, "tiny-llama");
     let db_s = db.to_str().expect("path");
     let table = text(&agent(&["report", db_s]));
     assert!(
@@ -221,9 +112,9 @@ fn a_recorded_run_reports_what_was_printed_and_the_requests_the_backend_got() {
         "{row}"
     );
     assert_eq!(cells[11], "8", "{row}");
-    let by_label = report_json(&db, &["--by", "label"]);
+    let by_label = report_json(db, &["--by", "label"]);
     assert_eq!(by_label["groups"][0]["name"], "version=1");
-    let html = dir.path().join("report.html");
+    let html = db.with_file_name("report.html");
     let out = agent(&[
         "report",
         db_s,
@@ -233,7 +124,7 @@ fn a_recorded_run_reports_what_was_printed_and_the_requests_the_backend_got() {
         html.to_str().expect("path"),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    check_page_in_chromium(&html, &r);
+    check_page_in_chromium(&html, r);
 }
 
 /// The page, rendered by headless Chromium: every plot has its size and its series, the
@@ -476,9 +367,17 @@ fn measure_records_its_run_with_labels_and_the_gate_judges_it() {
         "the history's run is the measured command",
     );
     close(f(&run["carbon_g"]), f(&m["carbon_g"]), "and its carbon");
+    check_gate_exit_codes(dir.path(), &db, &m_json, &m);
+}
+
+/// `gate` on a measured run, from its report and from the history: 0 within, 1 over,
+/// 2 without data; and `measure --budget`.
+fn check_gate_exit_codes(dir: &Path, db: &Path, m_json: &Path, m: &serde_json::Value) {
+    let db_s = db.to_str().expect("path");
+    let burner = test_bin("burner");
     let kwh = f(&m["energy_j"]["total"]) / 3.6e6;
     let budgets = |name: &str, limits: &str| {
-        let p = dir.path().join(name);
+        let p = dir.join(name);
         std::fs::write(&p, format!("[budget.burner]\n{limits}\n")).expect("budget file");
         p
     };
@@ -490,76 +389,57 @@ fn measure_records_its_run_with_labels_and_the_gate_judges_it() {
         let out = agent(args);
         (out.status.code(), text(&out))
     };
-    let p = |p: &PathBuf| p.to_str().expect("path").to_string();
+    let p = |p: &Path| p.to_str().expect("path").to_string();
     let (w, o, t) = (p(&within), p(&over), p(&tokens));
-    assert_eq!(
-        code(&["gate", "--budget", &w, "--measure-json", m_s]).0,
-        Some(0)
-    );
-    let (c, out) = code(&["gate", "--budget", &o, "--measure-json", m_s]);
-    assert_eq!(c, Some(1), "{out}");
-    assert!(
-        out.contains("OVER") && out.contains("max_kwh_per_run"),
-        "{out}"
-    );
-    assert_eq!(
-        code(&[
-            "gate",
-            "--budget",
-            &w,
-            "--history",
-            db_s,
-            "--model",
-            "burner"
-        ])
-        .0,
-        Some(0)
-    );
-    assert_eq!(
-        code(&[
-            "gate",
-            "--budget",
-            &o,
-            "--history",
-            db_s,
-            "--model",
-            "burner"
-        ])
-        .0,
-        Some(1)
-    );
-    let (c, out) = code(&[
-        "gate",
-        "--budget",
-        &t,
-        "--history",
-        db_s,
-        "--model",
-        "burner",
-    ]);
-    assert_eq!(c, Some(2), "no requests recorded is no pass: {out}");
-    assert_eq!(
-        code(&[
-            "gate",
-            "--budget",
-            &w,
-            "--history",
-            db_s,
-            "--since",
-            "2030-01-01T00:00:00Z"
-        ])
-        .0,
-        Some(2)
-    );
-    assert_eq!(
-        code(&["gate", "--budget", &w, "--history", "/nonexistent.db"]).0,
-        Some(2)
-    );
-    std::fs::write(&m_json, "not json").expect("write");
-    assert_eq!(
-        code(&["gate", "--budget", &w, "--measure-json", m_s]).0,
-        Some(2)
-    );
+    let cases: [(&[&str], i32, &str); 7] = [
+        (&["--budget", &w, "--measure-json", m_s], 0, "within"),
+        (&["--budget", &o, "--measure-json", m_s], 1, "over"),
+        (
+            &["--budget", &w, "--history", db_s, "--model", "burner"],
+            0,
+            "within",
+        ),
+        (
+            &["--budget", &o, "--history", db_s, "--model", "burner"],
+            1,
+            "over",
+        ),
+        (
+            &["--budget", &t, "--history", db_s, "--model", "burner"],
+            2,
+            "no requests",
+        ),
+        (
+            &[
+                "--budget",
+                &w,
+                "--history",
+                db_s,
+                "--since",
+                "2030-01-01T00:00:00Z",
+            ],
+            2,
+            "none since",
+        ),
+        (
+            &["--budget", &w, "--history", "/nonexistent.db"],
+            2,
+            "no file",
+        ),
+    ];
+    for (args, want, why) in cases {
+        let (c, out) = code(&[&["gate"], args].concat());
+        assert_eq!(c, Some(want), "{why} ({args:?}): {out}");
+        if want == 1 {
+            assert!(
+                out.contains("OVER") && out.contains("max_kwh_per_run"),
+                "{out}"
+            );
+        }
+    }
+    std::fs::write(m_json, "not json").expect("write");
+    let (c, out) = code(&["gate", "--budget", &w, "--measure-json", m_s]);
+    assert_eq!(c, Some(2), "a broken report: {out}");
     // measure --budget: the command's own exit code first, then the gate's.
     let b = burner.to_str().expect("path");
     let measure = |budget: &str, args: &[&str]| {
