@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests: the agent binary, the test programs, and the
 //! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
 
+pub mod browser;
 pub mod cuda;
 pub mod known_model;
+pub mod lifecycle;
 pub mod otlp;
 pub mod powercap;
 

@@ -23,7 +23,7 @@ use super::{
     admission::{Admitted, Ticket, trace_items},
     spans::{self, Selection},
 };
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy};
+use crate::requests::{Claims, History, IntervalRecord, RequestSample, RequestSpan, SpanEnergy};
 use generations::Generations;
 use known::{Known, KnownSpans};
 pub use resolve::ServiceRule;
@@ -93,7 +93,7 @@ pub struct Enricher {
     traces: TraceIndex,
     /// `--service` rules and what they found.
     services: Services,
-    requests: Vec<(String, f64)>,
+    requests: Vec<RequestSample>,
     /// Request spans seen, so concurrent spans from other batches take part in each
     /// split.
     known: KnownSpans,
@@ -268,8 +268,8 @@ impl Enricher {
         request
     }
 
-    /// The (model, joules) of each request enriched since the last call.
-    pub fn take_requests(&mut self) -> Vec<(String, f64)> {
+    /// Each request enriched since the last call (model, joules, grams, tokens).
+    pub fn take_requests(&mut self) -> Vec<RequestSample> {
         std::mem::take(&mut self.requests)
     }
 

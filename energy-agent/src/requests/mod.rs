@@ -281,6 +281,25 @@ pub struct RequestSpan {
     pub tokens: Option<u64>,
 }
 
+/// One enriched request, as the history keeps it: the sample the report's
+/// per-request figures (mean, p50/p95, J/token) and the drift's confidence interval
+/// are computed from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestSample {
+    /// Model of the process that served it.
+    pub model: String,
+    /// When the span ended, Unix ns.
+    pub end_unix_ns: u64,
+    /// Energy given to the request.
+    pub joules: Joules,
+    /// Its operational carbon, grams.
+    pub carbon_g: f64,
+    /// gen_ai input + output tokens, when the span carried them.
+    pub tokens: Option<u64>,
+    /// Whether any part of its energy is estimated.
+    pub estimated: bool,
+}
+
 /// What a span is given.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpanEnergy {

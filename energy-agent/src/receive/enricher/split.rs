@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     receive::spans,
-    requests::{RequestSpan, SpanEnergy, enrich},
+    requests::{RequestSample, RequestSpan, SpanEnergy, enrich},
 };
 
 /// Per (pid, interval start): a known span without a live thread id in that interval,
@@ -178,8 +178,14 @@ impl Enricher {
         now: Instant,
     ) {
         let model = self.history.model_of(request.pid).unwrap_or("unknown");
-        self.requests
-            .push((model.to_string(), energy.joules.total().get()));
+        self.requests.push(RequestSample {
+            model: model.to_string(),
+            end_unix_ns: request.end_ns,
+            joules: energy.joules.total(),
+            carbon_g: energy.carbon_g,
+            tokens: request.tokens,
+            estimated: energy.estimated,
+        });
         self.traces.mark_enriched(trace, span);
         self.known
             .mark_enriched(request.pid, request.start_ns, trace, span);
