@@ -264,6 +264,45 @@ pub struct RequestSpan {
     pub tokens: Option<u64>,
 }
 
+/// How a span's share of its process's CPU energy was decided (`energy.split`), in
+/// the interval that gave it the most energy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SplitMode {
+    /// By the CPU time of the thread the span declared (`thread.native_id`).
+    Thread,
+    /// By the CPU time of threads matched to the span from their timelines (with any
+    /// declared thread's).
+    ThreadInferred,
+    /// Among the spans in flight, by their gen_ai token counts.
+    Tokens,
+    /// Equally among the spans in flight.
+    #[default]
+    Equal,
+}
+
+impl SplitMode {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitMode::Thread => "thread",
+            SplitMode::ThreadInferred => "thread-inferred",
+            SplitMode::Tokens => "tokens",
+            SplitMode::Equal => "equal",
+        }
+    }
+
+    const ALL: [SplitMode; 4] = [
+        SplitMode::Thread,
+        SplitMode::ThreadInferred,
+        SplitMode::Tokens,
+        SplitMode::Equal,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a span is given.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpanEnergy {
@@ -281,6 +320,17 @@ pub struct SpanEnergy {
     pub estimated: bool,
     /// Energy source names.
     pub source: String,
+    /// How its CPU share was decided.
+    pub split: SplitMode,
+    /// The confidence of the thread matching in the intervals that gave the span its
+    /// energy, energy-weighted (1 for declared threads; for `tokens` and `equal`, the
+    /// matching's confidence that was too low).
+    pub split_confidence: f64,
+    /// gen_ai input tokens of the request (its own or its gen_ai spans'), for the
+    /// per-token figures.
+    pub input_tokens: Option<u64>,
+    /// gen_ai output tokens of the request.
+    pub output_tokens: Option<u64>,
 }
 
 impl SpanEnergy {
@@ -357,6 +407,20 @@ struct Share {
     gpu: f64,
 }
 
+/// The least confidence of the thread matching (see [`infer`]) for an interval with
+/// spans that declare no thread to be split by the matched threads' CPU time; below it
+/// the interval is split among the spans in flight (by tokens, else equally).
+pub const MIN_CONFIDENCE: f64 = 0.5;
+
+/// One span's part of one interval: its fractions, how the CPU part was decided, and
+/// the matching's confidence.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    share: Share,
+    mode: SplitMode,
+    confidence: f64,
+}
+
 /// Each overlapping span's fraction of `proc`'s CPU/DRAM and GPU energy in `record`
 /// (indices into `all`), before any cap.
 fn fractions(
@@ -364,7 +428,8 @@ fn fractions(
     proc: &ProcessInterval,
     all: &[RequestSpan],
     indices: &[usize],
-) -> Vec<(usize, Share)> {
+    inference: &infer::Inference,
+) -> Vec<(usize, Part)> {
     let len = record.end_ns.saturating_sub(record.start_ns);
     let here: Vec<usize> = indices
         .iter()
@@ -377,18 +442,44 @@ fn fractions(
     let on_threads = here.iter().all(|&i| all[i].tid.is_some());
     let even = |ns: u64| vec![(record.start_ns, record.end_ns, ns)];
     let segments = segment_fractions(record, &here, all);
-    let cpu = if on_threads && proc.cpu_ns > Nanos(0) {
-        thread_fractions(&here, all, proc.cpu_ns.get(), |tid| {
+    let confidence = inference.confidence(record.start_ns);
+    let by_threads = on_threads || confidence >= MIN_CONFIDENCE;
+    let mut modes: HashMap<usize, SplitMode> = HashMap::new();
+    let cpu = if by_threads && proc.cpu_ns > Nanos(0) {
+        let declared: Vec<usize> = here
+            .iter()
+            .copied()
+            .filter(|&i| all[i].tid.is_some())
+            .collect();
+        let total = proc.cpu_ns.get();
+        let mut cpu = thread_fractions(&declared, all, total, |tid| {
             proc.timeline
                 .get(&tid)
                 .cloned()
                 .unwrap_or_else(|| even(proc.threads.get(&tid).copied().unwrap_or(0)))
-        })
+        });
+        for &i in &here {
+            let inferred = inference.ns(record.start_ns, i) / total as f64;
+            let declares = all[i].tid.is_some();
+            if inferred > 0.0 {
+                *cpu.entry(i).or_default() += inferred;
+            }
+            let mode = if declares && inferred == 0.0 {
+                SplitMode::Thread
+            } else {
+                SplitMode::ThreadInferred
+            };
+            modes.insert(i, mode);
+        }
+        cpu
     } else {
-        segments.clone()
+        for (&i, s) in &segments {
+            modes.insert(i, s.mode());
+        }
+        segments.iter().map(|(&i, s)| (i, s.total)).collect()
     };
     let gpu_total: u64 = proc.gpu_threads.values().sum();
-    let gpu = if on_threads && gpu_total > 0 {
+    let gpu: HashMap<usize, f64> = if on_threads && gpu_total > 0 {
         thread_fractions(&here, all, gpu_total, |tid| {
             proc.gpu_timeline
                 .get(&tid)
@@ -396,7 +487,7 @@ fn fractions(
                 .unwrap_or_else(|| even(proc.gpu_threads.get(&tid).copied().unwrap_or(0)))
         })
     } else {
-        segments
+        segments.iter().map(|(&i, s)| (i, s.total)).collect()
     };
     here.iter()
         .map(|i| {
@@ -404,7 +495,18 @@ fn fractions(
                 cpu: cpu.get(i).copied().unwrap_or(0.0),
                 gpu: gpu.get(i).copied().unwrap_or(0.0),
             };
-            (*i, share)
+            let mode = modes.get(i).copied().unwrap_or_default();
+            let confidence = if mode == SplitMode::Thread {
+                1.0
+            } else {
+                confidence
+            };
+            let part = Part {
+                share,
+                mode,
+                confidence,
+            };
+            (*i, part)
         })
         .collect()
 }
@@ -444,6 +546,24 @@ fn thread_fractions(
         .collect()
 }
 
+/// A span's segment-mode fraction of an interval, and how much of it came by tokens.
+#[derive(Clone, Copy, Debug, Default)]
+struct Segmented {
+    total: f64,
+    by_tokens: f64,
+}
+
+impl Segmented {
+    /// Tokens when most of the fraction came by tokens, else equal.
+    fn mode(&self) -> SplitMode {
+        if self.by_tokens * 2.0 > self.total {
+            SplitMode::Tokens
+        } else {
+            SplitMode::Equal
+        }
+    }
+}
+
 /// Segment mode: the interval is cut at every span boundary inside it; in each
 /// segment the process's energy goes to the spans active then (by tokens, else
 /// equally).
@@ -451,7 +571,7 @@ fn segment_fractions(
     record: &IntervalRecord,
     here: &[usize],
     all: &[RequestSpan],
-) -> HashMap<usize, f64> {
+) -> HashMap<usize, Segmented> {
     let len = record.end_ns.saturating_sub(record.start_ns);
     let mut cuts: BTreeSet<u64> = [record.start_ns, record.end_ns].into();
     for &i in here {
@@ -462,7 +582,7 @@ fn segment_fractions(
         }
     }
     let cuts: Vec<u64> = cuts.into_iter().collect();
-    let mut out: HashMap<usize, f64> = HashMap::new();
+    let mut out: HashMap<usize, Segmented> = HashMap::new();
     for w in cuts.windows(2) {
         let (a, b) = (w[0], w[1]);
         let active: Vec<usize> = here
@@ -474,8 +594,13 @@ fn segment_fractions(
             continue;
         }
         let fraction = (b - a) as f64 / len as f64;
-        for (i, share) in shares(&active, all) {
-            *out.entry(i).or_default() += fraction * share;
+        let (by_tokens, split) = shares(&active, all);
+        for (i, share) in split {
+            let s = out.entry(i).or_default();
+            s.total += fraction * share;
+            if by_tokens {
+                s.by_tokens += fraction * share;
+            }
         }
     }
     out
@@ -501,44 +626,91 @@ pub fn enrich(
     // Only the intervals the targets overlap can give them anything.
     let from = targets.iter().map(|&i| all[i].start_ns).min().unwrap_or(0);
     let to = targets.iter().map(|&i| all[i].end_ns).max().unwrap_or(0);
-    for record in history.overlapping(from, to) {
+    let records: Vec<&IntervalRecord> = history.overlapping(from, to).collect();
+    let inferences: HashMap<u32, infer::Inference> = pids
+        .iter()
+        .map(|pid| {
+            let intervals: Vec<(&IntervalRecord, &ProcessInterval)> = records
+                .iter()
+                .filter_map(|r| Some((*r, r.processes.get(pid)?)))
+                .collect();
+            (*pid, infer::infer(&intervals, all, &by_pid[pid]))
+        })
+        .collect();
+    let mut modes = vec![Modes::default(); targets.len()];
+    for record in records {
         for pid in &pids {
             let Some(proc) = record.processes.get(pid) else {
                 continue;
             };
-            let mine: Vec<(usize, Share)> = fractions(record, proc, all, &by_pid[pid])
-                .into_iter()
-                .filter(|(i, _)| slot.contains_key(i))
-                .collect();
+            let mine: Vec<(usize, Part)> =
+                fractions(record, proc, all, &by_pid[pid], &inferences[pid])
+                    .into_iter()
+                    .filter(|(i, _)| slot.contains_key(i))
+                    .collect();
             let cpu_scale = claims.grant(
                 (*pid, record.start_ns, 0),
-                mine.iter().map(|(_, f)| f.cpu).sum(),
+                mine.iter().map(|(_, p)| p.share.cpu).sum(),
             );
             let gpu_scale = claims.grant(
                 (*pid, record.start_ns, 1),
-                mine.iter().map(|(_, f)| f.gpu).sum(),
+                mine.iter().map(|(_, p)| p.share.gpu).sum(),
             );
-            for (i, f) in mine {
+            for (i, p) in mine {
                 let share = Share {
-                    cpu: f.cpu * cpu_scale,
-                    gpu: f.gpu * gpu_scale,
+                    cpu: p.share.cpu * cpu_scale,
+                    gpu: p.share.gpu * gpu_scale,
                 };
                 let k = slot[&i];
                 let added = out[k].add(&proc.joules, share, record, proc.embodied_g);
                 weighted[k] += added.get() * record.g_per_kwh;
+                modes[k].add(p.mode, p.confidence, added.get());
             }
         }
     }
-    for (s, w) in out.iter_mut().zip(weighted) {
+    for ((s, w), m) in out.iter_mut().zip(weighted).zip(modes) {
         if s.joules.total() > Joules::ZERO {
             s.g_per_kwh = w / s.joules.total().get();
         }
+        (s.split, s.split_confidence) = m.decided();
     }
     out
 }
 
-/// Each active span's share of a segment's process energy: by tokens, else equal.
-fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
+/// The split modes of one span's intervals, by the joules each gave it.
+#[derive(Clone, Debug, Default)]
+struct Modes {
+    joules: [f64; 4],
+    /// Σ joules × confidence, Σ joules.
+    confidence: (f64, f64),
+    /// The first interval's mode and confidence (for a span given nothing).
+    first: Option<(SplitMode, f64)>,
+}
+
+impl Modes {
+    fn add(&mut self, mode: SplitMode, confidence: f64, joules: f64) {
+        self.first.get_or_insert((mode, confidence));
+        self.joules[mode.index()] += joules;
+        self.confidence.0 += joules * confidence;
+        self.confidence.1 += joules;
+    }
+
+    /// The mode that gave the most energy, and the energy-weighted confidence.
+    fn decided(&self) -> (SplitMode, f64) {
+        if self.confidence.1 <= 0.0 {
+            return self.first.unwrap_or_default();
+        }
+        let mode = SplitMode::ALL
+            .into_iter()
+            .max_by(|a, b| self.joules[a.index()].total_cmp(&self.joules[b.index()]))
+            .unwrap_or_default();
+        (mode, self.confidence.0 / self.confidence.1)
+    }
+}
+
+/// Each active span's share of a segment's process energy: by tokens (true), else
+/// equal.
+fn shares(active: &[usize], spans: &[RequestSpan]) -> (bool, Vec<(usize, f64)>) {
     if active
         .iter()
         .all(|&i| spans[i].tokens.is_some_and(|t| t > 0))
@@ -548,14 +720,16 @@ fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
             .iter()
             .map(|&i| u128::from(spans[i].tokens.unwrap_or(0)))
             .sum();
-        return active
+        let split = active
             .iter()
             .map(|&i| (i, spans[i].tokens.unwrap_or(0) as f64 / total as f64))
             .collect();
+        return (true, split);
     }
     let n = active.len() as f64;
-    active.iter().map(|&i| (i, 1.0 / n)).collect()
+    (false, active.iter().map(|&i| (i, 1.0 / n)).collect())
 }
 
+mod infer;
 #[cfg(test)]
 mod tests;
