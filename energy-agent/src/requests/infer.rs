@@ -288,12 +288,7 @@ type Piece = (u64, u64, Vec<(usize, f64)>);
 
 /// Bucket `b` cut at the fitted spans' edges: each piece with the spans in flight over
 /// it and their weights (span index, weight > 0).
-fn segments(
-    b: Bucket,
-    regressors: &[usize],
-    x: &[f64],
-    all: &[RequestSpan],
-) -> Vec<Piece> {
+fn segments(b: Bucket, regressors: &[usize], x: &[f64], all: &[RequestSpan]) -> Vec<Piece> {
     let mut cuts: BTreeSet<u64> = [b.start, b.end].into();
     for &i in regressors {
         for t in [all[i].start_ns, all[i].end_ns] {

@@ -243,6 +243,16 @@ impl History {
             .map(|p| p.model.as_str())
     }
 
+    /// Whether the newest interval was read more finely than whole (sub-interval
+    /// timelines, `--request-resolution`).
+    pub fn sub_sampled(&self) -> bool {
+        self.records.back().is_some_and(|r| {
+            r.processes
+                .values()
+                .any(|p| p.timeline.values().any(|t| t.len() > 1))
+        })
+    }
+
     /// Whether `pid` ran in any kept interval.
     pub fn knows(&self, pid: u32) -> bool {
         self.records.iter().any(|r| r.processes.contains_key(&pid))

@@ -353,8 +353,9 @@ fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>) {
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
-    for (model, joules) in &requests {
-        m.observe_request(model, *joules);
+    for r in &requests {
+        m.observe_request(&r.model, r.joules);
+        m.observe_request_tokens(&r.model, r.joules, r.input_tokens, r.output_tokens);
     }
     for (state, v) in [
         ("received", s.received),
