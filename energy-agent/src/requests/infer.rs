@@ -34,6 +34,8 @@ const MAX_SPANS: usize = 48;
 /// spans must explain the thread's ups and downs, not only its level (a thread busy
 /// all along is no evidence for any span).
 const MAX_RESIDUAL: f64 = 0.5;
+/// Longest bucket whose uncovered part, where a span covers the rest, is the span's.
+const MAX_EDGE_BUCKET_NS: f64 = 100e6;
 /// Ridge, relative to the mean diagonal of the normal equations.
 const RIDGE: f64 = 1e-3;
 
@@ -90,16 +92,10 @@ pub(super) fn infer(
     let mut out = Inference::default();
     for series in activity.values() {
         let fit = match_thread(&grid, series, all, spans);
-        for (k, &ns) in series.iter().enumerate() {
-            if ns == 0.0 {
-                continue;
-            }
-            let b = grid[k];
-            let in_flight = covered_share(b, spans.iter().map(|&i| &all[i]));
-            out.per_interval.entry(b.interval).or_default().1 += ns * in_flight;
+        for (interval, ns) in fit.in_flight {
+            out.per_interval.entry(interval).or_default().1 += ns;
         }
-        let Some(fit) = fit else { continue };
-        for ((interval, span), ns) in fit {
+        for ((interval, span), ns) in fit.given {
             *out.given.entry((interval, span)).or_default() += ns;
             out.per_interval.entry(interval).or_default().0 += ns;
         }
@@ -199,65 +195,183 @@ fn covered_share<'a>(b: Bucket, spans: impl Iterator<Item = &'a RequestSpan>) ->
     covered as f64 / b.len().max(1.0)
 }
 
-/// The fit of one thread's series: per (interval, span), the ns the span gets; None
-/// when the spans do not explain the thread.
+/// The bursts of a series: maximal runs of consecutive buckets in which the thread
+/// ran, as index ranges.
+fn bursts(series: &[f64]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (k, &ns) in series.iter().enumerate() {
+        match (ns > 0.0, start) {
+            (true, None) => start = Some(k),
+            (false, Some(s)) => {
+                out.push(s..k);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(s..series.len());
+    }
+    out
+}
+
+/// What one burst of a thread's activity came to under the fit.
+#[derive(Default)]
+struct BurstFit {
+    total: f64,
+    fitted: f64,
+    inside: f64,
+    outside: f64,
+    distinct: f64,
+    given: Vec<((u64, usize), f64)>,
+}
+
+impl BurstFit {
+    /// Busy mostly while none of its spans is in flight.
+    fn pending(&self) -> bool {
+        self.outside > MAX_OUTSIDE * self.inside
+    }
+
+    /// Busy while its spans are in flight, idle otherwise, one span at a time.
+    fn explained(&self) -> bool {
+        self.total > 0.0
+            && self.fitted >= MIN_EXPLAINED * self.total
+            && self.outside <= MAX_OUTSIDE * self.inside
+            && self.distinct >= MIN_DISTINCT * self.inside
+    }
+}
+
+/// What one thread gave: per (interval, span) the ns of its explained bursts, and per
+/// interval the ns it ran while spans were in flight, counting explained and ambiguous
+/// bursts but not pending ones (busy mostly while no known span is: the work of a
+/// request not seen yet, or of none), which say nothing against the matching.
+#[derive(Default)]
+struct ThreadFit {
+    given: Vec<((u64, usize), f64)>,
+    in_flight: Vec<(u64, f64)>,
+}
+
+/// The fit of one thread's series against the spans. A burst during which no span is
+/// in flight is left out of the fit (a request not seen yet, or work of no request).
 fn match_thread(
     grid: &[Bucket],
     series: &[f64],
     all: &[RequestSpan],
     spans: &[usize],
-) -> Option<HashMap<(u64, usize), f64>> {
-    let active: Vec<usize> = (0..grid.len()).filter(|&k| series[k] > 0.0).collect();
+) -> ThreadFit {
+    let touches = |k: usize, i: usize| overlap(&all[i], grid[k].start, grid[k].end) > 0;
+    let mut kept = series.to_vec();
+    let mut relevant = Vec::new();
+    for burst in bursts(series) {
+        if burst.clone().any(|k| spans.iter().any(|&i| touches(k, i))) {
+            relevant.push(burst);
+        } else {
+            burst.for_each(|k| kept[k] = f64::NAN);
+        }
+    }
     let regressors: Vec<usize> = spans
         .iter()
         .copied()
         .filter(|&i| {
-            active
+            relevant
                 .iter()
-                .any(|&k| overlap(&all[i], grid[k].start, grid[k].end) > 0)
+                .flat_map(|b| b.clone())
+                .any(|k| touches(k, i))
         })
         .collect();
-    if regressors.is_empty() || regressors.len() > MAX_SPANS {
-        return None;
+    let mut out = ThreadFit::default();
+    if regressors.is_empty() {
+        return out;
     }
-    let x = fit(grid, series, all, &regressors);
-    let (mut fitted_ns, mut total_ns, mut inside, mut outside, mut distinct) =
-        (0.0, 0.0, 0.0, 0.0, 0.0);
-    let mut given: HashMap<(u64, usize), f64> = HashMap::new();
-    for &k in &active {
+    let (x, varies) = if regressors.len() > MAX_SPANS {
+        // Too many to tell apart: every burst in flight is ambiguous.
+        (vec![1.0; regressors.len()], false)
+    } else {
+        let x = fit(grid, &kept, all, &regressors);
+        let varies = explains_the_variation(grid, &kept, all, &regressors, &x);
+        (x, varies)
+    };
+    for burst in relevant {
+        let in_flight: Vec<(u64, f64)> = burst
+            .clone()
+            .map(|k| {
+                let cover = covered_share(grid[k], spans.iter().map(|&i| &all[i]));
+                (grid[k].interval, series[k] * cover)
+            })
+            .collect();
+        let b = fit_burst(grid, series, burst, all, &regressors, &x);
+        if b.pending() {
+            continue;
+        }
+        out.in_flight.extend(in_flight);
+        if varies && b.explained() {
+            out.given.extend(b.given);
+        }
+    }
+    out
+}
+
+/// One burst's figures under the fit `x` of `regressors`.
+fn fit_burst(
+    grid: &[Bucket],
+    series: &[f64],
+    burst: std::ops::Range<usize>,
+    all: &[RequestSpan],
+    regressors: &[usize],
+    x: &[f64],
+) -> BurstFit {
+    let mut out = BurstFit::default();
+    for k in burst {
         let b = grid[k];
         let (ns, len) = (series[k], b.len().max(1.0));
         let f: f64 = regressors
             .iter()
-            .zip(&x)
+            .zip(x)
             .map(|(&i, xi)| xi * overlap(&all[i], b.start, b.end) as f64 / len)
             .sum();
-        total_ns += ns;
-        fitted_ns += ns.min(f * len);
-        for (a, e, weights) in segments(b, &regressors, &x, all) {
+        out.total += ns;
+        out.fitted += ns.min(f * len);
+        // The part of a sub-interval read no span covers, where a span covers the rest,
+        // is taken as the covering spans' (within a read there is no telling when the
+        // thread ran); a read no span touches is outside. Of a longer bucket (a read
+        // the agent was late for, or a whole interval read once) the spans take only
+        // the part they cover, the thread taken as running evenly, and the rest is
+        // evidence neither way.
+        let mut here: Vec<(usize, f64)> = Vec::new();
+        let (mut covered, mut top) = (0.0, 0.0);
+        for (a, e, weights) in segments(b, regressors, x, all) {
             let part = ns * (e - a) as f64 / len;
             let sum: f64 = weights.iter().map(|w| w.1).sum();
             if sum <= 0.0 {
-                outside += part;
                 continue;
             }
-            inside += part;
-            let top = weights.iter().map(|w| w.1).fold(0.0, f64::max);
-            distinct += part * top / sum;
-            for (i, w) in weights {
-                *given.entry((b.interval, i)).or_default() += part * w / sum;
-            }
+            covered += part;
+            top += part * weights.iter().map(|w| w.1).fold(0.0, f64::max) / sum;
+            here.extend(weights.iter().map(|&(i, w)| (i, part * w / sum)));
+        }
+        if covered <= 0.0 {
+            out.outside += ns;
+            continue;
+        }
+        let taken = if len <= MAX_EDGE_BUCKET_NS {
+            ns
+        } else {
+            covered
+        };
+        out.total -= ns - taken;
+        out.fitted = out.fitted.min(out.total);
+        out.inside += taken;
+        out.distinct += top * taken / covered;
+        for (i, part) in here {
+            out.given.push(((b.interval, i), part * taken / covered));
         }
     }
-    let explained = total_ns > 0.0
-        && explains_the_variation(grid, series, all, &regressors, &x)
-        && fitted_ns >= MIN_EXPLAINED * total_ns
-        && outside <= MAX_OUTSIDE * inside
-        && distinct >= MIN_DISTINCT * inside;
-    explained.then_some(given)
+    out
 }
 
-/// Whether the fit's squared error is at most [`MAX_RESIDUAL`] of a constant rate's.
+/// Whether the fit's squared error is at most [`MAX_RESIDUAL`] of a constant rate's
+/// (buckets marked NaN are left out).
 fn explains_the_variation(
     grid: &[Bucket],
     series: &[f64],
@@ -265,10 +379,11 @@ fn explains_the_variation(
     regressors: &[usize],
     x: &[f64],
 ) -> bool {
-    let weight: f64 = grid.iter().map(|b| b.len()).sum();
-    let mean = series.iter().sum::<f64>() / weight.max(1.0);
+    let kept = || grid.iter().zip(series).filter(|(_, ns)| !ns.is_nan());
+    let weight: f64 = kept().map(|(b, _)| b.len()).sum();
+    let mean = kept().map(|(_, ns)| ns).sum::<f64>() / weight.max(1.0);
     let (mut constant, mut fitted) = (0.0, 0.0);
-    for (b, &ns) in grid.iter().zip(series) {
+    for (b, &ns) in kept() {
         let len = b.len().max(1.0);
         let a = ns / len;
         let f: f64 = regressors
@@ -318,6 +433,9 @@ fn fit(grid: &[Bucket], series: &[f64], all: &[RequestSpan], regressors: &[usize
     let mut q = vec![vec![0.0; n]; n];
     let mut rhs = vec![0.0; n];
     for (k, b) in grid.iter().enumerate() {
+        if series[k].is_nan() {
+            continue;
+        }
         let len = b.len().max(1.0);
         let cover: Vec<(usize, f64)> = regressors
             .iter()

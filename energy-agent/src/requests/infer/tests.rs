@@ -235,3 +235,48 @@ fn nnls_keeps_weights_non_negative_and_solves_the_unconstrained_case() {
     let x = super::nnls(&q, &[2.0, -1.0]);
     assert!((x[0] - 1.0).abs() < 1e-9 && x[1] == 0.0, "{x:?}");
 }
+
+#[test]
+fn requests_and_what_stays_unattributed_add_up_to_the_process_per_interval() {
+    // Two intervals; the heavy request straddles them. Thread 9 works for no request.
+    let mut h = History::new(8);
+    h.push(record(
+        0,
+        &[
+            (2, &[(600, 1000, 0.5)]),
+            (3, &[(600, 1000, 0.5)]),
+            (9, &[(0, 1000, 0.2)]),
+        ],
+    ));
+    h.push(record(
+        S,
+        &[
+            (2, &[(1000, 1400, 1.0)]),
+            (3, &[(1000, 1200, 0.5)]),
+            (9, &[(1000, 2000, 0.2)]),
+        ],
+    ));
+    h.push(record(2 * S, &[]));
+    let spans = [span(600, 1400, None), span(600, 1200, None)];
+    // Half the batch first, then the rest, as two exports would bring them.
+    let mut claims = Claims::default();
+    let first = enrich(&[1], &spans, &h, &mut claims);
+    let second = enrich(&[0], &spans, &h, &mut claims);
+    let requests = j(&first[0]) + j(&second[0]);
+    let process: f64 = h
+        .overlapping(0, 3 * S)
+        .map(|r| r.processes[&7].joules.total().get())
+        .sum();
+    // Thread 9's 0.4 CPU-s (0.4 J) is the process's, not the requests'.
+    let unattributed = process - requests;
+    assert!(
+        (unattributed - 0.4).abs() < 0.01,
+        "requests {requests} J + unattributed {unattributed} J = process {process} J"
+    );
+    assert!(
+        (j(&second[0]) - 0.6).abs() < 0.01,
+        "heavy: {}",
+        j(&second[0])
+    );
+    assert!((j(&first[0]) - 0.3).abs() < 0.01, "light: {}", j(&first[0]));
+}
