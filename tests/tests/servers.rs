@@ -33,7 +33,7 @@ use std::{
 use energy_tests::{
     AgentRun,
     otlp::{Backend, free_port_pair, python, run_script, script, wait_for},
-    powercap::{PowercapTree, ZoneSpec},
+    powercap::PowercapTree,
     require_root,
 };
 
@@ -245,16 +245,7 @@ fn serve(
     helper: Option<&Path>,
 ) -> BTreeMap<String, Outcome> {
     require_root();
-    let tree = PowercapTree::start_following_load(
-        vec![ZoneSpec {
-            path: "intel-rapl:0",
-            name: "package-0",
-            watts: IDLE_W,
-            range_uj: 262_143_328_850,
-        }],
-        &[("intel-rapl:0", W_PER_BUSY_CPU)],
-        0,
-    );
+    let tree = PowercapTree::package_following_load(IDLE_W, W_PER_BUSY_CPU);
     let root = tree.root();
     let (port, backend_port) = (free_port_pair(), free_port_pair());
     let app_run = start_app(app, port, helper);

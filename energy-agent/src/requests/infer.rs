@@ -20,7 +20,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{IntervalRecord, ProcessInterval, RequestSpan, overlap};
+use super::{
+    IntervalRecord, ProcessInterval, RequestSpan,
+    fractions::{cuts, overlap},
+};
 
 /// Least share of a thread's activity the fit must explain.
 const MIN_EXPLAINED: f64 = 0.5;
@@ -404,15 +407,7 @@ type Piece = (u64, u64, Vec<(usize, f64)>);
 /// Bucket `b` cut at the fitted spans' edges: each piece with the spans in flight over
 /// it and their weights (span index, weight > 0).
 fn segments(b: Bucket, regressors: &[usize], x: &[f64], all: &[RequestSpan]) -> Vec<Piece> {
-    let mut cuts: BTreeSet<u64> = [b.start, b.end].into();
-    for &i in regressors {
-        for t in [all[i].start_ns, all[i].end_ns] {
-            if t > b.start && t < b.end {
-                cuts.insert(t);
-            }
-        }
-    }
-    let cuts: Vec<u64> = cuts.into_iter().collect();
+    let cuts = cuts((b.start, b.end), regressors.iter().map(|&i| &all[i]));
     cuts.windows(2)
         .map(|w| {
             let weights = regressors
