@@ -70,6 +70,7 @@ pub(crate) fn request(model: &str, end_s: f64, joules: f64, tokens: Option<u64>)
         carbon_g: joules / 3.6e6 * 100.0,
         tokens,
         estimated: false,
+        ..Default::default()
     }
 }
 

@@ -397,6 +397,7 @@ fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>, history: Optio
     let Ok(mut m) = metrics.lock() else { return };
     for r in &requests {
         m.observe_request(&r.model, r.joules.get());
+        m.observe_request_tokens(&r.model, r.joules.get(), r.input_tokens, r.output_tokens);
     }
     if let Some(h) = history {
         h.requests(requests);

@@ -357,4 +357,5 @@ fn a_span_of_another_batch_in_the_same_interval_still_decides_the_split_mode() {
     assert_eq!(joules(&attrs_of(&out[1])[0]), Some(4.0));
 }
 
+mod genai;
 mod untrusted;
