@@ -16,7 +16,9 @@
 //!
 //! Threads a span declares (`thread.native_id`) are left to the thread split; the rest
 //! are inferred here, so a declared event-loop thread whose requests run their work on
-//! a pool still finds the pool's CPU.
+//! a pool still finds the pool's CPU. A span whose declared thread was on CPU for at
+//! least a quarter of its window did its own work and gets no inferred threads (else a
+//! busy undeclared thread, such as the exporter's at start-up, would be matched to it).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -41,6 +43,10 @@ const MAX_RESIDUAL: f64 = 0.5;
 const MAX_EDGE_BUCKET_NS: f64 = 100e6;
 /// Ridge, relative to the mean diagonal of the normal equations.
 const RIDGE: f64 = 1e-3;
+/// Least share of its window a span's declared thread must be on CPU for the span to
+/// count as served by that thread alone (no inferred threads for it): a thread doing
+/// the request's work, not an event loop handing it to a pool.
+const MIN_SELF_BUSY: f64 = 0.25;
 
 /// What the inference found for one process over consecutive intervals.
 #[derive(Debug, Default)]
@@ -91,10 +97,23 @@ pub(super) fn infer(
     spans: &[usize],
 ) -> Inference {
     let declared: BTreeSet<u32> = spans.iter().filter_map(|&i| all[i].tid).collect();
-    let (grid, activity) = timelines(intervals, &declared);
+    let (grid, mut activity) = timelines(intervals);
+    // A span whose declared thread did its work is that thread's alone; the others
+    // (no thread, or a thread that mostly waited) are what inferred threads explain.
+    let candidates: Vec<usize> = spans
+        .iter()
+        .copied()
+        .filter(|&i| match all[i].tid {
+            Some(tid) => activity
+                .get(&tid)
+                .is_none_or(|series| busy_share(&grid, series, &all[i]) < MIN_SELF_BUSY),
+            None => true,
+        })
+        .collect();
+    activity.retain(|tid, _| !declared.contains(tid));
     let mut out = Inference::default();
     for series in activity.values() {
-        let fit = match_thread(&grid, series, all, spans);
+        let fit = match_thread(&grid, series, all, &candidates);
         for (interval, ns) in fit.in_flight {
             out.per_interval.entry(interval).or_default().1 += ns;
         }
@@ -106,12 +125,22 @@ pub(super) fn infer(
     out
 }
 
-/// The common bucket grid of the intervals and, per undeclared thread, its on-CPU ns
-/// in each bucket (a thread without a timeline in an interval is spread evenly over
-/// the interval's buckets).
+/// The share of `span`'s window during which the thread of `series` was on CPU (the
+/// thread taken as running evenly within a bucket).
+fn busy_share(grid: &[Bucket], series: &[f64], span: &RequestSpan) -> f64 {
+    let ns: f64 = grid
+        .iter()
+        .zip(series)
+        .map(|(b, &ns)| ns * overlap(span, b.start, b.end) as f64 / b.len().max(1.0))
+        .sum();
+    ns / span.end_ns.saturating_sub(span.start_ns).max(1) as f64
+}
+
+/// The common bucket grid of the intervals and, per thread, its on-CPU ns in each
+/// bucket (a thread without a timeline in an interval is spread evenly over the
+/// interval's buckets).
 fn timelines(
     intervals: &[(&IntervalRecord, &ProcessInterval)],
-    declared: &BTreeSet<u32>,
 ) -> (Vec<Bucket>, HashMap<u32, Vec<f64>>) {
     let mut grid = Vec::new();
     let mut spans_of: Vec<(usize, usize)> = Vec::new();
@@ -154,7 +183,7 @@ fn timelines(
     let mut activity: HashMap<u32, Vec<f64>> = HashMap::new();
     for ((_, proc), &(first, last)) in intervals.iter().zip(&spans_of) {
         for (&tid, &ns) in &proc.threads {
-            if declared.contains(&tid) || ns == 0 {
+            if ns == 0 {
                 continue;
             }
             let series = activity.entry(tid).or_insert_with(|| vec![0.0; grid.len()]);

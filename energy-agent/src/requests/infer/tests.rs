@@ -203,6 +203,17 @@ fn declared_threads_alone_are_thread_mode_and_a_busy_background_thread_is_nobody
 }
 
 #[test]
+fn a_span_whose_declared_thread_did_the_work_gets_no_inferred_threads() {
+    // Thread 2 serves the request it declares; thread 9 (an exporter starting up) is
+    // busy only while that request is in flight, which would match it to the request.
+    let threads: &[(u32, Pattern)] = &[(2, &[(100, 700, 1.0)]), (9, &[(150, 450, 1.0)])];
+    let h = history(threads);
+    let e = split(&[span(100, 700, Some(2))], &h);
+    assert!((j(&e[0]) - 0.6).abs() < 0.01, "thread 2's 0.6 CPU-s: {}", j(&e[0]));
+    assert_eq!(e[0].split, SplitMode::Thread, "{:?}", e[0]);
+}
+
+#[test]
 fn the_requests_never_claim_more_than_the_process() {
     let threads: &[(u32, Pattern)] = &[
         (1, &[(0, 1000, 0.1)]),
