@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests: the agent binary, the test programs, and the
 //! kernel's own accounting (`/proc/<pid>/task/*/schedstat`) to compare against.
 
+pub mod browser;
 pub mod cuda;
 pub mod known_model;
+pub mod lifecycle;
 pub mod otlp;
 pub mod powercap;
 
@@ -118,7 +120,17 @@ impl AgentRun {
         while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.intervals.push(v);
         }
-        (status, self.intervals)
+        (status, std::mem::take(&mut self.intervals))
+    }
+}
+
+/// An agent a test did not stop (it panicked first) is killed, not left running.
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

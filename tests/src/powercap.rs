@@ -159,6 +159,21 @@ impl PowercapTree {
         Self::start_following_load(zones, &[], start_uj)
     }
 
+    /// One package zone (`intel-rapl:0`) at `idle_w` + `w_per_busy_cpu` per busy CPU:
+    /// the known power model of the per-request accuracy tests.
+    pub fn package_following_load(idle_w: f64, w_per_busy_cpu: f64) -> Self {
+        Self::start_following_load(
+            vec![ZoneSpec {
+                path: "intel-rapl:0",
+                name: "package-0",
+                watts: idle_w,
+                range_uj: 262_143_328_850,
+            }],
+            &[("intel-rapl:0", w_per_busy_cpu)],
+            0,
+        )
+    }
+
     /// Like [`PowercapTree::start`], and each zone named in `per_busy_cpu` (path, W)
     /// also advances at that many watts per busy CPU of this machine.
     pub fn start_following_load(

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 use energy_tests::{
     AgentRun,
     otlp::{Backend, free_port_pair, inference_server, python, script, wait_for},
-    powercap::{PowercapTree, ZoneSpec},
+    powercap::PowercapTree,
     require_root,
 };
 
@@ -188,16 +188,7 @@ const W_PER_BUSY_CPU: f64 = 20.0;
 #[test]
 fn request_energy_is_the_dynamic_power_of_its_cpu_time() {
     require_root();
-    let tree = PowercapTree::start_following_load(
-        vec![ZoneSpec {
-            path: "intel-rapl:0",
-            name: "package-0",
-            watts: IDLE_W,
-            range_uj: 262_143_328_850,
-        }],
-        &[("intel-rapl:0", W_PER_BUSY_CPU)],
-        0,
-    );
+    let tree = PowercapTree::package_following_load(IDLE_W, W_PER_BUSY_CPU);
     let root = tree.root();
     let (port, backend_port) = (free_port_pair(), free_port_pair());
     let backend = Backend::start(backend_port);

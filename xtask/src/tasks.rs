@@ -137,6 +137,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     // The package of the command depends on libfaketime, which tests/tests/clock.rs preloads.
     ("faketime", "faketime"),
+    ("chromium", "chromium"),
 ];
 
 /// Commands the benchmarks use when present, with their Debian package: bpftrace's

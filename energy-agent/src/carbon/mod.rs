@@ -6,6 +6,7 @@
 //! The stage after attribution: [`Carbon::annotate`] takes the attribution stage's
 //! report and returns a [`CarbonReport`]; nothing before this stage knows of grams.
 
+pub mod forecast;
 pub mod remote;
 mod report;
 pub mod series;

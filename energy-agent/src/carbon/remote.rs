@@ -59,7 +59,8 @@ impl Api {
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
+/// An HTTP client whose every request times out after `timeout`.
+pub(super) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -68,7 +69,11 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// GET `url` with headers; the body on 2xx, else an error naming the status.
-fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> Result<String, String> {
+pub(super) fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, String)],
+) -> Result<String, String> {
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
@@ -136,6 +141,26 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
+/// Logs in to WattTime (HTTP Basic); returns the bearer token.
+pub(super) fn watttime_login(
+    agent: &ureq::Agent,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> Result<String, String> {
+    let basic = format!(
+        "Basic {}",
+        base64(format!("{username}:{password}").as_bytes())
+    );
+    let body = get(agent, &format!("{base}/login"), &[("Authorization", basic)])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("malformed WattTime login body: {e}"))?;
+    Ok(v["token"]
+        .as_str()
+        .ok_or("malformed WattTime login body: no token")?
+        .to_string())
+}
+
 /// One fetch of the current intensity, g/kWh.
 fn fetch(
     api: &Api,
@@ -156,19 +181,7 @@ fn fetch(
         } => {
             for attempt in 0..2 {
                 if token.is_none() {
-                    let basic = format!(
-                        "Basic {}",
-                        base64(format!("{username}:{password}").as_bytes())
-                    );
-                    let body = get(agent, &format!("{base}/login"), &[("Authorization", basic)])?;
-                    let v: serde_json::Value = serde_json::from_str(&body)
-                        .map_err(|e| format!("malformed WattTime login body: {e}"))?;
-                    *token = Some(
-                        v["token"]
-                            .as_str()
-                            .ok_or("malformed WattTime login body: no token")?
-                            .to_string(),
-                    );
+                    *token = Some(watttime_login(agent, base, username, password)?);
                 }
                 let url = format!(
                     "{base}/v3/forecast?region={region}&signal_type=co2_moer&horizon_hours=0"
@@ -298,7 +311,7 @@ impl IntensityProvider for Remote {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::{
         io::{BufRead, BufReader, Write},
@@ -307,7 +320,7 @@ mod tests {
 
     /// A local HTTP server that answers each request with `respond(path, headers)`:
     /// (status, body, delay before answering).
-    fn serve(
+    pub(crate) fn serve(
         respond: impl Fn(&str, &str) -> (u16, String, Duration) + Send + 'static,
     ) -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

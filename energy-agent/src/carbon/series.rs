@@ -70,6 +70,16 @@ impl Series {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The rows, sorted by time.
+    pub fn points(&self) -> &[(SystemTime, f64)] {
+        &self.points
+    }
+
+    /// The file's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The value in force at `at`, with a note when `at` is outside the series.
     pub fn at(&self, at: SystemTime) -> (f64, Option<String>) {
         let idx = self.points.partition_point(|p| p.0 <= at);

@@ -32,6 +32,11 @@
 //! interval = "1s"
 //! output = "table"
 //! top = 10
+//!
+//! [budget.llama]             # energy-agent gate, measure --budget
+//! max_gco2e_per_1k_requests = 2.0
+//! max_joules_per_token = 0.5
+//! max_kwh_per_run = 1.0
 //! ```
 
 use std::{collections::BTreeMap, path::Path};
@@ -64,6 +69,9 @@ pub struct Config {
     /// `run`'s own settings.
     #[serde(default)]
     pub run: RunSection,
+    /// Carbon budgets per model, which `energy-agent gate` and `measure --budget` check.
+    #[serde(default)]
+    pub budget: BTreeMap<String, crate::gate::Budget>,
 }
 
 /// `[power]`.
@@ -418,6 +426,19 @@ top = 5
         );
         assert_eq!(a.sources.models[1].name, "llama");
         assert_eq!(a.top, 5, "untouched flags still come from the file");
+    }
+
+    #[test]
+    fn budgets_per_model() {
+        let c = Config::parse(
+            "[budget.llama]\nmax_joules_per_token = 0.5\nmax_kwh_per_run = 1.0\n[budget.\"mistral-7b\"]\nmax_gco2e_per_1k_requests = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.budget["llama"].max_joules_per_token, Some(0.5));
+        assert_eq!(c.budget["llama"].max_gco2e_per_1k_requests, None);
+        assert_eq!(c.budget["mistral-7b"].max_gco2e_per_1k_requests, Some(2.0));
+        let e = Config::parse("[budget.llama]\nmax_joules = 1\n").unwrap_err();
+        assert!(e.contains("max_joules"), "{e}");
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl ExportArgs {
             receive,
             prometheus: self.prometheus,
             metrics_top: self.metrics_top,
+            record: None,
         })
     }
 

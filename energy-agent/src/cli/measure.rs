@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{export::OtlpArgs, sources::SourceArgs};
+use super::{export::OtlpArgs, record::RecordArgs, sources::SourceArgs};
 use crate::topology::MeasureConfig;
 
 /// Options of `energy-agent measure`.
@@ -25,6 +25,14 @@ pub struct MeasureArgs {
     /// With an endpoint, one span for the command goes there too.
     #[command(flatten)]
     pub otlp: OtlpArgs,
+    /// History flags.
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Check the command against its budget in this config file (`[budget.MODEL]`,
+    /// MODEL from `--label model=NAME` or the file's only budget): when the command
+    /// succeeds, exit 1 over budget, 2 when it cannot be checked.
+    #[arg(long, value_name = "FILE")]
+    pub budget: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -41,6 +49,19 @@ impl MeasureArgs {
             json: self.json,
             output: self.output.clone(),
             otlp: self.otlp.forward_config(1, 1)?,
+            record: (self.record)
+                .record_config(&format!("{:?}", self.sources.idle).to_lowercase())?,
+            budget: match &self.budget {
+                None => None,
+                Some(path) => {
+                    let budgets = super::gate::load_budgets(path)?;
+                    let model = (self.record.labels.iter())
+                        .find(|(k, _)| k == "model")
+                        .map(|(_, v)| v.as_str());
+                    let (model, budget) = super::gate::pick_budget(&budgets, model)?;
+                    Some((model.to_string(), *budget))
+                }
+            },
         })
     }
 }

@@ -6,10 +6,14 @@ pub mod calibrate;
 pub mod check;
 pub mod config;
 pub mod export;
+pub mod gate;
 pub mod measure;
+pub mod record;
+pub mod report;
 pub mod run;
 pub mod sources;
 pub mod top;
+pub mod when;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -33,12 +37,20 @@ pub enum Command {
     /// A live full-screen view of processes and models by power.
     Top(top::TopArgs),
     /// Run a command and report its energy and carbon, like `perf stat`.
-    Measure(measure::MeasureArgs),
+    Measure(Box<measure::MeasureArgs>),
     /// Report what works on this host and how to fix what does not.
     Check(check::CheckArgs),
     /// Drive the CPUs through load levels, fit each meter's idle power, and keep it in
     /// the state dir for later runs.
     Calibrate(calibrate::CalibrateArgs),
+    /// Sum a recorded history by model, process, container or label; compare two
+    /// windows or labels.
+    Report(report::ReportArgs),
+    /// Check recorded figures against the carbon budgets, and drift against a baseline:
+    /// exit 0 within, 1 over, 2 when the data cannot decide.
+    Gate(gate::GateArgs),
+    /// The greenest time to start a deferrable job, from an intensity forecast.
+    When(Box<when::WhenArgs>),
 }
 
 /// Parses the command line (and the config file) and runs the chosen command; returns
@@ -55,6 +67,8 @@ pub fn main() -> anyhow::Result<i32> {
             Command::Measure(args) => file.apply_sources(&mut args.sources, sub),
             Command::Check(args) => file.apply_sources(&mut args.sources, sub),
             Command::Calibrate(args) => file.apply_sources(&mut args.sources, sub),
+            Command::When(args) => file.apply_sources(&mut args.sources, sub),
+            Command::Report(_) | Command::Gate(_) => Ok(()),
         };
         applied.map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
     }
@@ -68,6 +82,9 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Measure(args) => crate::topology::measure::measure(args.measure_config()?),
         Command::Check(args) => crate::check::check(&args.check_config()),
         Command::Calibrate(args) => crate::topology::calibrate::calibrate(args.calibrate_config()?),
+        Command::Report(args) => args.run(),
+        Command::Gate(args) => args.run(),
+        Command::When(args) => args.run(),
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::{export::ExportArgs, sources::SourceArgs};
+use super::{export::ExportArgs, record::RecordArgs, sources::SourceArgs};
 use crate::{
     probe::ProbeConfig,
     topology::{Console, DaemonConfig},
@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// Export and receive flags.
     #[command(flatten)]
     pub export: ExportArgs,
+    /// History flags.
+    #[command(flatten)]
+    pub record: RecordArgs,
 }
 
 /// Console output formats.
@@ -58,7 +61,9 @@ pub enum Output {
 impl RunArgs {
     /// What the daemon is built from.
     pub fn daemon_config(&self) -> anyhow::Result<DaemonConfig> {
-        let export = self.export.export_config(self.interval)?;
+        let mut export = self.export.export_config(self.interval)?;
+        let idle = format!("{:?}", self.sources.idle).to_lowercase();
+        export.record = self.record.record_config(&idle)?;
         let output = self.output.unwrap_or(if export.any() {
             Output::None
         } else {

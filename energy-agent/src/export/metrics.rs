@@ -122,6 +122,20 @@ def!(
     "Energy per enriched request, by model."
 );
 def!(
+    REQUESTS_ENERGY_PER_OUTPUT_TOKEN,
+    "requests.energy.per_output_token",
+    "J",
+    Histogram,
+    "Joules per output token of enriched requests with gen_ai output tokens, by model."
+);
+def!(
+    REQUESTS_ENERGY_PER_1K_TOKENS,
+    "requests.energy.per_1k_tokens",
+    "J",
+    Histogram,
+    "Joules per 1,000 tokens (input and output) of enriched requests with gen_ai tokens, by model."
+);
+def!(
     AGENT_INFO,
     "energy_agent.info",
     "1",
@@ -257,7 +271,7 @@ def!(
 );
 
 /// Every metric, in exposition order.
-pub const ALL: [Def; 28] = [
+pub const ALL: [Def; 30] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -267,6 +281,8 @@ pub const ALL: [Def; 28] = [
     ENERGY_IDLE_UNCERTAINTY,
     CARBON_MODEL,
     REQUESTS_ENERGY,
+    REQUESTS_ENERGY_PER_OUTPUT_TOKEN,
+    REQUESTS_ENERGY_PER_1K_TOKENS,
     AGENT_INFO,
     AGENT_LAG,
     AGENT_TASKS,
@@ -554,6 +570,31 @@ impl MetricsState {
         let key = (REQUESTS_ENERGY.name, l(&[("model", model)]));
         self.last_touch.insert(key.clone(), self.interval);
         self.histograms.entry(key).or_default().record(joules);
+    }
+
+    /// Records an enriched request's joules per output token and per 1,000 tokens
+    /// (input and output), where it has those tokens.
+    pub fn observe_request_tokens(
+        &mut self,
+        model: &str,
+        joules: f64,
+        input: Option<u64>,
+        output: Option<u64>,
+    ) {
+        let labels = l(&[("model", model)]);
+        if let Some(output) = output.filter(|&t| t > 0) {
+            self.histograms
+                .entry((REQUESTS_ENERGY_PER_OUTPUT_TOKEN.name, labels.clone()))
+                .or_default()
+                .record(joules / output as f64);
+        }
+        let all = input.unwrap_or(0) + output.unwrap_or(0);
+        if all > 0 {
+            self.histograms
+                .entry((REQUESTS_ENERGY_PER_1K_TOKENS.name, labels))
+                .or_default()
+                .record(joules * 1000.0 / all as f64);
+        }
     }
 
     /// Sets a counter or gauge to an absolute value (agent health from other stages).

@@ -23,7 +23,8 @@ use super::{
     admission::{Admitted, Ticket, trace_items},
     spans::{self, Selection},
 };
-use crate::requests::{Claims, History, IntervalRecord, RequestSpan, SpanEnergy};
+use crate::requests::{Claims, History, IntervalRecord, RequestSample, RequestSpan, SpanEnergy};
+use below::{Below, SpansBelow};
 use generations::Generations;
 use known::{Known, KnownSpans};
 pub use resolve::ServiceRule;
@@ -79,7 +80,17 @@ struct Held {
     arrived: Instant,
     last_end_ns: u64,
     spans: usize,
+    /// Whether a request span names no thread (its threads are inferred, which needs
+    /// the timelines past its end: [`LOOKAHEAD_NS`]).
+    threadless: bool,
 }
+
+/// How far past the end of a batch's last request span the intervals must reach before
+/// a batch with spans that name no thread is released, while the intervals are read
+/// finely enough to show it (within `max_delay`): a thread
+/// still busy after a span ended is not that span's, which only a timeline past the end
+/// can show.
+const LOOKAHEAD_NS: u64 = 250_000_000;
 
 /// Most request spans remembered for splits.
 const MAX_KNOWN: usize = 200_000;
@@ -93,7 +104,9 @@ pub struct Enricher {
     traces: TraceIndex,
     /// `--service` rules and what they found.
     services: Services,
-    requests: Vec<(String, f64)>,
+    requests: Vec<RequestSample>,
+    /// Token counts and ends of the gen_ai spans below each request.
+    below: SpansBelow,
     /// Request spans seen, so concurrent spans from other batches take part in each
     /// split.
     known: KnownSpans,
@@ -124,6 +137,7 @@ impl Enricher {
             held_spans: 0,
             traces: TraceIndex::new(TRACE_GENERATION.0, TRACE_GENERATION.1),
             requests: Vec::new(),
+            below: SpansBelow::new(TRACE_GENERATION.0, TRACE_GENERATION.1),
             known: KnownSpans::default(),
             claims: Claims::default(),
             given: Generations::new(RESENT.0, RESENT.1),
@@ -145,6 +159,12 @@ impl Enricher {
         self.stats.received += n as u64;
         let now = Instant::now();
         let (pids, last_end_ns) = self.remember(&request, &origin, now);
+        let threadless = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .any(|s| self.is_valid_request(s) && spans::claimed_tid(s).is_none());
         if self.held_spans + n > self.config.max_held_spans {
             return vec![Admitted {
                 message: self.overflow(request, n),
@@ -160,6 +180,7 @@ impl Enricher {
             arrived: now,
             last_end_ns,
             spans: n,
+            threadless,
         });
         Vec::new()
     }
@@ -193,6 +214,19 @@ impl Enricher {
                 let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
                 let parent = span_id(&s.parent_span_id);
                 self.traces.insert(trace, span, parent, request, now);
+                self.below.lift(&self.traces, (trace, span, parent));
+                if let Some((input, output)) = spans::token_counts(s)
+                    .filter(|c| spans::is_gen_ai(s) && (c.0.is_some() || c.1.is_some()))
+                {
+                    let end_ns = s.end_time_unix_nano;
+                    let below = Below {
+                        input,
+                        output,
+                        end_ns,
+                    };
+                    self.below
+                        .add(&self.traces, (trace, span, parent), below, now);
+                }
             }
             pids.push(pid);
         }
@@ -268,8 +302,8 @@ impl Enricher {
         request
     }
 
-    /// The (model, joules) of each request enriched since the last call.
-    pub fn take_requests(&mut self) -> Vec<(String, f64)> {
+    /// Each request enriched since the last call (model, joules, grams, tokens).
+    pub fn take_requests(&mut self) -> Vec<RequestSample> {
         std::mem::take(&mut self.requests)
     }
 
@@ -310,10 +344,17 @@ impl Enricher {
         mut hand_on: impl FnMut(Admitted<ExportTraceServiceRequest>),
     ) {
         let covered = self.history.covered_until();
+        let sub_sampled = self.history.sub_sampled();
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
         while let Some(h) = self.held.pop_front() {
-            if flush || h.last_end_ns <= covered || h.arrived.elapsed() >= self.config.max_delay {
+            let lookahead = if h.threadless && sub_sampled {
+                LOOKAHEAD_NS
+            } else {
+                0
+            };
+            let covers = h.last_end_ns.saturating_add(lookahead) <= covered;
+            if flush || covers || h.arrived.elapsed() >= self.config.max_delay {
                 ready.push(h);
             } else {
                 waiting.push_back(h);
@@ -438,6 +479,7 @@ fn span_at_mut(request: &mut ExportTraceServiceRequest, (ri, si, pi): SpanAt) ->
     &mut request.resource_spans[ri].scope_spans[si].spans[pi]
 }
 
+mod below;
 mod generations;
 mod known;
 mod resolve;

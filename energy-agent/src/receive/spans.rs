@@ -26,6 +26,14 @@ pub mod names {
     pub const GEN_AI_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
     /// Span: GenAI output tokens.
     pub const GEN_AI_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+    /// Span: GenAI input tokens, the older name vLLM still emits.
+    pub const GEN_AI_PROMPT_TOKENS: &str = "gen_ai.usage.prompt_tokens";
+    /// Span: GenAI output tokens, the older name vLLM still emits.
+    pub const GEN_AI_COMPLETION_TOKENS: &str = "gen_ai.usage.completion_tokens";
+    /// Span: the model asked for.
+    pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+    /// Span: the model that answered (vLLM sets only this one).
+    pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
     /// Joules of the request (cpu + dram + gpu).
     pub const ENERGY_JOULES: &str = "energy.joules";
     /// CPU package joules.
@@ -58,6 +66,14 @@ pub mod names {
     pub const CARBON_EMBODIED: &str = "carbon.embodied.gco2e";
     /// Intensity source.
     pub const CARBON_INTENSITY_SOURCE: &str = "carbon.intensity.source";
+    /// How the CPU share was decided: thread, thread-inferred, tokens or equal.
+    pub const ENERGY_SPLIT: &str = "energy.split";
+    /// The thread matching's confidence, 0–1.
+    pub const ENERGY_SPLIT_CONFIDENCE: &str = "energy.split.confidence";
+    /// Joules per output token (requests with gen_ai output tokens).
+    pub const ENERGY_J_PER_OUTPUT_TOKEN: &str = "energy.joules_per_output_token";
+    /// Joules per 1,000 tokens, input and output.
+    pub const ENERGY_J_PER_1K_TOKENS: &str = "energy.joules_per_1k_tokens";
 }
 
 /// The value of attribute `key`, if present.
@@ -137,10 +153,7 @@ impl Selection {
     /// Whether `span` is a request candidate.
     pub fn matches(&self, span: &Span) -> bool {
         let server = span.kind == SpanKind::Server as i32;
-        let gen_ai = span
-            .attributes
-            .iter()
-            .any(|kv| kv.key.starts_with("gen_ai."));
+        let gen_ai = is_gen_ai(span);
         match self {
             Selection::Default => server || gen_ai,
             Selection::All => true,
@@ -155,24 +168,48 @@ impl Selection {
 /// and the span is split as one without token counts.
 pub const MAX_TOKENS: i64 = 1_000_000_000;
 
+/// A believable token count (within `0..=MAX_TOKENS`), or None with `Err` when the
+/// attribute is there but cannot be believed.
+fn count(attrs: &[KeyValue], keys: [&str; 2]) -> Result<Option<u64>, ()> {
+    let Some(c) = keys.into_iter().find_map(|k| attr_int(attrs, k)) else {
+        return Ok(None);
+    };
+    u64::try_from(c)
+        .ok()
+        .filter(|&c| c <= MAX_TOKENS as u64)
+        .map(Some)
+        .ok_or(())
+}
+
+/// gen_ai (input, output) tokens of a span (`gen_ai.usage.input_tokens`/`output_tokens`,
+/// or vLLM's `prompt_tokens`/`completion_tokens`), each when given; None when either
+/// given count cannot be believed (negative, or past [`MAX_TOKENS`]).
+pub fn token_counts(span: &Span) -> Option<(Option<u64>, Option<u64>)> {
+    let a = &span.attributes;
+    let input = count(a, [names::GEN_AI_INPUT_TOKENS, names::GEN_AI_PROMPT_TOKENS]).ok()?;
+    let output = count(
+        a,
+        [names::GEN_AI_OUTPUT_TOKENS, names::GEN_AI_COMPLETION_TOKENS],
+    )
+    .ok()?;
+    Some((input, output))
+}
+
 /// gen_ai input + output tokens, when the span carries them and they are believable
 /// (each within `0..=MAX_TOKENS`; otherwise none, so one sender cannot take a whole
 /// segment by claiming absurd counts).
 pub fn tokens(span: &Span) -> Option<u64> {
-    let input = attr_int(&span.attributes, names::GEN_AI_INPUT_TOKENS);
-    let output = attr_int(&span.attributes, names::GEN_AI_OUTPUT_TOKENS);
-    if input.is_none() && output.is_none() {
-        return None;
+    match token_counts(span)? {
+        (None, None) => None,
+        (input, output) => Some(input.unwrap_or(0) + output.unwrap_or(0)),
     }
-    let mut total = 0u64;
-    for count in [input, output].into_iter().flatten() {
-        total = total.saturating_add(
-            u64::try_from(count)
-                .ok()
-                .filter(|&c| c <= MAX_TOKENS as u64)?,
-        );
-    }
-    Some(total)
+}
+
+/// Whether a span carries gen_ai attributes.
+pub fn is_gen_ai(span: &Span) -> bool {
+    span.attributes
+        .iter()
+        .any(|kv| kv.key.starts_with("gen_ai."))
 }
 
 /// The longest request span believed: longer ones (and spans that start at 0 or end
@@ -203,7 +240,7 @@ pub fn claimed_tid(span: &Span) -> Option<u32> {
 }
 
 /// Every attribute enrichment writes (`energy.*` and `carbon.*`).
-const WRITTEN: [&str; 13] = [
+const WRITTEN: [&str; 17] = [
     names::ENERGY_JOULES,
     names::ENERGY_CPU,
     names::ENERGY_DRAM,
@@ -217,6 +254,10 @@ const WRITTEN: [&str; 13] = [
     names::CARBON_INTENSITY,
     names::CARBON_EMBODIED,
     names::CARBON_INTENSITY_SOURCE,
+    names::ENERGY_SPLIT,
+    names::ENERGY_SPLIT_CONFIDENCE,
+    names::ENERGY_J_PER_OUTPUT_TOKEN,
+    names::ENERGY_J_PER_1K_TOKENS,
 ];
 
 /// Removes the sender's values of the attributes this agent writes, so that a span
@@ -266,6 +307,33 @@ pub fn add_energy(span: &mut Span, e: &SpanEnergy) {
         names::CARBON_INTENSITY_SOURCE,
         Value::StringValue(e.intensity_source.clone()),
     ));
+    add_split_and_rates(a, e);
+}
+
+/// The split mode and the per-token figures of [`add_energy`].
+fn add_split_and_rates(a: &mut Vec<KeyValue>, e: &SpanEnergy) {
+    a.push(kv(
+        names::ENERGY_SPLIT,
+        Value::StringValue(e.split.as_str().into()),
+    ));
+    a.push(kv(
+        names::ENERGY_SPLIT_CONFIDENCE,
+        Value::DoubleValue(e.split_confidence),
+    ));
+    let joules = e.joules.total().get();
+    if let Some(output) = e.output_tokens.filter(|&t| t > 0) {
+        a.push(kv(
+            names::ENERGY_J_PER_OUTPUT_TOKEN,
+            Value::DoubleValue(joules / output as f64),
+        ));
+    }
+    let all = e.input_tokens.unwrap_or(0) + e.output_tokens.unwrap_or(0);
+    if all > 0 {
+        a.push(kv(
+            names::ENERGY_J_PER_1K_TOKENS,
+            Value::DoubleValue(joules * 1000.0 / all as f64),
+        ));
+    }
 }
 
 /// Marks a request span that could not be tied to a process (replacing any status the
@@ -341,6 +409,41 @@ mod tests {
     }
 
     #[test]
+    fn vllm_token_names_count_and_the_current_names_win() {
+        let vllm = span(
+            SpanKind::Server,
+            vec![
+                kv(names::GEN_AI_PROMPT_TOKENS, Value::IntValue(17)),
+                kv(names::GEN_AI_COMPLETION_TOKENS, Value::IntValue(64)),
+                kv(names::GEN_AI_RESPONSE_MODEL, Value::StringValue("m".into())),
+            ],
+            "llm_request",
+        );
+        assert_eq!(token_counts(&vllm), Some((Some(17), Some(64))));
+        assert_eq!(tokens(&vllm), Some(81));
+        let both = span(
+            SpanKind::Server,
+            vec![
+                kv(names::GEN_AI_OUTPUT_TOKENS, Value::IntValue(5)),
+                kv(names::GEN_AI_COMPLETION_TOKENS, Value::IntValue(64)),
+            ],
+            "x",
+        );
+        assert_eq!(token_counts(&both), Some((None, Some(5))));
+        let only_output = span(
+            SpanKind::Internal,
+            vec![kv(names::GEN_AI_OUTPUT_TOKENS, Value::IntValue(9))],
+            "x",
+        );
+        assert_eq!(tokens(&only_output), Some(9));
+        assert!(is_gen_ai(&only_output));
+        assert_eq!(
+            token_counts(&span(SpanKind::Server, vec![], "x")),
+            Some((None, None))
+        );
+    }
+
+    #[test]
     fn impossible_times_are_named() {
         let at = |start, end| {
             let mut s = span(SpanKind::Server, vec![], "x");
@@ -406,6 +509,10 @@ mod tests {
             source: "estimate+nvml".into(),
             idle_origin: Some(crate::attribute::IdleOrigin::Model),
             idle_uncertain: false,
+            split: crate::requests::SplitMode::ThreadInferred,
+            split_confidence: 0.9,
+            input_tokens: Some(300),
+            output_tokens: Some(200),
         };
         add_energy(&mut s, &e);
         assert_eq!(
@@ -426,6 +533,18 @@ mod tests {
             Some("estimate+nvml")
         );
         assert!(attr(&s.attributes, names::ENERGY_STATUS).is_none());
+        assert_eq!(
+            attr_str(&s.attributes, names::ENERGY_SPLIT),
+            Some("thread-inferred")
+        );
+        assert_eq!(
+            attr(&s.attributes, names::ENERGY_J_PER_OUTPUT_TOKEN),
+            Some(&Value::DoubleValue(10.0 / 200.0))
+        );
+        assert_eq!(
+            attr(&s.attributes, names::ENERGY_J_PER_1K_TOKENS),
+            Some(&Value::DoubleValue(10.0 * 1000.0 / 500.0))
+        );
         mark_unattributed(&mut s, "why");
         assert_eq!(
             attr_str(&s.attributes, names::ENERGY_STATUS),
@@ -456,6 +575,8 @@ mod tests {
                 ..Default::default()
             },
             carbon_g: 0.5,
+            input_tokens: Some(4),
+            output_tokens: Some(1),
             ..Default::default()
         };
         add_energy(&mut s, &e);

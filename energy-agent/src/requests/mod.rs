@@ -14,6 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+pub use fractions::MIN_CONFIDENCE;
+use fractions::{Part, fractions};
+
 use crate::{
     attribute::{
         EnergyByClass, GpuTimeline, IdleOrigin,
@@ -260,6 +263,16 @@ impl History {
             .map(|p| p.model.as_str())
     }
 
+    /// Whether the newest interval was read more finely than whole (sub-interval
+    /// timelines, `--request-resolution`).
+    pub fn sub_sampled(&self) -> bool {
+        self.records.back().is_some_and(|r| {
+            r.processes
+                .values()
+                .any(|p| p.timeline.values().any(|t| t.len() > 1))
+        })
+    }
+
     /// Whether `pid` ran in any kept interval.
     pub fn knows(&self, pid: u32) -> bool {
         self.records.iter().any(|r| r.processes.contains_key(&pid))
@@ -279,6 +292,68 @@ pub struct RequestSpan {
     pub tid: Option<u32>,
     /// gen_ai input + output tokens, when given.
     pub tokens: Option<u64>,
+}
+
+/// One enriched request, as the history keeps it: the sample the report's
+/// per-request figures (mean, p50/p95, J/token) and the drift's confidence interval
+/// are computed from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestSample {
+    /// Model of the process that served it.
+    pub model: String,
+    /// When the span ended, Unix ns.
+    pub end_unix_ns: u64,
+    /// Energy given to the request.
+    pub joules: Joules,
+    /// Its operational carbon, grams.
+    pub carbon_g: f64,
+    /// gen_ai input + output tokens, when the span or its gen_ai spans carried them.
+    pub tokens: Option<u64>,
+    /// gen_ai input tokens (its own, else its gen_ai spans'), for the per-token metrics.
+    pub input_tokens: Option<u64>,
+    /// gen_ai output tokens.
+    pub output_tokens: Option<u64>,
+    /// Whether any part of its energy is estimated.
+    pub estimated: bool,
+}
+
+/// How a span's share of its process's CPU energy was decided (`energy.split`), in
+/// the interval that gave it the most energy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SplitMode {
+    /// By the CPU time of the thread the span declared (`thread.native_id`).
+    Thread,
+    /// By the CPU time of threads matched to the span from their timelines (with any
+    /// declared thread's).
+    ThreadInferred,
+    /// Among the spans in flight, by their gen_ai token counts.
+    Tokens,
+    /// Equally among the spans in flight.
+    #[default]
+    Equal,
+}
+
+impl SplitMode {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitMode::Thread => "thread",
+            SplitMode::ThreadInferred => "thread-inferred",
+            SplitMode::Tokens => "tokens",
+            SplitMode::Equal => "equal",
+        }
+    }
+
+    const ALL: [SplitMode; 4] = [
+        SplitMode::Thread,
+        SplitMode::ThreadInferred,
+        SplitMode::Tokens,
+        SplitMode::Equal,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What a span is given.
@@ -302,6 +377,17 @@ pub struct SpanEnergy {
     pub idle_origin: Option<IdleOrigin>,
     /// Whether any of those idle powers is uncertain.
     pub idle_uncertain: bool,
+    /// How its CPU share was decided.
+    pub split: SplitMode,
+    /// The confidence of the thread matching in the intervals that gave the span its
+    /// energy, energy-weighted (1 for declared threads; for `tokens` and `equal`, the
+    /// matching's confidence that was too low).
+    pub split_confidence: f64,
+    /// gen_ai input tokens of the request (its own or its gen_ai spans'), for the
+    /// per-token figures.
+    pub input_tokens: Option<u64>,
+    /// gen_ai output tokens of the request.
+    pub output_tokens: Option<u64>,
 }
 
 impl SpanEnergy {
@@ -383,130 +469,6 @@ struct Share {
     gpu: f64,
 }
 
-/// Each overlapping span's fraction of `proc`'s CPU/DRAM and GPU energy in `record`
-/// (indices into `all`), before any cap.
-fn fractions(
-    record: &IntervalRecord,
-    proc: &ProcessInterval,
-    all: &[RequestSpan],
-    indices: &[usize],
-) -> Vec<(usize, Share)> {
-    let len = record.end_ns.saturating_sub(record.start_ns);
-    let here: Vec<usize> = indices
-        .iter()
-        .copied()
-        .filter(|&i| overlap(&all[i], record.start_ns, record.end_ns) > 0)
-        .collect();
-    if here.is_empty() || len == 0 {
-        return Vec::new();
-    }
-    let on_threads = here.iter().all(|&i| all[i].tid.is_some());
-    let even = |ns: u64| vec![(record.start_ns, record.end_ns, ns)];
-    let segments = segment_fractions(record, &here, all);
-    let cpu = if on_threads && proc.cpu_ns > Nanos(0) {
-        thread_fractions(&here, all, proc.cpu_ns.get(), |tid| {
-            proc.timeline
-                .get(&tid)
-                .cloned()
-                .unwrap_or_else(|| even(proc.threads.get(&tid).copied().unwrap_or(0)))
-        })
-    } else {
-        segments.clone()
-    };
-    let gpu_total: u64 = proc.gpu_threads.values().sum();
-    let gpu = if on_threads && gpu_total > 0 {
-        thread_fractions(&here, all, gpu_total, |tid| {
-            proc.gpu_timeline
-                .get(&tid)
-                .cloned()
-                .unwrap_or_else(|| even(proc.gpu_threads.get(&tid).copied().unwrap_or(0)))
-        })
-    } else {
-        segments
-    };
-    here.iter()
-        .map(|i| {
-            let share = Share {
-                cpu: cpu.get(i).copied().unwrap_or(0.0),
-                gpu: gpu.get(i).copied().unwrap_or(0.0),
-            };
-            (*i, share)
-        })
-        .collect()
-}
-
-/// How long `span` overlaps [a, b).
-fn overlap(span: &RequestSpan, a: u64, b: u64) -> u64 {
-    span.end_ns.min(b).saturating_sub(span.start_ns.max(a))
-}
-
-/// Thread mode: each span takes its thread's activity within the span (from the
-/// thread's `buckets`: (start, end, amount)), over the process's `total`. Spans that
-/// overlap on one thread (async runtimes) share the thread's activity in the overlap.
-fn thread_fractions(
-    here: &[usize],
-    all: &[RequestSpan],
-    total: u64,
-    buckets: impl Fn(u32) -> Vec<(u64, u64, u64)>,
-) -> HashMap<usize, f64> {
-    here.iter()
-        .map(|&i| {
-            let tid = all[i].tid.unwrap_or(0);
-            let mut amount = 0.0;
-            for (a, b, thread_amount) in buckets(tid) {
-                let mine = overlap(&all[i], a, b) as f64;
-                if mine == 0.0 || b <= a {
-                    continue;
-                }
-                let on_thread: f64 = here
-                    .iter()
-                    .filter(|&&j| all[j].tid == Some(tid))
-                    .map(|&j| overlap(&all[j], a, b) as f64)
-                    .sum();
-                amount += thread_amount as f64 * mine / on_thread.max((b - a) as f64);
-            }
-            (i, amount / total as f64)
-        })
-        .collect()
-}
-
-/// Segment mode: the interval is cut at every span boundary inside it; in each
-/// segment the process's energy goes to the spans active then (by tokens, else
-/// equally).
-fn segment_fractions(
-    record: &IntervalRecord,
-    here: &[usize],
-    all: &[RequestSpan],
-) -> HashMap<usize, f64> {
-    let len = record.end_ns.saturating_sub(record.start_ns);
-    let mut cuts: BTreeSet<u64> = [record.start_ns, record.end_ns].into();
-    for &i in here {
-        for t in [all[i].start_ns, all[i].end_ns] {
-            if t > record.start_ns && t < record.end_ns {
-                cuts.insert(t);
-            }
-        }
-    }
-    let cuts: Vec<u64> = cuts.into_iter().collect();
-    let mut out: HashMap<usize, f64> = HashMap::new();
-    for w in cuts.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        let active: Vec<usize> = here
-            .iter()
-            .copied()
-            .filter(|&i| all[i].start_ns <= a && all[i].end_ns >= b)
-            .collect();
-        if active.is_empty() {
-            continue;
-        }
-        let fraction = (b - a) as f64 / len as f64;
-        for (i, share) in shares(&active, all) {
-            *out.entry(i).or_default() += fraction * share;
-        }
-    }
-    out
-}
-
 /// Energy for the spans `targets` (indices into `all`, every request span known of
 /// the processes concerned, so that concurrent spans from other batches count).
 pub fn enrich(
@@ -527,61 +489,89 @@ pub fn enrich(
     // Only the intervals the targets overlap can give them anything.
     let from = targets.iter().map(|&i| all[i].start_ns).min().unwrap_or(0);
     let to = targets.iter().map(|&i| all[i].end_ns).max().unwrap_or(0);
-    for record in history.overlapping(from, to) {
+    let records: Vec<&IntervalRecord> = history.overlapping(from, to).collect();
+    let inferences: HashMap<u32, infer::Inference> = pids
+        .iter()
+        .map(|pid| {
+            let intervals: Vec<(&IntervalRecord, &ProcessInterval)> = records
+                .iter()
+                .filter_map(|r| Some((*r, r.processes.get(pid)?)))
+                .collect();
+            (*pid, infer::infer(&intervals, all, &by_pid[pid]))
+        })
+        .collect();
+    let mut modes = vec![Modes::default(); targets.len()];
+    for record in records {
         for pid in &pids {
             let Some(proc) = record.processes.get(pid) else {
                 continue;
             };
-            let mine: Vec<(usize, Share)> = fractions(record, proc, all, &by_pid[pid])
-                .into_iter()
-                .filter(|(i, _)| slot.contains_key(i))
-                .collect();
+            let mine: Vec<(usize, Part)> =
+                fractions(record, proc, all, &by_pid[pid], &inferences[pid])
+                    .into_iter()
+                    .filter(|(i, _)| slot.contains_key(i))
+                    .collect();
             let cpu_scale = claims.grant(
                 (*pid, record.start_ns, 0),
-                mine.iter().map(|(_, f)| f.cpu).sum(),
+                mine.iter().map(|(_, p)| p.share.cpu).sum(),
             );
             let gpu_scale = claims.grant(
                 (*pid, record.start_ns, 1),
-                mine.iter().map(|(_, f)| f.gpu).sum(),
+                mine.iter().map(|(_, p)| p.share.gpu).sum(),
             );
-            for (i, f) in mine {
+            for (i, p) in mine {
                 let share = Share {
-                    cpu: f.cpu * cpu_scale,
-                    gpu: f.gpu * gpu_scale,
+                    cpu: p.share.cpu * cpu_scale,
+                    gpu: p.share.gpu * gpu_scale,
                 };
                 let k = slot[&i];
                 let added = out[k].add(&proc.joules, share, record, proc.embodied_g);
                 weighted[k] += added.get() * record.g_per_kwh;
+                modes[k].add(p.mode, p.confidence, added.get());
             }
         }
     }
-    for (s, w) in out.iter_mut().zip(weighted) {
+    for ((s, w), m) in out.iter_mut().zip(weighted).zip(modes) {
         if s.joules.total() > Joules::ZERO {
             s.g_per_kwh = w / s.joules.total().get();
         }
+        (s.split, s.split_confidence) = m.decided();
     }
     out
 }
 
-/// Each active span's share of a segment's process energy: by tokens, else equal.
-fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
-    if active
-        .iter()
-        .all(|&i| spans[i].tokens.is_some_and(|t| t > 0))
-    {
-        // Summed wide: token counts come from senders, and u64s can add up past u64.
-        let total: u128 = active
-            .iter()
-            .map(|&i| u128::from(spans[i].tokens.unwrap_or(0)))
-            .sum();
-        return active
-            .iter()
-            .map(|&i| (i, spans[i].tokens.unwrap_or(0) as f64 / total as f64))
-            .collect();
-    }
-    let n = active.len() as f64;
-    active.iter().map(|&i| (i, 1.0 / n)).collect()
+/// The split modes of one span's intervals, by the joules each gave it.
+#[derive(Clone, Debug, Default)]
+struct Modes {
+    joules: [f64; 4],
+    /// Σ joules × confidence, Σ joules.
+    confidence: (f64, f64),
+    /// The first interval's mode and confidence (for a span given nothing).
+    first: Option<(SplitMode, f64)>,
 }
 
+impl Modes {
+    fn add(&mut self, mode: SplitMode, confidence: f64, joules: f64) {
+        self.first.get_or_insert((mode, confidence));
+        self.joules[mode.index()] += joules;
+        self.confidence.0 += joules * confidence;
+        self.confidence.1 += joules;
+    }
+
+    /// The mode that gave the most energy, and the energy-weighted confidence.
+    fn decided(&self) -> (SplitMode, f64) {
+        if self.confidence.1 <= 0.0 {
+            return self.first.unwrap_or_default();
+        }
+        let mode = SplitMode::ALL
+            .into_iter()
+            .max_by(|a, b| self.joules[a.index()].total_cmp(&self.joules[b.index()]))
+            .unwrap_or_default();
+        (mode, self.confidence.0 / self.confidence.1)
+    }
+}
+
+mod fractions;
+mod infer;
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,7 @@ use crate::{
         metrics::{self, MetricsState},
         otlp::OtlpMetrics,
     },
+    history::{HistorySink, IntervalRow, RecordConfig, RunInfo, RunKind},
     receive::{
         admission::{Admitted, Budget, Signal},
         enricher::{EnrichConfig, Enricher},
@@ -54,6 +55,8 @@ pub struct ExportConfig {
     pub prometheus: Option<SocketAddr>,
     /// Per-process metric series per interval.
     pub metrics_top: usize,
+    /// Write every interval and request to a history database (`--record`).
+    pub record: Option<RecordConfig>,
 }
 
 /// The OTLP receiver and the enricher behind it.
@@ -105,6 +108,7 @@ pub struct Exporters {
     forwarder: Option<Forwarder>,
     shutdown: watch::Sender<bool>,
     clock: WallClock,
+    history: Option<Arc<HistorySink>>,
 }
 
 impl Exporters {
@@ -117,6 +121,13 @@ impl Exporters {
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
+        let history = match &config.record {
+            Some(r) => Some(Arc::new(HistorySink::start(
+                r,
+                &RunInfo::starting_now(RunKind::Run, r, None),
+            )?)),
+            None => None,
+        };
         let forwarder = config.forward.clone().map(forward::spawn);
         let otlp_metrics = forwarder.as_ref().map(|fwd| {
             OtlpMetrics::start(
@@ -131,6 +142,7 @@ impl Exporters {
                 let sinks = EnrichSinks {
                     forwarder: forwarder.clone(),
                     metrics: metrics.clone(),
+                    history: history.clone(),
                 };
                 Some(start_receiving(receive, interval, sinks, shutdown.subscribe()).await?)
             }
@@ -149,6 +161,7 @@ impl Exporters {
             forwarder,
             shutdown,
             clock,
+            history,
         })
     }
 
@@ -175,6 +188,9 @@ impl Exporters {
                 );
             }
         }
+        if let Some(h) = &self.history {
+            h.interval(IntervalRow::from_report(report, &self.clock, |_| true));
+        }
     }
 
     /// Publishes the running loop's failure counts (`energy_agent.errors`).
@@ -182,6 +198,15 @@ impl Exporters {
         if let Ok(mut m) = self.metrics.lock() {
             for (component, n) in faults.totals() {
                 m.set_value(metrics::AGENT_ERRORS, &[("component", component)], n as f64);
+            }
+            if let Some(h) = &self.history {
+                use std::sync::atomic::Ordering::Relaxed;
+                let lost = h.stats().failed.load(Relaxed) + h.stats().dropped.load(Relaxed);
+                m.set_value(
+                    metrics::AGENT_ERRORS,
+                    &[("component", "history")],
+                    lost as f64,
+                );
             }
         }
     }
@@ -235,6 +260,12 @@ impl Exporters {
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
         }
+        if let Some(h) = self.history.clone() {
+            let flushed = tokio::task::spawn_blocking(move || h.flush(Duration::from_secs(1)));
+            if !flushed.await.unwrap_or(false) {
+                log::warn!("history: not every interval was written before the stop");
+            }
+        }
         if let Some(m) = self.otlp_metrics {
             m.shutdown();
         }
@@ -251,6 +282,7 @@ impl Exporters {
 struct EnrichSinks {
     forwarder: Forwarder,
     metrics: Arc<Mutex<MetricsState>>,
+    history: Option<Arc<HistorySink>>,
 }
 
 /// Binds the OTLP listeners and starts the task that enriches what they receive;
@@ -300,7 +332,12 @@ async fn enrich_task(
     mut control: mpsc::Receiver<ToEnricher>,
     sinks: EnrichSinks,
 ) {
-    let EnrichSinks { forwarder, metrics } = sinks;
+    let EnrichSinks {
+        forwarder,
+        metrics,
+        history,
+    } = sinks;
+    let history = history.as_deref();
     let traces = |r: Admitted<ExportTraceServiceRequest>| {
         forwarder.forward(Payload::Traces(r.message), r.ticket);
     };
@@ -323,14 +360,14 @@ async fn enrich_task(
                         take(&mut enricher, &forwarder, msg);
                     }
                     enricher.release_each(true, traces);
-                    record(&mut enricher, &metrics);
+                    record(&mut enricher, &metrics, history);
                     let _ = ack.send(());
                 }
                 None => break,
             },
             _ = tick.tick() => enricher.release_each(false, traces),
         }
-        record(&mut enricher, &metrics);
+        record(&mut enricher, &metrics, history);
     }
     // The agent is stopping: nothing accepted stays behind unforwarded.
     while let Ok(msg) = incoming.try_recv() {
@@ -354,12 +391,16 @@ fn take(enricher: &mut Enricher, forwarder: &Forwarder, msg: Incoming) {
 }
 
 /// Moves the enricher's counters into the metrics.
-fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>) {
+fn record(enricher: &mut Enricher, metrics: &Mutex<MetricsState>, history: Option<&HistorySink>) {
     let requests = enricher.take_requests();
     let s = enricher.stats;
     let Ok(mut m) = metrics.lock() else { return };
-    for (model, joules) in &requests {
-        m.observe_request(model, *joules);
+    for r in &requests {
+        m.observe_request(&r.model, r.joules.get());
+        m.observe_request_tokens(&r.model, r.joules.get(), r.input_tokens, r.output_tokens);
+    }
+    if let Some(h) = history {
+        h.requests(requests);
     }
     for (state, v) in [
         ("received", s.received),

@@ -22,6 +22,7 @@ use crate::{
         measure::{Accumulator, MeasureReport, Membership, render, span_attributes},
         otlp::{FinishedSpan, export_span},
     },
+    history::{HistorySink, IntervalRow, RecordConfig, RunInfo, RunKind},
     probe::{Lifecycle, Probe, ProbeConfig},
 };
 
@@ -42,6 +43,10 @@ pub struct MeasureConfig {
     pub output: Option<PathBuf>,
     /// Also send one span for the command here.
     pub otlp: Option<ForwardConfig>,
+    /// Also write the run (the command's processes, the host) to a history.
+    pub record: Option<RecordConfig>,
+    /// Check the report against this model's budget (`measure --budget`).
+    pub budget: Option<(String, crate::gate::Budget)>,
 }
 
 /// The command's processes, grown from fork records.
@@ -104,12 +109,20 @@ struct Measurement {
     pipeline: Pipeline,
     tree: ProcessTree,
     acc: Accumulator,
+    history: Option<HistorySink>,
 }
 
 /// Runs the command and reports; returns its exit code.
 pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
     let mut probe = Probe::load(&config.probe)?;
     let pipeline = Pipeline::new(&config.pipeline, &mut probe)?;
+    let history = match &config.record {
+        Some(r) => Some(HistorySink::start(
+            r,
+            &RunInfo::starting_now(RunKind::Measure, r, Some(config.command.clone())),
+        )?),
+        None => None,
+    };
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let mut child = Command::new(&config.command[0])
@@ -122,6 +135,7 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
         pipeline,
         tree: ProcessTree::new(child.id()),
         acc: Accumulator::default(),
+        history,
     };
     let status = m.until_exit(&mut child, config.interval)?;
     let duration = started.elapsed();
@@ -130,11 +144,26 @@ pub fn measure(config: MeasureConfig) -> anyhow::Result<i32> {
     let code = exit_code(status);
     let idle = m.pipeline.idle().current();
     let report = m.acc.finish(config.command.clone(), code, duration, idle);
+    if let Some(h) = m.history.take() {
+        h.finish(unix_ns(SystemTime::now()), Some(code));
+    }
     if let Some(otlp) = &config.otlp {
         send_span(otlp, &config.command, &report, started_wall, duration);
     }
     write_report(&config, &report)?;
-    Ok(code)
+    match &config.budget {
+        Some((model, budget)) => {
+            let checks = crate::gate::check_measure(model, budget, &serde_json::to_value(&report)?);
+            eprint!("{}", crate::gate::render(&checks));
+            // The command's own failure comes first.
+            Ok(if code != 0 {
+                code
+            } else {
+                crate::gate::exit_code(&checks)
+            })
+        }
+        None => Ok(code),
+    }
 }
 
 impl Measurement {
@@ -177,6 +206,12 @@ impl Measurement {
         let (report, lifecycle) = self.pipeline.next_with_lifecycle(&mut self.probe)?;
         self.tree.grow(&lifecycle);
         self.acc.add(&report, &self.tree);
+        if let Some(h) = &self.history {
+            let clock = self.pipeline.clock();
+            h.interval(IntervalRow::from_report(&report, &clock, |pid| {
+                self.tree.contains(pid)
+            }));
+        }
         Ok(lifecycle
             .iter()
             .filter_map(|l| match l {
@@ -226,6 +261,13 @@ fn write_report(config: &MeasureConfig, report: &MeasureReport) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// Nanoseconds since the Unix epoch.
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed it.

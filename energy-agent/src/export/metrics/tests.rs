@@ -142,6 +142,26 @@ fn prometheus_names_and_exposition() {
 }
 
 #[test]
+fn joules_per_token_series_only_for_requests_with_tokens() {
+    let mut s = MetricsState::new(10);
+    s.observe_request_tokens("llama", 2.0, Some(300), Some(100));
+    s.observe_request_tokens("llama", 2.0, None, None);
+    s.observe_request_tokens("llama", 2.0, Some(50), Some(0));
+    let labels = l(&[("model", "llama")]);
+    let per_output = &s.histograms[&(REQUESTS_ENERGY_PER_OUTPUT_TOKEN.name, labels.clone())];
+    assert_eq!(per_output.count, 1, "only the request with output tokens");
+    assert!((per_output.sum - 0.02).abs() < 1e-12);
+    let per_1k = &s.histograms[&(REQUESTS_ENERGY_PER_1K_TOKENS.name, labels)];
+    assert_eq!(per_1k.count, 2);
+    assert!((per_1k.sum - (5.0 + 40.0)).abs() < 1e-9, "{}", per_1k.sum);
+    let text = render_prometheus(&s);
+    assert!(
+        text.contains(r#"requests_energy_per_output_token_joules_count{model="llama"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
 fn gone_processes_series_are_evicted_eventually() {
     let mut s = MetricsState::new(10);
     s.observe(&report(vec![process(9, "gone", 1.0, false)]));

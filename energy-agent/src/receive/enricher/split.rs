@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     receive::spans,
-    requests::{RequestSpan, SpanEnergy, enrich},
+    requests::{RequestSample, RequestSpan, SpanEnergy, enrich},
 };
 
 /// Per (pid, interval start): a known span without a live thread id in that interval,
@@ -71,9 +71,13 @@ impl Enricher {
         let mut all: Vec<RequestSpan> = Vec::new();
         let mut index = SpanIndex::default();
         for (pid, (from, to)) in windows(request, targets) {
-            let deciders: Vec<Known> = self
-                .history
-                .intervals_overlapping(from, to)
+            let intervals = self.history.intervals_overlapping(from, to);
+            // Every span of the intervals takes part: matching a thread to a span sees
+            // the spans it might serve instead.
+            let (from, to) = intervals
+                .iter()
+                .fold((from, to), |(a, b), i| (a.min(i.0), b.max(i.1)));
+            let deciders: Vec<Known> = intervals
                 .into_iter()
                 .filter_map(|interval| self.threadless_span(pid, interval, threadless))
                 .collect();
@@ -87,6 +91,13 @@ impl Enricher {
                 }
                 let mut r = k.request;
                 r.tid = r.tid.filter(|&t| self.history.is_thread_of(pid, t));
+                if let Some(below) = self.below.of(k.trace, k.span) {
+                    // A streamed answer can go on after the server span ends.
+                    r.end_ns = r.end_ns.max(below.end_ns);
+                    if r.tokens.is_none() {
+                        r.tokens = below_tokens(&below);
+                    }
+                }
                 index.insert((k.trace, k.span), all.len());
                 all.push(r);
             }
@@ -126,8 +137,15 @@ impl Enricher {
             }
             slots.push((*at, place, place == next));
         }
-        let energies = enrich(&chosen, all, &self.history, &mut self.claims);
+        let mut energies = enrich(&chosen, all, &self.history, &mut self.claims);
         let now = Instant::now();
+        for &(at, place, first) in &slots {
+            if first {
+                let (input, output) = self.request_tokens(span_at(request, at));
+                energies[place].input_tokens = input;
+                energies[place].output_tokens = output;
+            }
+        }
         for (at, place, first) in slots {
             let energy = &energies[place];
             let span = span_at_mut(request, at);
@@ -149,6 +167,21 @@ impl Enricher {
                 ),
             }
             self.stats.duplicates += 1;
+        }
+    }
+
+    /// A request's gen_ai (input, output) tokens: its own, else its gen_ai spans'.
+    fn request_tokens(
+        &self,
+        s: &opentelemetry_proto::tonic::trace::v1::Span,
+    ) -> (Option<u64>, Option<u64>) {
+        match spans::token_counts(s) {
+            Some((None, None)) => self
+                .below
+                .of(trace_id(&s.trace_id), span_id(&s.span_id))
+                .map_or((None, None), |b| (b.input, b.output)),
+            Some(counts) => counts,
+            None => (None, None),
         }
     }
 
@@ -178,14 +211,33 @@ impl Enricher {
         now: Instant,
     ) {
         let model = self.history.model_of(request.pid).unwrap_or("unknown");
-        self.requests
-            .push((model.to_string(), energy.joules.total().get()));
+        self.requests.push(RequestSample {
+            model: model.to_string(),
+            end_unix_ns: request.end_ns,
+            joules: energy.joules.total(),
+            carbon_g: energy.carbon_g,
+            tokens: match (energy.input_tokens, energy.output_tokens) {
+                (None, None) => request.tokens,
+                (input, output) => Some(input.unwrap_or(0).saturating_add(output.unwrap_or(0))),
+            },
+            input_tokens: energy.input_tokens,
+            output_tokens: energy.output_tokens,
+            estimated: energy.estimated,
+        });
         self.traces.mark_enriched(trace, span);
         self.known
             .mark_enriched(request.pid, request.start_ns, trace, span);
         self.given.rotate(now);
         *self.given.entry((trace, span)) = energy.clone();
         self.stats.enriched += 1;
+    }
+}
+
+/// The tokens of the gen_ai spans below a request, for the split (input + output).
+fn below_tokens(below: &super::Below) -> Option<u64> {
+    match (below.input, below.output) {
+        (None, None) => None,
+        (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
     }
 }
 

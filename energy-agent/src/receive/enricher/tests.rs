@@ -157,7 +157,10 @@ fn held_until_covered_then_enriched_and_otherwise_untouched() {
     );
     assert_eq!(e.stats.enriched, 1);
     assert_eq!(e.stats.held, 0);
-    assert_eq!(e.take_requests(), vec![("llm".to_string(), 4.0)]);
+    let requests: Vec<(String, f64)> = (e.take_requests().into_iter())
+        .map(|r| (r.model, r.joules.get()))
+        .collect();
+    assert_eq!(requests, vec![("llm".to_string(), 4.0)]);
 }
 
 #[test]
@@ -354,4 +357,5 @@ fn a_span_of_another_batch_in_the_same_interval_still_decides_the_split_mode() {
     assert_eq!(joules(&attrs_of(&out[1])[0]), Some(4.0));
 }
 
+mod genai;
 mod untrusted;

@@ -136,6 +136,11 @@ impl TraceIndex {
         false
     }
 
+    /// The parent of a span seen (0 for a root), None for a span not seen.
+    pub fn parent(&self, trace: TraceId, span: SpanId) -> Option<SpanId> {
+        self.get((trace, span)).map(|n| n.parent)
+    }
+
     /// Spans remembered (both generations).
     #[cfg(test)]
     pub fn len(&self) -> usize {
