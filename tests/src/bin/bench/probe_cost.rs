@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{Agent, Settings, quantile},
-    probe_subjects::{RAW, References, SHARED, Subject, TYPED, measure},
+    probe_subjects::{RAW, References, SHARED, Subject, measure},
 };
 
 /// Target: the agent's `sched_switch` at most this many times the empty program's cost.
@@ -80,7 +80,7 @@ fn bpftrace_installed() -> bool {
 }
 
 /// Everything measured on `sched_switch`, in the order of the first round.
-fn subjects(s: &Settings) -> Vec<Subject> {
+fn subjects(s: &Settings, refs: &References) -> Vec<Subject> {
     let mut all = vec![
         Subject::Reference("ref_empty"),
         Subject::Reference("ref_naive"),
@@ -96,7 +96,7 @@ fn subjects(s: &Settings) -> Vec<Subject> {
             "tracepoint:sched:sched_switch { @s[args->prev_pid] = sum(1); }",
         ));
     }
-    let ingredients = RAW[2..].iter().chain(TYPED.iter()).chain([&SHARED]);
+    let ingredients = RAW[2..].iter().chain(refs.typed.iter()).chain([&SHARED]);
     all.extend(ingredients.map(|name| Subject::Reference(name)));
     all
 }
@@ -106,7 +106,7 @@ pub fn run(s: &Settings) -> Value {
     let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").expect("enabling kernel.bpf_stats_enabled (needs root)");
     let mut refs = References::load();
-    let subjects = subjects(s);
+    let subjects = subjects(s, &refs);
     let rounds = if s.smoke { 2 } else { 9 };
     let args = switch_load(s.smoke);
     let load = || {
