@@ -6,6 +6,9 @@
 //! the compiler's and cargo's messages without cargo's `Compiling …`/`Downloading …`
 //! progress lines, and fails the build.
 //!
+//! With the `bench-reference` feature it also builds the benchmark's reference programs
+//! (energy-ebpf's `reference` binary) into OUT_DIR/reference.
+//!
 //! Without bpf-linker on PATH (or with ENERGY_SKIP_EBPF=1) it writes an empty object and
 //! warns, so `cargo check`/`cargo clippy` work anywhere; the agent then refuses to start
 //! with a message that says how to build it (`cargo xtask build`).
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
             "cargo:warning={why}: building without eBPF programs; run `cargo xtask build` for a working agent"
         );
         fs::write(out_dir.join("energy"), b"").context("writing empty eBPF object")?;
+        fs::write(out_dir.join("reference"), b"").context("writing empty eBPF object")?;
         return Ok(());
     }
 
@@ -239,7 +243,6 @@ fn nested_cargo(toolchain: &Toolchain, out_dir: &Path) -> Result<Command> {
         "build",
         "--package",
         "energy-ebpf",
-        "--bins",
         "--message-format=json",
         "--release",
         "--target",
@@ -247,6 +250,11 @@ fn nested_cargo(toolchain: &Toolchain, out_dir: &Path) -> Result<Command> {
         "-Z",
         "build-std=core",
     ]);
+    // The agent's programs; the benchmark's reference programs only when asked for.
+    cmd.args(["--bin", "energy"]);
+    if env::var_os("CARGO_FEATURE_BENCH_REFERENCE").is_some() {
+        cmd.args(["--bin", "reference"]);
+    }
     cmd.arg("--target-dir").arg(out_dir.join("ebpf-target"));
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),

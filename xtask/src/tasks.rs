@@ -140,6 +140,10 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
 ];
 
+/// Commands the benchmarks use when present, with their Debian package: bpftrace's
+/// one-liners are extra references of the probe benchmark (it runs without them).
+const BENCH_TOOLS: &[(&str, &str)] = &[("bpftrace", "bpftrace")];
+
 /// The benchmarks.
 const BENCHMARKS: [&str; 7] = [
     "probe", "slowdown", "agent", "enrich", "accuracy", "idle", "soak",
@@ -184,6 +188,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     let tools = setup::setup()?;
     setup::ensure_test_tools(TEST_TOOLS)?;
+    if let Err(e) = setup::ensure_test_tools(BENCH_TOOLS) {
+        eprintln!("[xtask] bpftrace unavailable ({e:#}): the probe benchmark runs without it");
+    }
     build_agent_and_test_programs(
         &tools,
         true,

@@ -48,6 +48,13 @@ use crate::clock::monotonic_ns;
 /// The eBPF object built by build.rs (empty when built without bpf-linker).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/energy"));
 
+/// The probe benchmark's reference programs (an empty and a naive `sched_switch` program,
+/// and the ingredients of the agent's), which the agent itself never loads; empty when
+/// built without bpf-linker.
+#[cfg(feature = "bench-reference")]
+pub static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reference"));
+
 /// The raw tracepoints the scheduler programs attach to: (program, tracepoint); all are
 /// in the `sched` category of tracefs.
 pub const SCHED_TRACEPOINTS: [(&str, &str); 4] = [

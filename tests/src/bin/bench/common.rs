@@ -90,7 +90,8 @@ impl Agent {
         }
         let agent = Self { child, lines };
         let start = Instant::now();
-        while !sched_program_loaded() {
+        // Its own program: other agents on a shared host have theirs.
+        while process_switch_stats(agent.pid()).is_none() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the agent did not attach within 30 s"
@@ -142,11 +143,30 @@ pub fn wait_listening(port: u16) {
     }
 }
 
-/// Whether a program named `sched_switch` is loaded (the agent is attached).
-pub fn sched_program_loaded() -> bool {
+/// The ids of the BPF programs process `pid` holds (from its fds' fdinfo).
+pub fn programs_of(pid: u32) -> std::collections::HashSet<u32> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Cumulative (run time ns, runs) of the `sched_switch` program process `pid` holds,
+/// or None while it holds none.
+pub fn process_switch_stats(pid: u32) -> Option<(u64, u64)> {
+    let ids = programs_of(pid);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .any(|p| p.name_as_str() == Some("sched_switch"))
+        .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some("sched_switch"))
+        .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
 }
 
 /// utime + stime of a process, seconds (from /proc/PID/stat).

@@ -19,6 +19,7 @@ mod idle;
 mod otlp;
 mod plot;
 mod probe_cost;
+mod probe_subjects;
 mod slowdown;
 mod soak;
 

@@ -14,25 +14,27 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
-/// Horizontal bars: ns per run of each program.
+/// Horizontal bars: median ns per run of each program measured on `sched_switch`.
 pub fn probe(r: &Value, path: &Path) -> Result {
-    let programs: Vec<(String, f64)> = r["programs"]
+    let programs: Vec<(String, f64)> = r["subjects"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| num(&p["runs"]) > 0.0)
         .map(|p| {
             (
-                p["program"].as_str().unwrap_or("?").to_string(),
-                num(&p["ns_per_run"]),
+                p["name"].as_str().unwrap_or("?").to_string(),
+                num(&p["ns"]["median"]),
             )
         })
         .collect();
-    let max = programs.iter().map(|p| p.1).fold(200.0, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (720, 60 + 40 * programs.len() as u32)).into_drawing_area();
+    let max = programs.iter().map(|p| p.1).fold(50.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (720, 60 + 30 * programs.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("eBPF program cost, ns per run", ("sans-serif", 18))
+        .caption(
+            "sched_switch programs, median ns per run (same run)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(160)
@@ -45,16 +47,16 @@ pub fn probe(r: &Value, path: &Path) -> Result {
         .y_label_formatter(&|i| names.get(*i).cloned().unwrap_or_default())
         .x_desc("ns per run")
         .draw()?;
-    chart.draw_series(
-        programs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, ns))| Rectangle::new([(0.0, i), (*ns, i + 1)], BLUE.mix(0.6).filled())),
-    )?;
-    chart.draw_series(LineSeries::new(
-        [(150.0, 0), (150.0, programs.len())],
-        RED.stroke_width(2),
-    ))?;
+    chart.draw_series(programs.iter().enumerate().map(|(i, (name, ns))| {
+        let color = if name.starts_with("ref_") || name.starts_with("bpftrace") {
+            BLACK.mix(0.4)
+        } else if name.starts_with("ing_") {
+            BLUE.mix(0.4)
+        } else {
+            RED.mix(0.7)
+        };
+        Rectangle::new([(0.0, i), (*ns, i + 1)], color.filled())
+    }))?;
     root.present()?;
     Ok(())
 }
