@@ -4,6 +4,7 @@
 pub mod cuda;
 pub mod otlp;
 pub mod powercap;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader},
@@ -56,13 +57,20 @@ impl AgentRun {
     /// Starts the agent with `args` after `run --output json`, and waits for its first
     /// interval (so the probe is attached before the test goes on).
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(agent_bin())
+        Self::start_with(args, |_| {})
+    }
+
+    /// [`AgentRun::start`], with `configure` given the command before it starts (to
+    /// set its environment, its stderr, the user it runs as).
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(agent_bin());
+        command
             .args(["run", "--output", "json"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting energy-agent");
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().expect("starting energy-agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -111,7 +119,18 @@ impl AgentRun {
         while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.intervals.push(v);
         }
-        (status, self.intervals)
+        (status, std::mem::take(&mut self.intervals))
+    }
+}
+
+/// A test that panics while the agent runs does not leave it running (holding the
+/// test's output pipes).
+impl Drop for AgentRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -100,12 +100,66 @@ impl Backend {
 
     /// Everything received so far of `signal` (span, metric, log).
     pub fn received(&self, signal: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["signal"] == signal)
-            .collect()
+        received(&self.out, signal)
+    }
+}
+
+/// The lines of a peer's JSON-lines file whose `signal` is `signal`.
+fn received(out: &Path, signal: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["signal"] == signal)
+        .collect()
+}
+
+/// The OTLP backend behind TLS (tests/py/tls_sink.py), gRPC or HTTP, optionally
+/// requiring a client certificate.
+pub struct TlsSink {
+    child: Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsSink {
+    /// Starts it on `port` (`protocol` grpc or http) with the server certificate and
+    /// key; with `client_ca`, clients must present a certificate it signed.
+    pub fn start(
+        protocol: &str,
+        port: u16,
+        (cert, key): (&Path, &Path),
+        client_ca: Option<&Path>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let mut command = Command::new(python());
+        command
+            .arg(script("tls_sink.py"))
+            .arg(protocol)
+            .arg(port.to_string())
+            .arg(&out)
+            .arg(cert)
+            .arg(key);
+        command.args(client_ca);
+        let child = start_peer(&mut command, "tls_sink.py");
+        Self {
+            child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Everything received so far of `signal` (span, metric, log).
+    pub fn received(&self, signal: &str) -> Vec<serde_json::Value> {
+        received(&self.out, signal)
+    }
+}
+
+impl Drop for TlsSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -134,6 +134,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
+    ("openssl", "openssl"),
 ];
 
 /// The benchmarks.

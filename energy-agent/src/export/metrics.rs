@@ -232,8 +232,16 @@ def!(
     "Attributed intervals the enricher's full hand-off could not take."
 );
 
+def!(
+    AGENT_LISTENER_REJECTED,
+    "energy_agent.listener.rejected",
+    "1",
+    Counter,
+    "Connections and requests a listener refused, by listener and reason (unauthenticated, tls_handshake, connection_limit, overloaded, timeout)."
+);
+
 /// Every metric, in exposition order.
-pub const ALL: [Def; 25] = [
+pub const ALL: [Def; 26] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -259,6 +267,7 @@ pub const ALL: [Def; 25] = [
     AGENT_RECEIVER_PENDING,
     AGENT_RECEIVER_PENDING_BYTES,
     AGENT_ENRICHER_INTERVALS_DROPPED,
+    AGENT_LISTENER_REJECTED,
 ];
 
 /// Label set, sorted by key.

@@ -2,7 +2,10 @@
 //! A request is answered OK once it has its share of the budget and is handed to the
 //! enrichment task; with no room it gets OTLP's throttling reply (see [`super::admission`]),
 //! checked again before its body is even read. A malformed one gets a protocol error
-//! (gRPC status or HTTP 4xx) and the listeners keep serving.
+//! (gRPC status or HTTP 4xx) and the listeners keep serving. Both listeners take their
+//! TLS, bearer token and limits from a [`crate::listen::Guard`] each: a request without
+//! the token gets `UNAUTHENTICATED` / 401 before anything else is looked at, and one
+//! over the limit of requests in progress the same throttling answer as a full budget.
 
 use std::{
     collections::HashMap,
@@ -16,6 +19,7 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
+    error_handling::HandleErrorLayer,
     extract::{ConnectInfo, DefaultBodyLimit, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
@@ -39,6 +43,11 @@ use opentelemetry_proto::tonic::collector::{
 use prost::Message;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService};
+use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::listen::{
+    self, ALPN_GRPC, ALPN_HTTP1, Guard, ListenConfig, ListenError, Reason, Remote,
+};
 
 use super::{
     admission::{self, Admitted, Budget, Refusal, Signal, grpc_refusal, http_refusal},
@@ -114,7 +123,12 @@ pub struct ReceiverConfig {
     pub max_message_bytes: usize,
     /// procfs, for resolving local senders.
     pub proc_root: PathBuf,
+    /// TLS, bearer token and limits of both listeners.
+    pub listen: ListenConfig,
 }
+
+/// What a sender that reaches a receiver bound beyond loopback, unauthenticated, can do.
+const RISK: &str = "anyone who can reach it can send spans the agent enriches with the energy of local processes and forwards with its own credentials, and can fill its buffers";
 
 /// Peer address → (process, when resolved).
 type PeerCache = Arc<Mutex<HashMap<SocketAddr, (Option<u32>, Instant)>>>;
@@ -215,6 +229,34 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// The HTTP address actually bound.
     pub http: SocketAddr,
+    /// The gRPC listener's settings and counters.
+    pub grpc_guard: Arc<Guard>,
+    /// The HTTP listener's.
+    pub http_guard: Arc<Guard>,
+}
+
+/// Why the receiver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A TLS or token file cannot be used.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// An address cannot be bound.
+    #[error("binding the {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// Binds both listeners and serves until `shutdown` resolves.
@@ -222,18 +264,25 @@ pub async fn start(
     config: ReceiverConfig,
     intake: Intake,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Bound> {
-    use anyhow::Context as _;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc)
-        .await
-        .with_context(|| format!("binding the OTLP/gRPC receiver on {}", config.grpc))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the OTLP/HTTP receiver on {}", config.http))?;
-    let bound = Bound {
-        grpc: grpc_listener.local_addr()?,
-        http: http_listener.local_addr()?,
+) -> Result<Bound, StartError> {
+    const GRPC: &str = "OTLP/gRPC receiver";
+    const HTTP: &str = "OTLP/HTTP receiver";
+    let grpc_guard = Guard::new(GRPC, &config.listen, ALPN_GRPC)?;
+    let http_guard = Guard::new(HTTP, &config.listen, ALPN_HTTP1)?;
+    let grpc_listener = bind(GRPC, config.grpc).await?;
+    let http_listener = bind(HTTP, config.http).await?;
+    let local = |l: &tokio::net::TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
     };
+    let bound = Bound {
+        grpc: local(&grpc_listener, GRPC, config.grpc)?,
+        http: local(&http_listener, HTTP, config.http)?,
+        grpc_guard,
+        http_guard,
+    };
+    bound.grpc_guard.warn_if_exposed(bound.grpc, RISK);
+    bound.http_guard.warn_if_exposed(bound.http, RISK);
     let peers = Peers {
         proc_root: config.proc_root.clone(),
         cache: Arc::default(),
@@ -244,33 +293,76 @@ pub async fn start(
         peers: peers.clone(),
         ours: bound.grpc,
     };
-    serve_grpc(grpc_listener, svc, max, shutdown.clone());
+    serve_grpc(
+        grpc_listener,
+        (svc, bound.grpc_guard.clone()),
+        max,
+        shutdown.clone(),
+    );
     let state = HttpState {
         intake,
         peers,
         ours: bound.http,
         max,
     };
-    serve_http(http_listener, state, shutdown);
+    serve_http(http_listener, (state, bound.http_guard.clone()), shutdown).map_err(|source| {
+        StartError::Bind {
+            what: HTTP,
+            addr: bound.http,
+            source,
+        }
+    })?;
     Ok(bound)
 }
 
 /// Serves the three OTLP/gRPC services on `listener` (messages up to `max` bytes,
-/// gzip accepted) until `shutdown` turns true.
+/// gzip accepted) until `shutdown` turns true: the bearer token is checked first, then
+/// the budget, before the body is read; the guard's limits wrap everything.
 fn serve_grpc(
     listener: tokio::net::TcpListener,
-    svc: Grpc,
+    (svc, guard): (Grpc, Arc<Guard>),
     max: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let precheck = |signal| {
         let intake = svc.intake.clone();
+        let guard = guard.clone();
         move |request: tonic::Request<()>| {
+            let token = request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes());
+            if !guard.authorized(token, request.remote_addr()) {
+                return Err(tonic::Status::unauthenticated(
+                    "missing or invalid bearer token (authorization: Bearer TOKEN)",
+                ));
+            }
             intake.precheck(signal).map_err(grpc_refusal)?;
             Ok(request)
         }
     };
+    let limits = {
+        let g = guard.clone();
+        ServiceBuilder::new()
+            .map_err(move |e: BoxError| -> BoxError {
+                match g.layer_error(&e) {
+                    Some(Reason::Overloaded) => Box::new(grpc_refusal(Refusal::Full)),
+                    Some(_) => Box::new(tonic::Status::deadline_exceeded(
+                        "the request took longer than the receiver's request timeout",
+                    )),
+                    None => e,
+                }
+            })
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                guard.requests(),
+            ))
+            .timeout(guard.limits().request_timeout)
+    };
+    let conns =
+        tokio_stream::wrappers::ReceiverStream::new(guard.accept(listener, shutdown.clone()));
     let grpc = tonic::transport::Server::builder()
+        .layer(limits)
         .add_service(InterceptedService::new(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(max)
@@ -290,7 +382,7 @@ fn serve_grpc(
             precheck(Signal::Logs),
         ))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tokio_stream::StreamExt::map(conns, Ok::<_, std::io::Error>),
             async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             },
@@ -302,32 +394,56 @@ fn serve_grpc(
     });
 }
 
-/// Serves the OTLP/HTTP paths on `listener` until `shutdown` turns true.
+/// Serves the OTLP/HTTP paths on `listener` until `shutdown` turns true: the guard's
+/// limits, then its bearer token, then the budget, before the body is read.
 fn serve_http(
     listener: tokio::net::TcpListener,
-    state: HttpState,
+    (state, guard): (HttpState, Arc<Guard>),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> std::io::Result<()> {
+    let limits = {
+        let g = guard.clone();
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e: BoxError| {
+                let reason = g.layer_error(&e);
+                async move {
+                    match reason {
+                        Some(Reason::Overloaded) => http_refusal(Refusal::Full),
+                        Some(_) => (StatusCode::REQUEST_TIMEOUT, "request timeout").into_response(),
+                        None => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                    }
+                }
+            }))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                guard.requests(),
+            ))
+            .timeout(guard.limits().request_timeout)
+    };
     let app = Router::new()
         .route("/v1/traces", post(http_traces))
         .route("/v1/metrics", post(http_metrics))
         .route("/v1/logs", post(http_logs))
         .layer(DefaultBodyLimit::max(state.max))
         .route_layer(middleware::from_fn_with_state(state.clone(), http_precheck))
+        .route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            listen::http_auth,
+        ))
+        .route_layer(limits)
         .with_state(state);
+    let conns = guard.axum(listener, shutdown.clone())?;
     tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
+        let served = axum::serve(conns, app.into_make_service_with_connect_info::<Remote>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
         if let Err(e) = served {
             log::error!("OTLP/HTTP receiver stopped: {e}");
         }
     });
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -448,7 +564,7 @@ async fn http_precheck(State(s): State<HttpState>, request: Request, next: Next)
 
 async fn http_traces(
     State(s): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Remote(peer)): ConnectInfo<Remote>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

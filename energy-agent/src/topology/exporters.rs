@@ -33,10 +33,11 @@ use crate::{
         metrics::{self, MetricsState},
         otlp::OtlpMetrics,
     },
+    listen::{self, Guard, ListenConfig},
     receive::{
         admission::{Admitted, Budget, Signal},
         enricher::{EnrichConfig, Enricher},
-        server::{Incoming, Intake, ReceiverConfig},
+        server::{Bound, Incoming, Intake, ReceiverConfig},
     },
     requests::IntervalRecord,
 };
@@ -52,6 +53,8 @@ pub struct ExportConfig {
     pub receive: Option<ReceiveConfig>,
     /// Serve Prometheus metrics here.
     pub prometheus: Option<SocketAddr>,
+    /// The Prometheus endpoint's TLS, token and limits.
+    pub prometheus_listen: ListenConfig,
     /// Per-process metric series per interval.
     pub metrics_top: usize,
 }
@@ -103,6 +106,8 @@ pub struct Exporters {
     otlp_metrics: Option<OtlpMetrics>,
     enricher: Option<Receiving>,
     forwarder: Option<Forwarder>,
+    /// Every listener's guard (TLS, tokens, limits, what each refused).
+    guards: Vec<Arc<Guard>>,
     shutdown: watch::Sender<bool>,
     clock: WallClock,
 }
@@ -117,31 +122,47 @@ impl Exporters {
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
-        let forwarder = config.forward.clone().map(forward::spawn);
+        let forwarder = config.forward.clone().map(forward::spawn).transpose()?;
         let otlp_metrics = forwarder.as_ref().map(|fwd| {
             OtlpMetrics::start(fwd.clone(), config.metrics_interval, metrics.clone(), clock)
         });
+        let mut guards = Vec::new();
         let enricher = match (&forwarder, &config.receive) {
             (Some(forwarder), Some(receive)) => {
                 let sinks = EnrichSinks {
                     forwarder: forwarder.clone(),
                     metrics: metrics.clone(),
                 };
-                Some(start_receiving(receive, interval, sinks, shutdown.subscribe()).await?)
+                let (receiving, bound) =
+                    start_receiving(receive, interval, sinks, shutdown.subscribe()).await?;
+                guards.extend([bound.grpc_guard, bound.http_guard]);
+                Some(receiving)
             }
             _ => None,
         };
         if let Some(addr) = config.prometheus {
-            let bound =
-                crate::export::prometheus::serve(addr, metrics.clone(), shutdown.subscribe())
-                    .await?;
-            eprintln!("energy-agent: Prometheus metrics on http://{bound}/metrics");
+            let listen = &config.prometheus_listen;
+            let (bound, guard) = crate::export::prometheus::serve(
+                addr,
+                listen,
+                metrics.clone(),
+                shutdown.subscribe(),
+            )
+            .await?;
+            eprintln!(
+                "energy-agent: Prometheus metrics on {}://{bound}/metrics ({})",
+                guard.scheme(),
+                listen::describe(&guard)
+            );
+            guards.push(guard);
         }
+        listen::spawn_reloader(guards.clone(), shutdown.subscribe());
         Ok(Self {
             metrics,
             otlp_metrics,
             enricher,
             forwarder,
+            guards,
             shutdown,
             clock,
         })
@@ -157,6 +178,7 @@ impl Exporters {
         if let Ok(mut m) = self.metrics.lock() {
             m.observe(report);
             m.set_value(metrics::AGENT_LAG, &[], lag.as_secs_f64());
+            record_listeners(&self.guards, &mut m);
             if let Some(f) = &self.forwarder {
                 record_flow(f, self.enricher.as_ref(), &mut m);
             }
@@ -190,6 +212,7 @@ impl Exporters {
             .enricher
             .as_ref()
             .map(|r| (r.budget.clone(), r.intervals_dropped.clone()));
+        let guards = self.guards.clone();
         Some(move || {
             let receiver = receiver.as_ref().map(|(budget, dropped)| {
                 let (items, bytes) = budget.taken();
@@ -203,8 +226,19 @@ impl Exporters {
                 }
                 o
             });
+            let listeners: serde_json::Map<String, Value> = guards
+                .iter()
+                .map(|g| {
+                    let rejected: serde_json::Map<String, Value> = g
+                        .rejected()
+                        .map(|(r, n)| (r.name().into(), json!(n)))
+                        .collect();
+                    (g.name().to_string(), json!({ "rejected": rejected }))
+                })
+                .collect();
             json!({
                 "receiver": receiver,
+                "listeners": listeners,
                 "forward": {
                     "forwarded": forward.forwarded.load(Relaxed),
                     "queued": forward.queued.load(Relaxed),
@@ -255,7 +289,7 @@ async fn start_receiving(
     interval: Duration,
     sinks: EnrichSinks,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Receiving> {
+) -> anyhow::Result<(Receiving, Bound)> {
     let (in_tx, in_rx) = mpsc::channel(INCOMING_CAPACITY);
     let budget = Budget::new(config.max_pending_items, config.max_pending_bytes);
     let intake = Intake {
@@ -263,23 +297,32 @@ async fn start_receiving(
         budget: budget.clone(),
     };
     let bound = crate::receive::server::start(config.receiver.clone(), intake, shutdown).await?;
-    log::info!(
-        "OTLP receiver on grpc {} and http {}",
-        bound.grpc,
-        bound.http
-    );
+    let scheme = bound.grpc_guard.scheme();
     eprintln!(
-        "energy-agent: receiving OTLP on {} (gRPC) and {} (HTTP)",
-        bound.grpc, bound.http
+        "energy-agent: receiving OTLP on {scheme}://{} (gRPC) and {scheme}://{} (HTTP) ({})",
+        bound.grpc,
+        bound.http,
+        listen::describe(&bound.grpc_guard)
     );
     let enricher = Enricher::new(config.enrich.clone(), history_intervals(interval));
     let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
     tokio::spawn(enrich_task(enricher, in_rx, rx, sinks));
-    Ok(Receiving {
+    let receiving = Receiving {
         control,
         budget,
         intervals_dropped: Arc::default(),
-    })
+    };
+    Ok((receiving, bound))
+}
+
+/// Moves what each listener refused into the metrics.
+fn record_listeners(guards: &[Arc<Guard>], m: &mut MetricsState) {
+    for g in guards {
+        for (reason, n) in g.rejected() {
+            let labels = [("listener", g.name()), ("reason", reason.name())];
+            m.set_value(metrics::AGENT_LISTENER_REJECTED, &labels, n as f64);
+        }
+    }
 }
 
 /// Intervals of history the enricher keeps: enough for the longest requests worth
