@@ -16,6 +16,7 @@ pub mod clock;
 pub mod export;
 pub mod identity;
 pub mod listen;
+pub mod lockdown;
 pub mod power;
 pub mod probe;
 pub mod receive;

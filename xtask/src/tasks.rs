@@ -135,6 +135,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
     ("openssl", "openssl"),
+    ("setcap", "libcap2-bin"),
 ];
 
 /// The benchmarks.

@@ -409,6 +409,7 @@ impl ExportArgs {
                     &r.receive_token_file,
                     self.limits.limits(),
                 ),
+                lookup: Default::default(),
             },
             enrich: EnrichConfig {
                 selection: self.enrich.clone(),

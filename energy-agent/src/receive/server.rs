@@ -125,6 +125,39 @@ pub struct ReceiverConfig {
     pub proc_root: PathBuf,
     /// TLS, bearer token and limits of both listeners.
     pub listen: ListenConfig,
+    /// How the process behind a loopback sender is found.
+    pub lookup: PeerLookup,
+}
+
+/// Finds the process holding the sender's end of a loopback connection (`proc_root`,
+/// the sender's address, ours). In `run` the listeners' threads hold no capability,
+/// so this asks a thread that can read other users' `/proc/<pid>/fd`; by default it
+/// reads them in the calling thread.
+#[derive(Clone)]
+pub struct PeerLookup(Arc<LookupFn>);
+
+/// What a [`PeerLookup`] calls: (procfs, the sender's address, ours) → its pid.
+type LookupFn = dyn Fn(&std::path::Path, SocketAddr, SocketAddr) -> Option<u32> + Send + Sync;
+
+impl PeerLookup {
+    /// A lookup done by `f`.
+    pub fn new(
+        f: impl Fn(&std::path::Path, SocketAddr, SocketAddr) -> Option<u32> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl Default for PeerLookup {
+    fn default() -> Self {
+        Self::new(peer::pid_of_peer)
+    }
+}
+
+impl std::fmt::Debug for PeerLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerLookup")
+    }
 }
 
 /// What a sender that reaches a receiver bound beyond loopback, unauthenticated, can do.
@@ -138,6 +171,7 @@ type PeerCache = Arc<Mutex<HashMap<SocketAddr, (Option<u32>, Instant)>>>;
 struct Peers {
     proc_root: PathBuf,
     cache: PeerCache,
+    lookup: PeerLookup,
 }
 
 impl Peers {
@@ -151,7 +185,7 @@ impl Peers {
         {
             return Origin { pid: *pid };
         }
-        let pid = peer::pid_of_peer(&self.proc_root, peer, ours);
+        let pid = (self.lookup.0)(&self.proc_root, peer, ours);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 4096 {
                 cache.clear();
@@ -286,6 +320,7 @@ pub async fn start(
     let peers = Peers {
         proc_root: config.proc_root.clone(),
         cache: Arc::default(),
+        lookup: config.lookup.clone(),
     };
     let max = config.max_message_bytes;
     let svc = Grpc {
@@ -455,9 +490,11 @@ struct HttpState {
 }
 
 /// Body format of an OTLP/HTTP request.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/x-protobuf`.
     Protobuf,
+    /// `application/json` (OTLP's JSON encoding).
     Json,
 }
 
@@ -483,7 +520,25 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+        .unwrap_or("");
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    decode_body::<T>(content_type, gzip, body, max).map_err(|(s, m)| error(s, m))
+}
+
+/// Decodes an OTLP/HTTP body as the receiver does: inflated first when `gzip` (at most
+/// `max` bytes once inflated), then protobuf or JSON by `content_type`. A body it
+/// refuses gets the HTTP status the receiver answers and why. (Public for the fuzz
+/// targets, which feed it what a sender could.)
+pub fn decode_body<T: Message + Default + serde::de::DeserializeOwned>(
+    content_type: &str,
+    gzip: bool,
+    body: &[u8],
+    max: usize,
+) -> Result<(T, Format), (StatusCode, String)> {
+    let content_type = content_type
         .split(';')
         .next()
         .unwrap_or("")
@@ -493,7 +548,7 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
         "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
         "application/json" => Format::Json,
         other => {
-            return Err(error(
+            return Err((
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "unsupported content type {other:?}: use application/x-protobuf or application/json"
@@ -501,18 +556,14 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
             ));
         }
     };
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let mut inflated = Vec::new();
     let bytes: &[u8] = if gzip {
-        let mut reader = flate2::read::GzDecoder::new(&body[..]).take(max as u64 + 1);
+        let mut reader = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
         reader
             .read_to_end(&mut inflated)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
         if inflated.len() > max {
-            return Err(error(
+            return Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body larger than {max} bytes once decompressed"),
             ));
@@ -523,13 +574,13 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     };
     let message = match format {
         Format::Protobuf => T::decode(bytes).map_err(|e| {
-            error(
+            (
                 StatusCode::BAD_REQUEST,
                 format!("malformed OTLP protobuf: {e}"),
             )
         })?,
         Format::Json => serde_json::from_slice(bytes)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed OTLP JSON: {e}")))?,
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed OTLP JSON: {e}")))?,
     };
     Ok((message, format))
 }

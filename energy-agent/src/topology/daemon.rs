@@ -24,7 +24,9 @@ use super::{
 use crate::{
     clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
+    lockdown::{self, Delegate},
     probe::{Probe, ProbeConfig},
+    receive::server::PeerLookup,
 };
 
 /// Shortest interval: RAPL figures are never exposed finer than this (PLATYPUS,
@@ -65,6 +67,8 @@ pub struct DaemonConfig {
     pub export: ExportConfig,
     /// How finely the probe is read within an interval while spans are received.
     pub request_resolution: Duration,
+    /// The user to switch to once started (`--user`).
+    pub user: Option<String>,
 }
 
 /// Longest the agent takes to stop after a signal: releasing held spans, the final
@@ -94,6 +98,49 @@ struct Daemon {
     sink: Option<Box<dyn Sink>>,
     exporters: Exporters,
     faults: Faults,
+    /// The runtime of the network-facing tasks (receive, enrich, forward, /metrics),
+    /// whose threads hold no capability.
+    net: NetRuntime,
+}
+
+/// The network-facing runtime; shut down (without waiting) when dropped, so that it
+/// may be dropped inside the main runtime.
+struct NetRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetRuntime {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(lockdown::NET_THREAD)
+            .on_thread_start(lockdown::net_thread_start)
+            .enable_all()
+            .build()
+            .context("starting the network runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|r| r.handle().clone())
+    }
+}
+
+impl Drop for NetRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The receiver's sender lookups, asked of `delegate` (the listeners' threads cannot
+/// read other users' `/proc/<pid>/fd` themselves once privileges are dropped).
+fn delegated_lookup(delegate: Delegate) -> PeerLookup {
+    PeerLookup::new(move |root, peer, ours| {
+        let root = root.to_path_buf();
+        delegate
+            .run(move || crate::receive::peer::pid_of_peer(&root, peer, ours))
+            .flatten()
+    })
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -110,7 +157,12 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
         log::info!("stopped before starting");
         return Ok(0);
     }
-    let Some(mut daemon) = Daemon::start(&config, &mut signals).await? else {
+    let user = config
+        .user
+        .as_deref()
+        .map(lockdown::resolve_user)
+        .transpose()?;
+    let Some(mut daemon) = Daemon::start(&config, user, &mut signals).await? else {
         log::info!("stopped while starting");
         return Ok(0);
     };
@@ -148,6 +200,29 @@ fn console_sink(
     }
 }
 
+/// Starts the exporters on a runtime of their own (binding the listeners, reading their
+/// certificates and tokens while the agent still can); `None` when a signal came first.
+async fn start_exporters(
+    config: &DaemonConfig,
+    clock: WallClock,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<(Exporters, NetRuntime)>> {
+    let net = NetRuntime::start()?;
+    let handle = net.handle().context("the network runtime")?;
+    let mut export = config.export.clone();
+    if let Some(receive) = &mut export.receive {
+        let delegate = Delegate::spawn("energy-peers").context("starting the lookup thread")?;
+        receive.receiver.lookup = delegated_lookup(delegate);
+    }
+    let interval = config.interval;
+    let started = handle.spawn(async move { Exporters::start(&export, interval, clock).await });
+    tokio::select! {
+        biased;
+        _ = signals.recv() => Ok(None),
+        started = started => Ok(Some((started.context("starting the exporters")??, net))),
+    }
+}
+
 /// Loads the probe and starts the interval stages at the same moment (blocking work:
 /// BTF, the verifier, the meters' first reads, a carbon API's first answer).
 fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
@@ -157,9 +232,13 @@ fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
 }
 
 impl Daemon {
-    /// Starts every stage; `None` when a signal came first (the start-up, on its own
-    /// thread, is abandoned).
-    async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Self>> {
+    /// Starts every stage, then drops privileges; `None` when a signal came first (the
+    /// start-up, on its own thread, is abandoned).
+    async fn start(
+        config: &DaemonConfig,
+        user: Option<lockdown::User>,
+        signals: &mut Signals,
+    ) -> anyhow::Result<Option<Self>> {
         let stages = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || start_stages(&config))
@@ -170,11 +249,14 @@ impl Daemon {
             started = stages => started.context("starting the probe")??,
         };
         let clock = pipeline.clock();
-        let exporters = tokio::select! {
-            biased;
-            _ = signals.recv() => return Ok(None),
-            exporters = Exporters::start(&config.export, config.interval, clock) => exporters?,
+        let Some(exporters) = start_exporters(config, clock, signals).await? else {
+            return Ok(None);
         };
+        let (exporters, net) = exporters;
+        // Everything is loaded, attached, opened and bound: from here on, only reads.
+        let bpf = lockdown::needs_bpf_for_reads(|| probe.stats().is_ok())?;
+        let outcome = lockdown::lock_down(bpf, user)?;
+        log::info!("{}", outcome.describe());
         let sink = console_sink(config.console, clock, &exporters);
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
@@ -186,6 +268,7 @@ impl Daemon {
             sink,
             exporters,
             faults: Faults::default(),
+            net,
         }))
     }
 
@@ -271,7 +354,10 @@ impl Daemon {
             self.emit_interval();
         }
         let Daemon {
-            probe, exporters, ..
+            probe,
+            exporters,
+            net,
+            ..
         } = self;
         drop(probe);
         tokio::select! {
@@ -282,6 +368,7 @@ impl Daemon {
                 log::warn!("stopping: the exporters did not flush within {STOP_BUDGET:?}");
             }
         }
+        drop(net);
     }
 }
 

@@ -42,6 +42,7 @@ async fn receiver_with(items: usize, listen: ListenConfig) -> Running {
         max_message_bytes: 1 << 20,
         proc_root: PathBuf::from("/proc"),
         listen,
+        lookup: PeerLookup::default(),
     };
     let intake = Intake {
         tx,
