@@ -554,4 +554,6 @@ fn shares(active: &[usize], spans: &[RequestSpan]) -> Vec<(usize, f64)> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
