@@ -9,6 +9,47 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The agent receiving OTLP/gRPC on 127.0.0.1:`port` (HTTP on the next port) and
+/// forwarding to `endpoint`, with intervals of 500 ms and its own metrics pushed every
+/// second, then `extra` flags; `configure` sets its environment or stderr.
+pub fn forwarding_agent(
+    port: u16,
+    endpoint: &str,
+    extra: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> crate::AgentRun {
+    let receive = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--interval",
+        "500ms",
+        "--no-gpu",
+        "--receive",
+        &receive,
+        "--otlp-endpoint",
+        endpoint,
+        "--metrics-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    crate::AgentRun::start_with(&args, configure)
+}
+
+/// The largest value of PromQL `query` at the Prometheus serving its API on
+/// 127.0.0.1:`port`, when it has one.
+pub fn prometheus_query(port: u16, query: &str) -> Option<f64> {
+    let out = Command::new(python())
+        .args(["-c", "import sys, urllib.request, urllib.parse; print(urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2]), timeout=5).read().decode())"])
+        .args([port.to_string(), query.to_string()])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["data"]["result"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
 /// The Python with the test peers installed (`cargo xtask test` sets it up).
 pub fn python() -> PathBuf {
     std::env::var_os("ENERGY_TEST_PYTHON")

@@ -13,8 +13,8 @@ use std::{
 };
 
 use energy_tests::{
-    AgentRun, agent_bin, domain_series,
-    otlp::{Backend, free_port_pair, inference_server, wait_for},
+    agent_bin, domain_series,
+    otlp::{Backend, forwarding_agent, free_port_pair, inference_server, wait_for},
     powercap::{PowercapTree, ZoneSpec},
     require_root, test_bin,
 };
@@ -112,17 +112,8 @@ fn after_start_up_every_thread_holds_only_the_documented_capabilities() {
     require_root();
     let (port, backend_port) = (free_port_pair(), free_port_pair());
     let _backend = Backend::start(backend_port);
-    let receive = format!("127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{backend_port}");
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
-        &endpoint,
-    ]);
+    let mut agent = forwarding_agent(port, &endpoint, &[], |_| {});
     let set = documented_set();
     let all = assert_dropped(agent.pid(), set, set);
     eprintln!(
@@ -162,19 +153,8 @@ fn as_nobody_the_agent_still_reports_and_enriches() {
     require_root();
     let (port, backend_port) = (free_port_pair(), free_port_pair());
     let backend = Backend::start(backend_port);
-    let receive = format!("127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{backend_port}");
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--user",
-        "nobody",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
-        &endpoint,
-    ]);
+    let mut agent = forwarding_agent(port, &endpoint, &["--user", "nobody"], |_| {});
     let set = documented_set();
     for t in assert_dropped(agent.pid(), set, set) {
         assert_eq!(t.uid(), vec![65534; 4], "uid of {}", t.name);

@@ -12,8 +12,8 @@ use std::{
 };
 
 use energy_tests::{
-    AgentRun, agent_bin,
-    otlp::{Backend, TlsSink, free_port_pair, run_script, wait_for},
+    agent_bin,
+    otlp::{Backend, TlsSink, forwarding_agent, free_port_pair, run_script, wait_for},
     require_root,
     tls::Pki,
 };
@@ -33,30 +33,6 @@ fn measure(args: &[&str], envs: &[(&str, &Path)]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The agent forwarding to `endpoint`, receiving OTLP/gRPC on `port`, pushing its own
-/// metrics every second; `configure` sets its environment.
-fn forwarding_agent(
-    port: u16,
-    endpoint: &str,
-    extra: &[&str],
-    configure: impl FnOnce(&mut Command),
-) -> AgentRun {
-    let receive = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
-        endpoint,
-        "--metrics-interval",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    AgentRun::start_with(&args, configure)
 }
 
 #[test]
@@ -296,44 +272,22 @@ fn bad_tls_settings_stop_the_start_with_the_file_named() {
     // clap: the flag needs its value.
     assert!(!out.status.success());
     let missing = pki.dir().join("missing.pem");
-    let missing = missing.to_string_lossy().into_owned();
-    let agent = Command::new(agent_bin())
-        .args([
-            "run",
-            "--no-gpu",
-            "--duration",
-            "1s",
-            "--otlp-endpoint",
-            "https://127.0.0.1:1",
-            "--otlp-certificate",
-            &missing,
-        ])
-        .output()
-        .expect("running the agent");
-    assert_eq!(agent.status.code(), Some(2), "{}", stderr(&agent));
-    assert!(
-        stderr(&agent).contains("missing.pem"),
-        "the error names the file: {}",
-        stderr(&agent)
-    );
     let cert = pki.client_cert.to_string_lossy().into_owned();
-    let agent = Command::new(agent_bin())
-        .args([
-            "run",
-            "--no-gpu",
-            "--duration",
-            "1s",
-            "--otlp-endpoint",
-            "https://127.0.0.1:1",
-            "--otlp-client-certificate",
-            &cert,
-        ])
-        .output()
-        .expect("running the agent");
-    assert_eq!(agent.status.code(), Some(2), "{}", stderr(&agent));
-    assert!(
-        stderr(&agent).contains("--otlp-client-key"),
-        "{}",
-        stderr(&agent)
-    );
+    for (flags, named) in [
+        (
+            ["--otlp-certificate", &*missing.to_string_lossy()],
+            "missing.pem",
+        ),
+        (["--otlp-client-certificate", &cert], "--otlp-client-key"),
+    ] {
+        let agent = Command::new(agent_bin())
+            .args(["run", "--no-gpu", "--duration", "1s"])
+            .args(["--otlp-endpoint", "https://127.0.0.1:1"])
+            .args(flags)
+            .output()
+            .expect("running the agent");
+        let err = stderr(&agent);
+        assert_eq!(agent.status.code(), Some(2), "{err}");
+        assert!(err.contains(named), "the error names {named}: {err}");
+    }
 }

@@ -13,7 +13,10 @@ use std::{
 
 use energy_tests::{
     AgentRun,
-    otlp::{Backend, free_port_pair, python, run_script, script, wait_for},
+    otlp::{
+        Backend, forwarding_agent, free_port_pair, prometheus_query, python, run_script, script,
+        wait_for,
+    },
     require_root,
     tls::Pki,
 };
@@ -52,25 +55,12 @@ fn tls_agent(
     extra: &[&str],
     log: Option<&Path>,
 ) -> AgentRun {
-    let receive = format!("127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{backend_port}");
     let (cert, key) = (s(&pki.server_cert), s(&pki.server_key));
-    let mut args = vec![
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
-        &endpoint,
-        "--receive-tls-cert",
-        &cert,
-        "--receive-tls-key",
-        &key,
-    ];
+    let mut args = vec!["--receive-tls-cert", &cert, "--receive-tls-key", &key];
     args.extend_from_slice(extra);
     let log = log.map(|p| std::fs::File::create(p).expect("the agent's log"));
-    AgentRun::start_with(&args, |c| {
+    forwarding_agent(port, &endpoint, &args, |c| {
         if let Some(log) = log {
             c.stderr(log);
         }
@@ -229,21 +219,19 @@ fn a_renewed_certificate_is_served_after_sighup_and_the_agent_keeps_running() {
     std::fs::copy(&pki.server_key, &key).expect("copying the key");
     let (port, backend_port) = (free_port_pair(), free_port_pair());
     let _backend = Backend::start(backend_port);
-    let receive = format!("127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{backend_port}");
-    let mut agent = AgentRun::start(&[
-        "--interval",
-        "500ms",
-        "--no-gpu",
-        "--receive",
-        &receive,
-        "--otlp-endpoint",
+    let (cert_arg, key_arg) = (s(&cert), s(&key));
+    let mut agent = forwarding_agent(
+        port,
         &endpoint,
-        "--receive-tls-cert",
-        &s(&cert),
-        "--receive-tls-key",
-        &s(&key),
-    ]);
+        &[
+            "--receive-tls-cert",
+            &cert_arg,
+            "--receive-tls-key",
+            &key_arg,
+        ],
+        |_| {},
+    );
     let http = format!("https://localhost:{}", port + 1);
     let (ca, other_ca) = (s(&pki.ca), s(&pki.other_ca));
     assert_eq!(client("http", &http, &["--ca", &ca]).0, "OK");
@@ -314,19 +302,7 @@ fn a_real_prometheus_scrapes_over_tls_with_a_token_and_others_get_401() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus (apt-get install prometheus)");
-    let query = |q: &str| -> Option<f64> {
-        let out = Command::new(python())
-            .args(["-c", "import sys, urllib.request, urllib.parse; print(urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2]), timeout=5).read().decode())"])
-            .args([prom_port.to_string(), q.to_string()])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["data"]["result"]
-            .as_array()?
-            .iter()
-            .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
-            .reduce(f64::max)
-    };
+    let query = |q: &str| prometheus_query(prom_port, q);
     let up = wait_for(Duration::from_secs(30), || {
         query(r#"up{job="energy"}"#).filter(|v| *v == 1.0)
     });

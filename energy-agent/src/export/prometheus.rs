@@ -36,7 +36,7 @@ use axum::{
 use tokio::sync::watch;
 use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
-use crate::listen::{self, ALPN_HTTP1, Guard, ListenConfig, Reason, Remote};
+use crate::listen::{self, ALPN_HTTP1, Guard, ListenConfig, Remote};
 
 use super::metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS};
 
@@ -72,19 +72,15 @@ pub async fn serve(
         let g = guard.clone();
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(move |e: BoxError| {
-                let reason = g.layer_error(&e);
-                async move {
-                    match reason {
-                        Some(Reason::Overloaded) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            [(header::RETRY_AFTER, "1")],
-                            "too many scrapes in progress",
-                        )
-                            .into_response(),
-                        Some(_) => (StatusCode::REQUEST_TIMEOUT, "request timeout").into_response(),
-                        None => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-                    }
-                }
+                let answer = listen::http_limit_answer(&g, &e, || {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "too many scrapes in progress",
+                    )
+                        .into_response()
+                });
+                async move { answer }
             }))
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(

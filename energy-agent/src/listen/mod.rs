@@ -394,6 +394,22 @@ pub async fn http_auth(
         .into_response()
 }
 
+/// The HTTP answer to a limit layer's error `e`, counted: `overloaded` past the limit
+/// of requests in progress (each listener's own throttling answer), 408 past the
+/// request timeout.
+pub fn http_limit_answer(
+    guard: &Guard,
+    e: &tower::BoxError,
+    overloaded: impl FnOnce() -> axum::response::Response,
+) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse};
+    match guard.layer_error(e) {
+        Some(Reason::Overloaded) => overloaded(),
+        Some(_) => (StatusCode::REQUEST_TIMEOUT, "request timeout").into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// The security settings in one line, for the start-up message.
 pub fn describe(guard: &Guard) -> String {
     let mut parts = vec![if guard.mutual_tls() {

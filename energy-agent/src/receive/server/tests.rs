@@ -3,6 +3,7 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::trace_service_client::TraceServiceClient,
     trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
+use prost::Message;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
