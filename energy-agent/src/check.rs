@@ -146,6 +146,7 @@ pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
     let privileged = check_privileges(&mut checks);
     check_kernel(&mut checks);
+    checks.push(check_runtime_privileges());
     checks.push(check_btf(Path::new(probe::KERNEL_BTF)));
     let tracefs = check_tracefs(&mut checks, privileged);
     if let Some(tracefs) = &tracefs {
@@ -174,7 +175,7 @@ fn check_privileges(checks: &mut Vec<Check>) -> bool {
                         Status::Fail,
                         format!("uid {} lacks {}", caps.euid(), missing.join(", ")),
                     )
-                    .fix("run as root, or grant the binary the capabilities: setcap cap_bpf,cap_perfmon+ep energy-agent"),
+                    .fix("run as root, or grant the binary the capabilities: setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep energy-agent"),
                 );
                 false
             }
@@ -188,6 +189,51 @@ fn check_privileges(checks: &mut Vec<Check>) -> bool {
             true
         }
     }
+}
+
+/// What `run` keeps once started (the same computation as `lockdown::lock_down`, with
+/// CAP_BPF predicted from the kernel where `run` tries it).
+fn check_runtime_privileges() -> Check {
+    use crate::lockdown::{
+        RUNTIME,
+        caps::{CAP_BPF, CapSet, ThreadCreds},
+        predict_bpf_for_reads,
+    };
+    let Some(creds) = ThreadCreds::current() else {
+        return Check::new(
+            "privileges after start",
+            Status::Warn,
+            "cannot read /proc/thread-self/status",
+        );
+    };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let bpf = parse_kernel_release(release.trim())
+        .is_some_and(|r| predict_bpf_for_reads(r, sysctl))
+        && creds.permitted.has(CAP_BPF);
+    let wanted = if bpf {
+        RUNTIME.or(CapSet::of(&[CAP_BPF]))
+    } else {
+        RUNTIME
+    };
+    let kept = wanted.and(creds.permitted);
+    let why_bpf = if bpf {
+        "cap_bpf too: this kernel refuses map reads without it"
+    } else {
+        "not cap_bpf: this kernel reads maps without it"
+    };
+    let detail = format!(
+        "run keeps {} ({why_bpf}) in its probe threads and none in the threads that receive, enrich and forward OTLP; every other capability dropped, bounding set cut, no_new_privs; --user NAME switches to that user keeping the same",
+        kept.names()
+    );
+    if RUNTIME.within(creds.permitted) {
+        return Check::new("privileges after start", Status::Pass, detail);
+    }
+    Check::new("privileges after start", Status::Warn, detail).fix(
+        "without cap_sys_ptrace other users' processes are named from their command line and their OTLP spans need process.pid; without cap_dac_read_search powercap counters and tracefs are unreadable: add them with setcap",
+    )
 }
 
 /// Kernel release as (major, minor), from `uname -r` text like `6.18.44-fc`.

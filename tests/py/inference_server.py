@@ -4,7 +4,9 @@ It serves REQUESTS requests on a pool of 2 worker threads, alternating a "big" r
 that burns 2 x UNIT seconds of its thread's CPU and a "small" one that burns UNIT. Each
 request is a SERVER span "chat tiny-llama" with gen_ai attributes, token counts in the
 same 2:1 ratio, and the worker's OS thread id (thread.native_id); each has an INTERNAL
-child span ("decode") that must not be enriched. Spans go to the agent over OTLP.
+child span ("decode") that must not be enriched. Spans go to the agent over OTLP (over TLS
+for an https:// ENDPOINT, with the OTEL_EXPORTER_OTLP_* variables the exporter reads:
+CERTIFICATE, CLIENT_CERTIFICATE, CLIENT_KEY, HEADERS).
 
 With --cuda LIB (a CUDA driver library: the tests' stand-in), each request drives the
 "GPU" from its worker thread instead of burning CPU: 10 x factor kernel launches, then
@@ -37,6 +39,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 def exporter(endpoint, protocol):
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        if endpoint.startswith("https://"):
+            # TLS, client certificate and headers from the OTEL_EXPORTER_OTLP_* variables.
+            return OTLPSpanExporter(endpoint=endpoint)
         return OTLPSpanExporter(endpoint=endpoint, insecure=True)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     return OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")

@@ -7,6 +7,7 @@ pub mod known_model;
 pub mod lifecycle;
 pub mod otlp;
 pub mod powercap;
+pub mod tls;
 
 use std::{
     io::{BufRead, BufReader},
@@ -59,19 +60,27 @@ impl AgentRun {
     /// Starts the agent with `args` after `run --output json`, and waits for its first
     /// interval (so the probe is attached before the test goes on).
     pub fn start(args: &[&str]) -> Self {
-        Self::start_with_env(args, &[])
+        Self::start_with(args, |_| {})
     }
 
     /// [`AgentRun::start`], with `env` added to the agent's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(agent_bin())
+        Self::start_with(args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// [`AgentRun::start`], with `configure` given the command before it starts (to
+    /// set its environment, its stderr, the user it runs as).
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(agent_bin());
+        command
             .args(["run", "--output", "json"])
             .args(args)
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting energy-agent");
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().expect("starting energy-agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {

@@ -9,6 +9,47 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The agent receiving OTLP/gRPC on 127.0.0.1:`port` (HTTP on the next port) and
+/// forwarding to `endpoint`, with intervals of 500 ms and its own metrics pushed every
+/// second, then `extra` flags; `configure` sets its environment or stderr.
+pub fn forwarding_agent(
+    port: u16,
+    endpoint: &str,
+    extra: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> crate::AgentRun {
+    let receive = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--interval",
+        "500ms",
+        "--no-gpu",
+        "--receive",
+        &receive,
+        "--otlp-endpoint",
+        endpoint,
+        "--metrics-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    crate::AgentRun::start_with(&args, configure)
+}
+
+/// The largest value of PromQL `query` at the Prometheus serving its API on
+/// 127.0.0.1:`port`, when it has one.
+pub fn prometheus_query(port: u16, query: &str) -> Option<f64> {
+    let out = Command::new(python())
+        .args(["-c", "import sys, urllib.request, urllib.parse; print(urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2]), timeout=5).read().decode())"])
+        .args([port.to_string(), query.to_string()])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["data"]["result"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
 /// The Python with the test peers installed (`cargo xtask test` sets it up).
 pub fn python() -> PathBuf {
     std::env::var_os("ENERGY_TEST_PYTHON")
@@ -100,12 +141,66 @@ impl Backend {
 
     /// Everything received so far of `signal` (span, metric, log).
     pub fn received(&self, signal: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["signal"] == signal)
-            .collect()
+        received(&self.out, signal)
+    }
+}
+
+/// The lines of a peer's JSON-lines file whose `signal` is `signal`.
+fn received(out: &Path, signal: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["signal"] == signal)
+        .collect()
+}
+
+/// The OTLP backend behind TLS (tests/py/tls_sink.py), gRPC or HTTP, optionally
+/// requiring a client certificate.
+pub struct TlsSink {
+    child: Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsSink {
+    /// Starts it on `port` (`protocol` grpc or http) with the server certificate and
+    /// key; with `client_ca`, clients must present a certificate it signed.
+    pub fn start(
+        protocol: &str,
+        port: u16,
+        (cert, key): (&Path, &Path),
+        client_ca: Option<&Path>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let mut command = Command::new(python());
+        command
+            .arg(script("tls_sink.py"))
+            .arg(protocol)
+            .arg(port.to_string())
+            .arg(&out)
+            .arg(cert)
+            .arg(key);
+        command.args(client_ca);
+        let child = start_peer(&mut command, "tls_sink.py");
+        Self {
+            child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Everything received so far of `signal` (span, metric, log).
+    pub fn received(&self, signal: &str) -> Vec<serde_json::Value> {
+        received(&self.out, signal)
+    }
+}
+
+impl Drop for TlsSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

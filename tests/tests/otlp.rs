@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use energy_tests::{
     AgentRun,
-    otlp::{Backend, free_port_pair, inference_server, python, script, wait_for},
+    otlp::{Backend, free_port_pair, inference_server, prometheus_query, python, script, wait_for},
     powercap::PowercapTree,
     require_root,
 };
@@ -421,19 +421,7 @@ fn a_real_prometheus_scrapes_process_and_model_series() {
         .status()
         .unwrap();
     assert!(burner.success());
-    let query = |q: &str| -> Option<f64> {
-        let out = Command::new(python())
-            .args(["-c", "import sys, urllib.request, urllib.parse; print(urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/api/v1/query?query=' + urllib.parse.quote(sys.argv[2]), timeout=5).read().decode())"])
-            .args([prom_port.to_string(), q.to_string()])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["data"]["result"]
-            .as_array()?
-            .iter()
-            .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
-            .reduce(f64::max)
-    };
+    let query = |q: &str| prometheus_query(prom_port, q);
     let process = wait_for(Duration::from_secs(30), || {
         query(r#"sum(energy_process_joules_total{model="burners"})"#).filter(|v| *v > 0.0)
     });

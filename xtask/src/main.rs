@@ -4,9 +4,11 @@
 //! - `build [--release]`: setup, then build the workspace (with the eBPF object).
 //! - `run [-- ARGS]`: build (release) and run the agent; no ARGS = `run` on defaults.
 //! - `test [-- FILTER]`: setup, build, then every test (unit, then end-to-end as root),
-//!   then a smoke run of each benchmark.
+//!   then a smoke run of each benchmark and 20 s of each fuzz target.
 //! - `bench [NAME…] [--smoke]`: the benchmarks on a release build (BENCHMARKS.md).
+//! - `fuzz [TARGET…] [--time S]`: the cargo-fuzz targets (`fuzz/`), each for S seconds.
 
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -29,6 +31,7 @@ fn dispatch() -> Result<()> {
         "run" => tasks::run(&rest),
         "test" => tasks::test(&rest),
         "bench" => tasks::bench(&rest),
+        "fuzz" => fuzz::fuzz(&rest),
         "help" | "--help" | "-h" => {
             println!("{}", HELP);
             Ok(())
@@ -45,4 +48,6 @@ commands:
   run [-- ARGS]      build (release) and run `energy-agent ARGS` (default: run)
   test [-- FILTER]   setup, build and run every test (needs root for eBPF)
   bench [NAME…]      run the benchmarks (probe, slowdown, agent, enrich, accuracy, idle) on a
-                     release build and update BENCHMARKS.md; --smoke for a quick check";
+                     release build and update BENCHMARKS.md; --smoke for a quick check
+  fuzz [TARGET…]     run the fuzz targets (otlp, sysfs, replay, config, carbon, procfs)
+                     under libFuzzer, each for --time S seconds (default 60)";

@@ -262,6 +262,42 @@ fn installed_matches(home: &Path, feature: &str, rustc_vv: &str) -> bool {
     })
 }
 
+/// The cargo-fuzz `cargo xtask fuzz` runs (nightly builds the targets).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz from crates.io unless it is there already.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    step("cargo-fuzz", || {
+        let found = Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if let Some(version) = found {
+            say(&format!("found ({version})"));
+            return Ok(());
+        }
+        say(&format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} with cargo install (about a minute)"
+        ));
+        let status = Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .status()
+            .context("running cargo install cargo-fuzz")?;
+        if !status.success() {
+            bail!("cargo install cargo-fuzz failed");
+        }
+        Ok(())
+    })
+}
+
 fn runs(linker: &Path) -> bool {
     Command::new(linker)
         .arg("--version")

@@ -138,6 +138,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // The package of the command depends on libfaketime, which tests/tests/clock.rs preloads.
     ("faketime", "faketime"),
     ("chromium", "chromium"),
+    ("openssl", "openssl"),
+    ("setcap", "libcap2-bin"),
 ];
 
 /// Commands the benchmarks use when present, with their Debian package: bpftrace's
@@ -176,6 +178,45 @@ fn bench_smoke(tally: &mut Tally) -> Result<()> {
     if !failed.is_empty() {
         println!("tests: {} passed, {} failed", tally.passed, tally.failed);
         bail!("benchmark smoke runs failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test` (`ENERGY_FUZZ_SECONDS`).
+const FUZZ_SMOKE_SECONDS: u64 = 20;
+
+/// Every fuzz target for a short while (the six together about two minutes, plus their
+/// build): each counts as a test, and a crash fails the run with its input's path.
+fn fuzz_smoke(tally: &mut Tally) -> Result<()> {
+    let seconds = env::var("ENERGY_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(FUZZ_SMOKE_SECONDS);
+    setup::ensure_cargo_fuzz()?;
+    crate::fuzz::build()?;
+    let mut crashed = Vec::new();
+    for target in crate::fuzz::TARGETS {
+        let o = crate::fuzz::run_target(target, seconds)?;
+        println!(
+            "fuzz {target} ({} executions, corpus {}) ... {}",
+            o.runs,
+            o.corpus,
+            if o.clean { "ok" } else { "FAILED" }
+        );
+        if o.clean {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+            crashed.push(format!(
+                "{target}: {}",
+                o.artifact
+                    .map_or("no artifact".into(), |p| p.display().to_string())
+            ));
+        }
+    }
+    if !crashed.is_empty() {
+        println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+        bail!("fuzz targets crashed: {}", crashed.join("; "));
     }
     Ok(())
 }
@@ -251,6 +292,9 @@ pub fn test(args: &[String]) -> Result<()> {
         "energy-agent",
         "-p",
         "xtask",
+        // The fuzz harnesses, replaying their seeds and every input that once crashed.
+        "-p",
+        "energy-fuzz",
     ]);
     unit.args(["--", "--color", "never"]).args(&filter);
     let mut tally = Tally::default();
@@ -268,6 +312,7 @@ pub fn test(args: &[String]) -> Result<()> {
     )?;
     if filter.is_empty() {
         bench_smoke(&mut tally)?;
+        fuzz_smoke(&mut tally)?;
     }
     println!(
         "tests: {} passed, {} failed, {} skipped",

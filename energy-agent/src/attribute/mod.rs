@@ -407,4 +407,6 @@ pub fn attributed_total(report: &IntervalReport, class: DomainClass) -> Joules {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -19,7 +19,10 @@ pub struct Series {
 
 fn parse_time(text: &str) -> Option<SystemTime> {
     if let Ok(secs) = text.parse::<f64>() {
-        return (secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs));
+        // Past Duration's (or SystemTime's) range, or NaN: not a time.
+        return Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d));
     }
     humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
         .ok()
@@ -173,5 +176,25 @@ mod tests {
         let e = Series::parse("2026-11-29T10:00:00Z,-4\n", "f").unwrap_err();
         assert!(e.contains("bad intensity"), "{e}");
         assert!(Series::parse("", "f").unwrap_err().contains("no rows"));
+    }
+
+    /// Found by the carbon fuzz target (fuzz/regressions/carbon/series-time-huge): a
+    /// Unix time past Duration's range panicked instead of naming the line.
+    #[test]
+    fn a_time_out_of_range_is_a_bad_timestamp() {
+        for time in [
+            "2023017225866755222222222220017225866755",
+            "1e300",
+            "inf",
+            "NaN",
+            "-5",
+        ] {
+            let text = format!("2026-11-29T10:00:00Z,100\n{time},100\n");
+            let e = Series::parse(&text, "f").unwrap_err();
+            assert!(
+                e.contains("line 2") && e.contains("bad timestamp"),
+                "{time}: {e}"
+            );
+        }
     }
 }

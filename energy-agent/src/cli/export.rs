@@ -8,11 +8,13 @@ use clap::Args;
 
 use crate::{
     export::forward::{self, ForwardConfig, Protocol},
+    listen::{Limits, ListenConfig},
     receive::{
         enricher::{EnrichConfig, ServiceRule},
         server::ReceiverConfig,
         spans::Selection,
     },
+    tls::{client::ClientTls, server::ServerTls},
     topology::{ExportConfig, ReceiveConfig},
 };
 
@@ -41,6 +43,66 @@ pub struct OtlpArgs {
         help_heading = "Export"
     )]
     pub otlp_timeout: u64,
+    /// CA certificates (PEM) that an https:// endpoint's certificate must chain to,
+    /// instead of the system's roots.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        value_name = "FILE",
+        help_heading = "Export"
+    )]
+    pub otlp_certificate: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to an https:// endpoint (mTLS).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        value_name = "FILE",
+        help_heading = "Export"
+    )]
+    pub otlp_client_certificate: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        value_name = "FILE",
+        help_heading = "Export"
+    )]
+    pub otlp_client_key: Option<PathBuf>,
+    /// An endpoint given without a scheme is plaintext (http://) rather than TLS
+    /// (https://); an explicit scheme always wins.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_INSECURE",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = parse_otel_bool,
+        help_heading = "Export"
+    )]
+    pub otlp_insecure: bool,
+}
+
+/// An OpenTelemetry boolean setting: `true` in any case is true, anything else false
+/// (the SDK configuration specification).
+fn parse_otel_bool(s: &str) -> Result<bool, String> {
+    Ok(s.trim().eq_ignore_ascii_case("true"))
+}
+
+/// The endpoint as a URL: with its scheme as given; without one, `https://` unless
+/// `insecure` (OTEL_EXPORTER_OTLP_INSECURE), as the OpenTelemetry SDKs read it.
+pub fn endpoint_url(endpoint: &str, insecure: bool) -> anyhow::Result<String> {
+    match endpoint.split_once("://") {
+        Some((scheme, _))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            Ok(endpoint.to_string())
+        }
+        Some((scheme, _)) => anyhow::bail!(
+            "OTLP endpoint {endpoint:?}: unsupported scheme {scheme:?} (http or https)"
+        ),
+        None if insecure => Ok(format!("http://{endpoint}")),
+        None => Ok(format!("https://{endpoint}")),
+    }
 }
 
 impl OtlpArgs {
@@ -58,19 +120,31 @@ impl OtlpArgs {
             Some(h) => forward::parse_headers(h).map_err(anyhow::Error::msg)?,
             None => Vec::new(),
         };
-        let endpoint = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
+        let endpoint = endpoint_url(endpoint, self.otlp_insecure)?;
+        let tls = ClientTls {
+            ca: self.otlp_certificate.clone(),
+            cert: self.otlp_client_certificate.clone(),
+            key: self.otlp_client_key.clone(),
         };
-        Ok(Some(ForwardConfig {
+        let plaintext = endpoint
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        if plaintext && tls != ClientTls::default() {
+            log::warn!(
+                "--otlp-certificate / --otlp-client-* are set but the endpoint {endpoint} is http://: the connection is not encrypted (use https://)"
+            );
+        }
+        let config = ForwardConfig {
             endpoint,
             protocol: self.otlp_protocol,
             headers,
             timeout: Duration::from_millis(self.otlp_timeout.max(1)),
             max_queued_items: queue.max(1),
             concurrency: concurrency.max(1),
-        }))
+            tls,
+        };
+        config.check()?;
+        Ok(Some(config))
     }
 }
 
@@ -131,6 +205,131 @@ pub struct ExportArgs {
     /// model rule matched); the rest are summed as process.pid="other".
     #[arg(long, default_value_t = 20, help_heading = "Export")]
     pub metrics_top: usize,
+    /// TLS, mTLS and bearer token of the OTLP receiver (both ports).
+    #[command(flatten)]
+    pub receive_security: ReceiveSecurity,
+    /// TLS, mTLS and bearer token of the Prometheus endpoint.
+    #[command(flatten)]
+    pub prometheus_security: PrometheusSecurity,
+    /// Limits of every listener.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `--receive-tls-*`, `--receive-client-ca`, `--receive-token-file`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReceiveSecurity {
+    /// Serve the OTLP receiver over TLS with this certificate chain (PEM); reloaded when
+    /// the file changes and on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "receive_tls_key",
+        help_heading = "Receive"
+    )]
+    pub receive_tls_cert: Option<PathBuf>,
+    /// The receiver certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "receive_tls_cert",
+        help_heading = "Receive"
+    )]
+    pub receive_tls_key: Option<PathBuf>,
+    /// Require senders to present a client certificate signed by one of these CAs (PEM):
+    /// mutual TLS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "receive_tls_cert",
+        help_heading = "Receive"
+    )]
+    pub receive_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer TOKEN`, TOKEN one of the file's lines (at least 16
+    /// characters each); others get UNAUTHENTICATED / 401.
+    #[arg(long, value_name = "FILE", help_heading = "Receive")]
+    pub receive_token_file: Option<PathBuf>,
+}
+
+/// `--prometheus-tls-*`, `--prometheus-client-ca`, `--prometheus-token-file`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PrometheusSecurity {
+    /// Serve /metrics over TLS with this certificate chain (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus_tls_key",
+        help_heading = "Export"
+    )]
+    pub prometheus_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus_tls_cert",
+        help_heading = "Export"
+    )]
+    pub prometheus_tls_key: Option<PathBuf>,
+    /// Require scrapers to present a client certificate signed by these CAs (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus_tls_cert",
+        help_heading = "Export"
+    )]
+    pub prometheus_client_ca: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on /metrics (Prometheus'
+    /// `authorization: credentials_file`), TOKEN one of the file's lines.
+    #[arg(long, value_name = "FILE", help_heading = "Export")]
+    pub prometheus_token_file: Option<PathBuf>,
+}
+
+/// Limits of every listener (the receiver's two ports, /metrics), each its own.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Connections open at once per listener; past it a new one is closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections, help_heading = "Receive")]
+    pub listen_max_connections: usize,
+    /// Requests in progress at once per listener; past it a request gets the
+    /// throttling answer (RESOURCE_EXHAUSTED with RetryInfo / 429 with Retry-After).
+    #[arg(long, default_value_t = Limits::default().max_concurrent_requests, help_heading = "Receive")]
+    pub listen_max_requests: usize,
+    /// Longest a request may take, body included.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration, help_heading = "Receive")]
+    pub listen_request_timeout: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.listen_max_connections.max(1),
+            max_concurrent_requests: self.listen_max_requests.max(1),
+            request_timeout: self.listen_request_timeout.max(Duration::from_millis(1)),
+            ..Limits::default()
+        }
+    }
+}
+
+/// One listener's settings from its four flags and the shared limits.
+fn listen_config(
+    (cert, key, client_ca): (&Option<PathBuf>, &Option<PathBuf>, &Option<PathBuf>),
+    token_file: &Option<PathBuf>,
+    limits: Limits,
+) -> ListenConfig {
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        }),
+        // clap's `requires` makes these go together.
+        _ => None,
+    };
+    ListenConfig {
+        tls,
+        token_file: token_file.clone(),
+        limits,
+    }
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -167,11 +366,21 @@ impl ExportArgs {
             (Some(_), receive) if receive != "off" => Some(self.receive_config(interval)?),
             _ => None,
         };
+        let p = &self.prometheus_security;
         Ok(ExportConfig {
             forward,
             metrics_interval: self.metrics_interval,
             receive,
             prometheus: self.prometheus,
+            prometheus_listen: listen_config(
+                (
+                    &p.prometheus_tls_cert,
+                    &p.prometheus_tls_key,
+                    &p.prometheus_client_ca,
+                ),
+                &p.prometheus_token_file,
+                self.limits.limits(),
+            ),
             metrics_top: self.metrics_top,
             record: None,
         })
@@ -179,6 +388,7 @@ impl ExportArgs {
 
     fn receive_config(&self, interval: Duration) -> anyhow::Result<ReceiveConfig> {
         let receive = &self.receive;
+        let r = &self.receive_security;
         let grpc: SocketAddr = receive
             .parse()
             .with_context(|| format!("--receive {receive:?} is not an address (or `off`)"))?;
@@ -191,6 +401,15 @@ impl ExportArgs {
                 http,
                 max_message_bytes: self.max_message_bytes,
                 proc_root: PathBuf::from("/proc"),
+                listen: listen_config(
+                    (
+                        &r.receive_tls_cert,
+                        &r.receive_tls_key,
+                        &r.receive_client_ca,
+                    ),
+                    &r.receive_token_file,
+                    self.limits.limits(),
+                ),
             },
             enrich: EnrichConfig {
                 selection: self.enrich.clone(),

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// `--power-source replay:FILE` plays back.
     #[arg(long, value_name = "FILE")]
     pub record_power: Option<std::path::PathBuf>,
+    /// After start-up, run as this user (keeping only the capabilities reading goes on
+    /// needing; see `check`).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
     /// Power source flags.
     #[command(flatten)]
     pub sources: SourceArgs,
@@ -85,6 +89,7 @@ impl RunArgs {
             },
             export,
             request_resolution: self.export.request_resolution,
+            user: self.user.clone(),
         })
     }
 }

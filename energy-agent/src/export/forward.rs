@@ -23,7 +23,13 @@ use opentelemetry_proto::tonic::collector::{
 use prost::Message;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 
-use crate::receive::admission::{Ticket, log_items, metric_items, trace_items};
+use crate::{
+    receive::admission::{Ticket, log_items, metric_items, trace_items},
+    tls::{
+        TlsError,
+        client::{ClientMaterial, ClientTls},
+    },
+};
 use queue::{LogEvery, Queue};
 use retry::{Backoff, Delivered, Failure};
 use send::Transport;
@@ -67,6 +73,60 @@ pub struct ForwardConfig {
     pub max_queued_items: usize,
     /// Exports in flight at once.
     pub concurrency: usize,
+    /// TLS for an `https://` endpoint: the CAs to trust and the client certificate.
+    pub tls: ClientTls,
+}
+
+/// Forwarding settings that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// A TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The endpoint cannot be connected to as given.
+    #[error("OTLP endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// A header that cannot be sent.
+    #[error("OTLP header {0:?} is not a valid header name and value")]
+    Header(String),
+}
+
+impl ForwardConfig {
+    /// Whether the endpoint is `https://`, so that TLS is used.
+    pub fn is_tls(&self) -> bool {
+        self.endpoint
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+
+    /// Fails on what [`spawn`] would fail on (a header that cannot be sent, a TLS file
+    /// that cannot be used), so that a command can refuse bad settings before it
+    /// starts its work.
+    pub fn check(&self) -> Result<(), ForwardError> {
+        let tls = self.prepare()?;
+        send::grpc_endpoint(self, tls.as_ref()).map(drop)
+    }
+
+    /// Checks the headers and loads the TLS material (when the endpoint is
+    /// `https://`): every error a forwarder could meet before its first export.
+    fn prepare(&self) -> Result<Option<ClientMaterial>, ForwardError> {
+        for (k, v) in &self.headers {
+            let name = k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>();
+            let value = v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>();
+            if name.is_err() || value.is_err() {
+                return Err(ForwardError::Header(k.clone()));
+            }
+        }
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        Ok(Some(self.tls.load()?))
+    }
 }
 
 mod headers;
@@ -239,8 +299,11 @@ pub fn http_url(endpoint: &str, path: &str) -> String {
     }
 }
 
-/// Starts the forwarding task on the current tokio runtime.
-pub fn spawn(config: ForwardConfig) -> Forwarder {
+/// Starts the forwarding task on the current tokio runtime; fails on a header or a
+/// TLS file that cannot be used.
+pub fn spawn(config: ForwardConfig) -> Result<Forwarder, ForwardError> {
+    let tls = config.prepare()?;
+    let transport = Transport::new(&config, tls.as_ref())?;
     let stats = Arc::new(ForwardStats::default());
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
@@ -249,10 +312,24 @@ pub fn spawn(config: ForwardConfig) -> Forwarder {
         max_queued_items: config.max_queued_items,
         closed: Default::default(),
     });
-    tokio::spawn(run(config, shared.clone()));
-    Forwarder {
+    tokio::spawn(run(config, transport, shared.clone()));
+    Ok(Forwarder {
         handle: Arc::new(Handle(shared)),
         stats,
+    })
+}
+
+/// Sends one payload once, outside any queue, and waits for the answer (`measure`'s
+/// span); the error says what failed.
+pub async fn deliver_once(config: &ForwardConfig, payload: Payload) -> Result<(), String> {
+    let tls = config.prepare().map_err(|e| e.to_string())?;
+    let transport = Transport::new(config, tls.as_ref()).map_err(|e| e.to_string())?;
+    match transport
+        .attempt(&payload.encode(Ticket::untracked()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(Failure::Retry { error, .. } | Failure::Permanent(error)) => Err(error),
     }
 }
 
@@ -266,8 +343,7 @@ struct Logs {
 
 /// Keeps up to `config.concurrency` payloads in flight; after a retryable failure,
 /// sends nothing more until its delay has passed.
-async fn run(config: ForwardConfig, shared: Arc<Shared>) {
-    let transport = Transport::new(&config);
+async fn run(config: ForwardConfig, transport: Transport, shared: Arc<Shared>) {
     let concurrency = config.concurrency.max(1);
     let mut backoff = Backoff::default();
     let mut paused_until: Option<Instant> = None;

@@ -281,37 +281,45 @@ pub fn render(r: &MeasureReport) -> String {
 
 /// The measured command's span attributes: the request span attributes plus
 /// the command and its exit code.
-pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry::KeyValue> {
-    use crate::receive::spans::names;
-    use opentelemetry::KeyValue;
+pub fn span_attributes(r: &MeasureReport) -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
+    use crate::receive::spans::{kv, names};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value::{
+        BoolValue, DoubleValue, IntValue, StringValue,
+    };
     let source = if r.sources.gpu == "none" {
         r.sources.cpu.clone()
     } else {
         format!("{}+{}", r.sources.cpu, r.sources.gpu)
     };
     vec![
-        KeyValue::new(names::ENERGY_JOULES, r.energy_j.total.get()),
-        KeyValue::new(names::ENERGY_CPU, r.energy_j.cpu.get()),
-        KeyValue::new(names::ENERGY_DRAM, r.energy_j.dram.get()),
-        KeyValue::new(names::ENERGY_GPU, r.energy_j.gpu.get()),
-        KeyValue::new(names::ENERGY_ESTIMATED, r.estimated),
-        KeyValue::new(names::ENERGY_SOURCE, source),
-        KeyValue::new(
+        kv(names::ENERGY_JOULES, DoubleValue(r.energy_j.total.get())),
+        kv(names::ENERGY_CPU, DoubleValue(r.energy_j.cpu.get())),
+        kv(names::ENERGY_DRAM, DoubleValue(r.energy_j.dram.get())),
+        kv(names::ENERGY_GPU, DoubleValue(r.energy_j.gpu.get())),
+        kv(names::ENERGY_ESTIMATED, BoolValue(r.estimated)),
+        kv(names::ENERGY_SOURCE, StringValue(source)),
+        kv(
             names::ENERGY_IDLE_ORIGIN,
-            r.idle_origin.map_or("none", IdleOrigin::name),
+            StringValue(r.idle_origin.map_or("none", IdleOrigin::name).into()),
         ),
-        KeyValue::new(names::ENERGY_IDLE_UNCERTAIN, r.idle_uncertain),
-        KeyValue::new(names::CARBON_G, r.carbon_g),
-        KeyValue::new(names::CARBON_INTENSITY, r.intensity_g_per_kwh),
-        KeyValue::new(names::CARBON_EMBODIED, r.embodied_g),
-        KeyValue::new(names::CARBON_INTENSITY_SOURCE, r.intensity_source.clone()),
-        KeyValue::new("process.command_line", r.command.join(" ")),
-        KeyValue::new("process.exit.code", i64::from(r.exit_code)),
-        KeyValue::new("process.cpu.time", r.cpu_time_s),
-        KeyValue::new("energy.host.joules", r.host_energy_j.total.get()),
-        KeyValue::new(
+        kv(names::ENERGY_IDLE_UNCERTAIN, BoolValue(r.idle_uncertain)),
+        kv(names::CARBON_G, DoubleValue(r.carbon_g)),
+        kv(names::CARBON_INTENSITY, DoubleValue(r.intensity_g_per_kwh)),
+        kv(names::CARBON_EMBODIED, DoubleValue(r.embodied_g)),
+        kv(
+            names::CARBON_INTENSITY_SOURCE,
+            StringValue(r.intensity_source.clone()),
+        ),
+        kv("process.command_line", StringValue(r.command.join(" "))),
+        kv("process.exit.code", IntValue(i64::from(r.exit_code))),
+        kv("process.cpu.time", DoubleValue(r.cpu_time_s)),
+        kv(
+            "energy.host.joules",
+            DoubleValue(r.host_energy_j.total.get()),
+        ),
+        kv(
             "energy.host.idle.joules",
-            r.host_energy_j.idle.unwrap_or_default().get(),
+            DoubleValue(r.host_energy_j.idle.unwrap_or_default().get()),
         ),
     ]
 }

@@ -270,8 +270,16 @@ def!(
     "Attributed intervals the enricher's full hand-off could not take."
 );
 
+def!(
+    AGENT_LISTENER_REJECTED,
+    "energy_agent.listener.rejected",
+    "1",
+    Counter,
+    "Connections and requests a listener refused, by listener and reason (unauthenticated, tls_handshake, connection_limit, overloaded, timeout)."
+);
+
 /// Every metric, in exposition order.
-pub const ALL: [Def; 30] = [
+pub const ALL: [Def; 31] = [
     ENERGY_PROCESS,
     ENERGY_MODEL,
     ENERGY_CONTAINER,
@@ -302,6 +310,7 @@ pub const ALL: [Def; 30] = [
     AGENT_RECEIVER_PENDING,
     AGENT_RECEIVER_PENDING_BYTES,
     AGENT_ENRICHER_INTERVALS_DROPPED,
+    AGENT_LISTENER_REJECTED,
 ];
 
 /// Intervals after which a process, model or container series nothing updated is

@@ -7,51 +7,41 @@
 //! the forwarder ([`super::forward`]): the same bounded queue and retries as forwarded
 //! spans, one transport for both.
 //!
-//! The `measure` span goes through opentelemetry-rust's SDK. Transport on purpose: the
-//! tonic exporter is built inside the tokio runtime it needs (a small one `measure`
-//! keeps for the export); HTTP uses the blocking client, which needs none.
+//! The `measure` span is one `ExportTraceServiceRequest` sent once through the
+//! forwarder's transport (so TLS, headers and timeouts are the forwarder's), on a small
+//! runtime of its own.
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
-use opentelemetry::{
-    KeyValue,
-    trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _},
-};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue, any_value},
     metrics::v1::{
         AggregationTemporality, Gauge, Histogram as ProtoHistogram, HistogramDataPoint, Metric,
         NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
     },
     resource::v1::Resource as ProtoResource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
 };
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use resource::resource;
 
 use super::{
-    forward::{ForwardConfig, Forwarder, Payload, Protocol, http_url},
+    forward::{self, ForwardConfig, Forwarder, Payload},
     metrics::{self, Def, Kind, MetricsState},
 };
 use crate::clock::{WallClock, monotonic_ns};
 
 pub mod resource;
 
-fn tonic_metadata(headers: &[(String, String)]) -> tonic::metadata::MetadataMap {
-    let mut map = tonic::metadata::MetadataMap::new();
-    for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (
-            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-            v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
-        ) {
-            map.insert(k, v);
-        }
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "energy-agent".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
     }
-    map
 }
 
 /// The OTLP encoding of the agent's metrics, read from [`MetricsState`] (the one model
@@ -70,7 +60,7 @@ impl MetricsEncoding {
     /// An encoding whose cumulative series start at `start_ns` (Unix nanoseconds).
     pub fn new(start_ns: u64) -> Self {
         Self {
-            resource: (&resource()).into(),
+            resource: resource(),
             start_ns,
         }
     }
@@ -109,10 +99,7 @@ impl MetricsEncoding {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(self.resource.clone()),
                 scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "energy-agent".into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope()),
                     metrics,
                     schema_url: String::new(),
                 }],
@@ -272,7 +259,48 @@ pub struct FinishedSpan {
     /// End.
     pub end: SystemTime,
     /// Attributes.
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Vec<ProtoKeyValue>,
+}
+
+impl FinishedSpan {
+    /// The span as an export request: a new trace of one INTERNAL span, under the
+    /// agent's resource and scope.
+    pub fn request(self) -> ExportTraceServiceRequest {
+        let unix_ns = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        // Random and never all zero (an invalid id in OTLP).
+        while trace_id == [0; 16] {
+            trace_id.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        }
+        while span_id == [0; 8] {
+            span_id.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        }
+        let span = Span {
+            trace_id: trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            name: self.name,
+            kind: SpanKind::Internal.into(),
+            start_time_unix_nano: unix_ns(self.start),
+            end_time_unix_nano: unix_ns(self.end),
+            attributes: self.attributes,
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: vec![span],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
 }
 
 /// Exports one span and waits for it to be delivered (or to fail).
@@ -280,46 +308,10 @@ pub fn export_span(config: &ForwardConfig, span: FinishedSpan) -> anyhow::Result
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let provider = runtime.block_on(async {
-        let exporter = match config.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(tonic_metadata(&config.headers))
-                .build(),
-            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(http_url(&config.endpoint, "/v1/traces"))
-                .with_timeout(config.timeout)
-                .with_headers(config.headers.iter().cloned().collect())
-                .build(),
-        }?;
-        anyhow::Ok(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource())
-                .build(),
-        )
-    })?;
-    let tracer = provider.tracer("energy-agent");
-    let mut s = tracer
-        .span_builder(span.name)
-        .with_kind(SpanKind::Internal)
-        .with_start_time(span.start)
-        .with_attributes(span.attributes)
-        .start(&tracer);
-    s.end_with_timestamp(span.end);
-    // Flush on a thread of its own while the runtime drives the gRPC connection.
-    let flushed = runtime.block_on(async {
-        let p = provider.clone();
-        tokio::task::spawn_blocking(move || p.force_flush()).await
-    });
-    let _ = provider.shutdown();
-    match flushed {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => anyhow::bail!("exporting the measure span: {e}"),
-        Err(e) => anyhow::bail!("exporting the measure span: {e}"),
-    }
+    runtime
+        .block_on(forward::deliver_once(
+            config,
+            Payload::Traces(span.request()),
+        ))
+        .map_err(|e| anyhow::anyhow!("exporting the measure span: {e}"))
 }

@@ -1,6 +1,7 @@
 //! The Prometheus encoding of the agent's metrics and its endpoint (`--prometheus`, off
 //! by default; 127.0.0.1:9464 when given without an address): `GET /metrics` renders
-//! the cumulative [`MetricsState`] in text format 0.0.4.
+//! the cumulative [`MetricsState`] in text format 0.0.4, with the TLS, bearer token and
+//! limits of its [`Guard`].
 //!
 //! The exposition is written here by hand, from the same state the OTLP encoding reads,
 //! rather than by an OpenTelemetry Prometheus exporter, because:
@@ -23,8 +24,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    error_handling::HandleErrorLayer,
+    extract::State,
+    http::{StatusCode, header},
+    middleware,
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::sync::watch;
+use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::listen::{self, ALPN_HTTP1, Guard, ListenConfig, Remote};
 
 use super::metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS};
 
@@ -39,21 +51,54 @@ async fn scrape(State(state): State<Arc<Mutex<MetricsState>>>) -> impl IntoRespo
     )
 }
 
-/// Serves `/metrics` on `addr` until `shutdown` turns true; returns the bound address.
+/// What a scraper that reaches /metrics beyond loopback, unauthenticated, can read.
+const RISK: &str = "anyone who can reach it can read every process's energy, executable name and model, interval by interval";
+
+/// Serves `/metrics` on `addr` with `listen`'s TLS, token and limits until `shutdown`
+/// turns true; returns the bound address and the listener's guard.
 pub async fn serve(
     addr: SocketAddr,
+    listen: &ListenConfig,
     state: Arc<Mutex<MetricsState>>,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, Arc<Guard>)> {
+    let guard = Guard::new("Prometheus endpoint", listen, ALPN_HTTP1)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the Prometheus endpoint on {addr}"))?;
     let bound = listener.local_addr()?;
+    guard.warn_if_exposed(bound, RISK);
+    let limits = {
+        let g = guard.clone();
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e: BoxError| {
+                let answer = listen::http_limit_answer(&g, &e, || {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "too many scrapes in progress",
+                    )
+                        .into_response()
+                });
+                async move { answer }
+            }))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                guard.requests(),
+            ))
+            .timeout(guard.limits().request_timeout)
+    };
     let app = Router::new()
         .route("/metrics", get(scrape))
+        .route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            listen::http_auth,
+        ))
+        .route_layer(limits)
         .with_state(state);
+    let conns = guard.axum(listener, shutdown.clone())?;
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let served = axum::serve(conns, app.into_make_service_with_connect_info::<Remote>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             })
@@ -62,7 +107,7 @@ pub async fn serve(
             log::error!("Prometheus endpoint stopped: {e}");
         }
     });
-    Ok(bound)
+    Ok((bound, guard))
 }
 
 /// The Prometheus name of a metric: dots to underscores, the unit as a suffix, and

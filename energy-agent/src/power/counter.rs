@@ -130,4 +130,55 @@ mod tests {
         c.advance(u64::MAX - 10);
         assert_eq!(c.advance(u64::MAX - 1), Some(9));
     }
+
+    mod properties {
+        use super::super::EnergyCounter;
+        use crate::{
+            power::{Domain, PowerReading, SourceInfo},
+            units::Joules,
+        };
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A counter wrapping at any range, advanced by any steps smaller than its
+            /// range (wraps included), gives back exactly those steps.
+            #[test]
+            fn wrapping_counters_give_back_every_step(
+                (range, start, steps) in (2u64..=u64::MAX).prop_flat_map(|r| {
+                    (Just(r), 0..r, prop::collection::vec(0..r, 1..40))
+                })
+            ) {
+                let mut c = EnergyCounter::new(range);
+                prop_assert_eq!(c.advance(start), None, "the first read is a baseline");
+                let mut raw = start;
+                for step in steps {
+                    raw = ((u128::from(raw) + u128::from(step)) % u128::from(range)) as u64;
+                    prop_assert_eq!(c.advance(raw), Some(step));
+                }
+            }
+
+            /// Whatever a counter reads (values past its range, going backwards,
+            /// errors), the energy reported is never negative, NaN or infinite, and
+            /// never more than the counter can hold.
+            #[test]
+            fn any_reads_give_sane_energy(
+                range in 1u64..=u64::MAX,
+                reads in prop::collection::vec(prop::option::of(any::<u64>()), 1..40),
+                step_j in 1e-9..1.0f64,
+            ) {
+                let info = SourceInfo { name: "t", estimated: false, resolution_j: step_j };
+                let mut c = EnergyCounter::new(range);
+                for read in reads {
+                    let mut reading = PowerReading::default();
+                    let read = read.ok_or_else(|| "read error".to_string());
+                    reading.add_counter_read(&info, Domain::Package(0), &mut c, read, Joules(step_j));
+                    for e in &reading.energies {
+                        let j = e.joules.get();
+                        prop_assert!(j.is_finite() && j >= 0.0, "{}", j);
+                        prop_assert!(j <= range as f64 * step_j * (1.0 + 1e-12), "{} > range", j);
+                    }
+                }
+            }
+        }
+    }
 }

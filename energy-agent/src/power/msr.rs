@@ -47,8 +47,10 @@ pub fn energy_counter(status_raw: u64) -> u64 {
     status_raw & 0xffff_ffff
 }
 
-fn read_msr(path: &Path, msr: u64) -> std::io::Result<u64> {
-    let file = std::fs::File::open(path)?;
+/// One register of an open device: the msr driver checks CAP_SYS_RAWIO when the device
+/// is opened, so the agent opens each once, before it drops its privileges, and reads
+/// the registers with `pread` from then on.
+fn read_msr(file: &std::fs::File, msr: u64) -> std::io::Result<u64> {
     let mut buf = [0u8; 8];
     file.read_exact_at(&mut buf, msr)?;
     Ok(u64::from_le_bytes(buf))
@@ -57,6 +59,7 @@ fn read_msr(path: &Path, msr: u64) -> std::io::Result<u64> {
 struct Register {
     domain: Domain,
     device: PathBuf,
+    file: std::sync::Arc<std::fs::File>,
     msr: u64,
     unit: f64,
     counter: EnergyCounter,
@@ -84,8 +87,15 @@ impl MsrRapl {
                 continue;
             };
             let device = dev.join(cpu.to_string()).join("msr");
+            let file = match std::fs::File::open(&device) {
+                Ok(f) => std::sync::Arc::new(f),
+                Err(e) => {
+                    why.push(format!("{}: {e}", device.display()));
+                    continue;
+                }
+            };
             let (unit_raw, layout): (u64, &[(u64, Domain)]) =
-                match read_msr(&device, MSR_RAPL_POWER_UNIT) {
+                match read_msr(&file, MSR_RAPL_POWER_UNIT) {
                     Ok(raw) => (
                         raw,
                         &[
@@ -96,7 +106,7 @@ impl MsrRapl {
                             (MSR_PLATFORM_ENERGY_STATUS, Domain::Psys),
                         ],
                     ),
-                    Err(intel) => match read_msr(&device, MSR_AMD_RAPL_POWER_UNIT) {
+                    Err(intel) => match read_msr(&file, MSR_AMD_RAPL_POWER_UNIT) {
                         Ok(raw) => (
                             raw,
                             &[(MSR_AMD_PKG_ENERGY_STATUS, Domain::Package(package))],
@@ -116,10 +126,11 @@ impl MsrRapl {
                 {
                     continue;
                 }
-                if read_msr(&device, msr).is_ok() {
+                if read_msr(&file, msr).is_ok() {
                     registers.push(Register {
                         domain,
                         device: device.clone(),
+                        file: file.clone(),
                         msr,
                         unit,
                         counter: EnergyCounter::new(1 << 32),
@@ -149,7 +160,7 @@ impl Meter for MsrRapl {
             .registers
             .iter()
             .map(|r| {
-                let v = read_msr(&r.device, r.msr)
+                let v = read_msr(&r.file, r.msr)
                     .map_or_else(|e| e.to_string(), |v| energy_counter(v).to_string());
                 format!("{} ({} msr {:#x})={v}", r.domain, r.device.display(), r.msr)
             })
@@ -173,7 +184,7 @@ impl PowerSource for MsrRapl {
     fn sample(&mut self, _ctx: &SampleContext) -> PowerReading {
         let mut reading = PowerReading::default();
         for r in &mut self.registers {
-            let read = read_msr(&r.device, r.msr)
+            let read = read_msr(&r.file, r.msr)
                 .map(energy_counter)
                 .map_err(|e| format!("{} msr {:#x}: {e}", r.device.display(), r.msr));
             reading.add_counter_read(&INFO, r.domain, &mut r.counter, read, Joules(r.unit));

@@ -47,20 +47,25 @@ pub fn parse_event_config(text: &str) -> Option<u64> {
     })
 }
 
-/// Parses a cpumask list like `0`, `0,28` or `0-1,4`.
+/// CPU ids at or past this are not real (Linux's `NR_CPUS` is at most 8192): a list
+/// naming them is ignored there rather than expanded (`0-4294967295` would be 16 GiB).
+pub const MAX_CPU_ID: u32 = 1 << 16;
+
+/// Parses a cpumask list like `0`, `0,28` or `0-1,4` (ids below [`MAX_CPU_ID`], each
+/// once, in order).
 pub fn parse_cpu_list(text: &str) -> Vec<u32> {
-    let mut cpus = Vec::new();
+    let mut cpus = std::collections::BTreeSet::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
                 if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    cpus.extend(a..=b);
+                    cpus.extend(a..=b.min(MAX_CPU_ID - 1));
                 }
             }
-            None => cpus.extend(part.parse::<u32>().ok()),
+            None => cpus.extend(part.parse::<u32>().ok().filter(|&c| c < MAX_CPU_ID)),
         }
     }
-    cpus
+    cpus.into_iter().collect()
 }
 
 /// The domain an event measures on a package.
@@ -101,9 +106,12 @@ pub fn read_pmu(pmu: &Path) -> Result<(u32, Vec<PmuEvent>), PowerError> {
         let config = std::fs::read_to_string(entry.path())
             .ok()
             .and_then(|t| parse_event_config(&t));
+        // Joules are counts × scale: a scale that is not a positive number (0, negative,
+        // NaN, inf all parse) would report no, negative or NaN energy.
         let scale = std::fs::read_to_string(pmu.join("events").join(format!("{name}.scale")))
             .ok()
-            .and_then(|t| t.trim().parse::<f64>().ok());
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0);
         if let (Some(config), Some(scale)) = (config, scale) {
             events.push(PmuEvent {
                 name,
@@ -283,6 +291,39 @@ mod tests {
         assert_eq!(parse_cpu_list("0-2,8"), vec![0, 1, 2, 8]);
         let scale: f64 = "2.3283064365386962890625e-10\n".trim().parse().unwrap();
         assert_eq!(scale, 1.0 / (1u64 << 32) as f64);
+    }
+
+    /// Found by the sysfs fuzz target (fuzz/regressions/sysfs/perf-cpumask-huge): a
+    /// cpumask range was expanded whatever its size (`2644-610000`; `0-4294967295`
+    /// would have taken 16 GiB).
+    #[test]
+    fn a_cpumask_never_names_impossible_cpus() {
+        assert_eq!(
+            parse_cpu_list("2644-0610000").len(),
+            (MAX_CPU_ID - 2644) as usize
+        );
+        assert!(parse_cpu_list("0-4294967295").len() <= MAX_CPU_ID as usize);
+        assert_eq!(parse_cpu_list("70000,1"), vec![1]);
+        assert_eq!(parse_cpu_list("5-2"), Vec::<u32>::new());
+        // fuzz/regressions/sysfs/perf-cpumask-repeated: overlapping ranges, each once.
+        let repeated = vec!["0-65535"; 64].join(",");
+        assert_eq!(parse_cpu_list(&repeated).len(), MAX_CPU_ID as usize);
+        assert_eq!(parse_cpu_list("4,0-2,1"), vec![0, 1, 2, 4]);
+    }
+
+    /// Found by the sysfs fuzz target (fuzz/regressions/sysfs/perf-scale-zero): a scale
+    /// of `0e-9` was taken, and would have made every reading 0 J.
+    #[test]
+    fn an_event_whose_scale_is_not_a_positive_number_is_refused() {
+        for scale in ["0e-9", "0", "-2.3e-10", "NaN", "inf", "-inf"] {
+            let dir = tempfile::tempdir().unwrap();
+            let ev = dir.path().join("events");
+            std::fs::create_dir_all(&ev).unwrap();
+            std::fs::write(dir.path().join("type"), "9\n").unwrap();
+            std::fs::write(ev.join("energy-pkg"), "event=0x02\n").unwrap();
+            std::fs::write(ev.join("energy-pkg.scale"), scale).unwrap();
+            assert!(read_pmu(dir.path()).is_err(), "scale {scale:?} refused");
+        }
     }
 
     #[test]

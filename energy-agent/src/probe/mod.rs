@@ -2,8 +2,8 @@
 //!
 //! Minimum kernel version: 5.19 (ring buffer 5.8, `sched_switch` raw tracepoint with
 //! `prev_state` 5.18, `bpf_map_lookup_percpu_elem` 5.19), with kernel BTF and root or
-//! CAP_BPF + CAP_PERFMON. tracefs (mounted here when missing) tells which arguments the
-//! exit tracepoint passes.
+//! CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH (tracefs is root-only). tracefs
+//! (mounted here when missing) tells which arguments the exit tracepoint passes.
 
 mod accounting;
 mod attach;

@@ -19,6 +19,11 @@ pub enum TracefsError {
     /// No mounted tracefs and mounting one failed.
     #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
     Mount(#[source] io::Error),
+    /// tracefs is there but this process may not look inside (root-only, mode 0700).
+    #[error(
+        "tracefs at {0} is readable by root only: run as root, or give the binary cap_dac_read_search too (setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep)"
+    )]
+    Unreadable(PathBuf),
     /// A tracepoint's format file could not be read.
     #[error("tracepoint {category}:{name} is not available ({path}): {source}")]
     Missing {
@@ -59,6 +64,13 @@ impl Tracefs {
     pub fn find_or_mount() -> Result<Self, TracefsError> {
         if let Some(found) = Self::find() {
             return Ok(found);
+        }
+        for path in TRACEFS_PATHS.iter().map(Path::new) {
+            if let Err(e) = std::fs::metadata(path.join("events"))
+                && e.kind() == io::ErrorKind::PermissionDenied
+            {
+                return Err(TracefsError::Unreadable(path.to_path_buf()));
+            }
         }
         mount_tracefs(Path::new(TRACEFS_PATHS[0])).map_err(TracefsError::Mount)?;
         log::info!("mounted tracefs at {}", TRACEFS_PATHS[0]);

@@ -2,15 +2,19 @@
 //! A request is answered OK once it has its share of the budget and is handed to the
 //! enrichment task; with no room it gets OTLP's throttling reply (see [`super::admission`]),
 //! checked again before its body is even read. A malformed one gets a protocol error
-//! (gRPC status or HTTP 4xx) and the listeners keep serving.
+//! (gRPC status or HTTP 4xx) and the listeners keep serving. Both listeners take their
+//! TLS, bearer token and limits from a [`crate::listen::Guard`] each: a request without
+//! the token gets `UNAUTHENTICATED` / 401 before anything else is looked at, and one
+//! over the limit of requests in progress the same throttling answer as a full budget.
 
-use std::{io::Read, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
     Router,
     body::Bytes,
+    error_handling::HandleErrorLayer,
     extract::{ConnectInfo, DefaultBodyLimit, Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::HeaderMap,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::post,
@@ -29,9 +33,13 @@ use opentelemetry_proto::tonic::collector::{
         trace_service_server::{TraceService, TraceServiceServer},
     },
 };
-use prost::Message;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService};
+use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::listen::{
+    self, ALPN_GRPC, ALPN_HTTP1, Guard, ListenConfig, ListenError, Reason, Remote,
+};
 
 use super::{
     admission::{self, Admitted, Budget, Refusal, Signal, grpc_refusal, http_refusal},
@@ -106,7 +114,12 @@ pub struct ReceiverConfig {
     pub max_message_bytes: usize,
     /// procfs, for resolving local senders.
     pub proc_root: PathBuf,
+    /// TLS, bearer token and limits of both listeners.
+    pub listen: ListenConfig,
 }
+
+/// What a sender that reaches a receiver bound beyond loopback, unauthenticated, can do.
+const RISK: &str = "anyone who can reach it can send spans the agent enriches with the energy of local processes and forwards with its own credentials, and can fill its buffers";
 
 #[derive(Clone)]
 struct Grpc {
@@ -175,6 +188,37 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// The HTTP address actually bound.
     pub http: SocketAddr,
+    /// The gRPC listener's settings and counters.
+    pub grpc_guard: Arc<Guard>,
+    /// The HTTP listener's.
+    pub http_guard: Arc<Guard>,
+}
+
+/// Why the receiver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A TLS or token file cannot be used.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// An address cannot be bound.
+    #[error("binding the {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The thread that finds local senders' processes cannot start.
+    #[error("starting the peer resolver thread: {0}")]
+    Resolver(std::io::Error),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// Binds both listeners and serves until `shutdown` resolves.
@@ -182,53 +226,102 @@ pub async fn start(
     config: ReceiverConfig,
     intake: Intake,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Bound> {
-    use anyhow::Context as _;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc)
-        .await
-        .with_context(|| format!("binding the OTLP/gRPC receiver on {}", config.grpc))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the OTLP/HTTP receiver on {}", config.http))?;
-    let bound = Bound {
-        grpc: grpc_listener.local_addr()?,
-        http: http_listener.local_addr()?,
+) -> Result<Bound, StartError> {
+    const GRPC: &str = "OTLP/gRPC receiver";
+    const HTTP: &str = "OTLP/HTTP receiver";
+    let grpc_guard = Guard::new(GRPC, &config.listen, ALPN_GRPC)?;
+    let http_guard = Guard::new(HTTP, &config.listen, ALPN_HTTP1)?;
+    let grpc_listener = bind(GRPC, config.grpc).await?;
+    let http_listener = bind(HTTP, config.http).await?;
+    let local = |l: &tokio::net::TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
     };
-    let peers =
-        Peers::new(config.proc_root.clone()).context("starting the peer resolver thread")?;
+    let bound = Bound {
+        grpc: local(&grpc_listener, GRPC, config.grpc)?,
+        http: local(&http_listener, HTTP, config.http)?,
+        grpc_guard,
+        http_guard,
+    };
+    bound.grpc_guard.warn_if_exposed(bound.grpc, RISK);
+    bound.http_guard.warn_if_exposed(bound.http, RISK);
+    let peers = Peers::new(config.proc_root.clone()).map_err(StartError::Resolver)?;
     let max = config.max_message_bytes;
     let svc = Grpc {
         intake: intake.clone(),
         peers: peers.clone(),
         ours: bound.grpc,
     };
-    serve_grpc(grpc_listener, svc, max, shutdown.clone());
+    serve_grpc(
+        grpc_listener,
+        (svc, bound.grpc_guard.clone()),
+        max,
+        shutdown.clone(),
+    );
     let state = HttpState {
         intake,
         peers,
         ours: bound.http,
         max,
     };
-    serve_http(http_listener, state, shutdown);
+    serve_http(http_listener, (state, bound.http_guard.clone()), shutdown).map_err(|source| {
+        StartError::Bind {
+            what: HTTP,
+            addr: bound.http,
+            source,
+        }
+    })?;
     Ok(bound)
 }
 
 /// Serves the three OTLP/gRPC services on `listener` (messages up to `max` bytes,
-/// gzip accepted) until `shutdown` turns true.
+/// gzip accepted) until `shutdown` turns true: the bearer token is checked first, then
+/// the budget, before the body is read; the guard's limits wrap everything.
 fn serve_grpc(
     listener: tokio::net::TcpListener,
-    svc: Grpc,
+    (svc, guard): (Grpc, Arc<Guard>),
     max: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let precheck = |signal| {
         let intake = svc.intake.clone();
+        let guard = guard.clone();
         move |request: tonic::Request<()>| {
+            let token = request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes());
+            if !guard.authorized(token, request.remote_addr()) {
+                return Err(tonic::Status::unauthenticated(
+                    "missing or invalid bearer token (authorization: Bearer TOKEN)",
+                ));
+            }
             intake.precheck(signal).map_err(grpc_refusal)?;
             Ok(request)
         }
     };
+    let limits = {
+        let g = guard.clone();
+        ServiceBuilder::new()
+            .map_err(move |e: BoxError| -> BoxError {
+                match g.layer_error(&e) {
+                    Some(Reason::Overloaded) => Box::new(grpc_refusal(Refusal::Full)),
+                    Some(_) => Box::new(tonic::Status::deadline_exceeded(
+                        "the request took longer than the receiver's request timeout",
+                    )),
+                    None => e,
+                }
+            })
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                guard.requests(),
+            ))
+            .timeout(guard.limits().request_timeout)
+    };
+    let conns =
+        tokio_stream::wrappers::ReceiverStream::new(guard.accept(listener, shutdown.clone()));
     let grpc = tonic::transport::Server::builder()
+        .layer(limits)
         .add_service(InterceptedService::new(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(max)
@@ -248,7 +341,7 @@ fn serve_grpc(
             precheck(Signal::Logs),
         ))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tokio_stream::StreamExt::map(conns, Ok::<_, std::io::Error>),
             async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             },
@@ -260,32 +353,50 @@ fn serve_grpc(
     });
 }
 
-/// Serves the OTLP/HTTP paths on `listener` until `shutdown` turns true.
+/// Serves the OTLP/HTTP paths on `listener` until `shutdown` turns true: the guard's
+/// limits, then its bearer token, then the budget, before the body is read.
 fn serve_http(
     listener: tokio::net::TcpListener,
-    state: HttpState,
+    (state, guard): (HttpState, Arc<Guard>),
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> std::io::Result<()> {
+    let limits = {
+        let g = guard.clone();
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e: BoxError| {
+                let answer = listen::http_limit_answer(&g, &e, || http_refusal(Refusal::Full));
+                async move { answer }
+            }))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                guard.requests(),
+            ))
+            .timeout(guard.limits().request_timeout)
+    };
     let app = Router::new()
         .route("/v1/traces", post(http_traces))
         .route("/v1/metrics", post(http_metrics))
         .route("/v1/logs", post(http_logs))
         .layer(DefaultBodyLimit::max(state.max))
         .route_layer(middleware::from_fn_with_state(state.clone(), http_precheck))
+        .route_layer(middleware::from_fn_with_state(
+            guard.clone(),
+            listen::http_auth,
+        ))
+        .route_layer(limits)
         .with_state(state);
+    let conns = guard.axum(listener, shutdown.clone())?;
     tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
+        let served = axum::serve(conns, app.into_make_service_with_connect_info::<Remote>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
         if let Err(e) = served {
             log::error!("OTLP/HTTP receiver stopped: {e}");
         }
     });
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -294,101 +405,6 @@ struct HttpState {
     peers: Peers,
     ours: SocketAddr,
     max: usize,
-}
-
-/// Body format of an OTLP/HTTP request.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Protobuf,
-    Json,
-}
-
-/// A rejected request: its HTTP status and why.
-struct Reject(StatusCode, String);
-
-impl IntoResponse for Reject {
-    fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
-    }
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Reject {
-    Reject(status, message.into())
-}
-
-/// Decodes an OTLP/HTTP body: gzip if so encoded, then protobuf or JSON by content type.
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &Bytes,
-    max: usize,
-) -> Result<(T, Format), Reject> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let format = match content_type.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
-        "application/json" => Format::Json,
-        other => {
-            return Err(error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "unsupported content type {other:?}: use application/x-protobuf or application/json"
-                ),
-            ));
-        }
-    };
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let mut inflated = Vec::new();
-    let bytes: &[u8] = if gzip {
-        let mut reader = flate2::read::GzDecoder::new(&body[..]).take(max as u64 + 1);
-        reader
-            .read_to_end(&mut inflated)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
-        if inflated.len() > max {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {max} bytes once decompressed"),
-            ));
-        }
-        &inflated
-    } else {
-        body
-    };
-    let message = match format {
-        Format::Protobuf => T::decode(bytes).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed OTLP protobuf: {e}"),
-            )
-        })?,
-        Format::Json => serde_json::from_slice(bytes)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed OTLP JSON: {e}")))?,
-    };
-    Ok((message, format))
-}
-
-fn ok<T: Message + serde::Serialize>(response: T, format: Format) -> Response {
-    match format {
-        Format::Protobuf => (
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            response.encode_to_vec(),
-        )
-            .into_response(),
-        Format::Json => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
-        )
-            .into_response(),
-    }
 }
 
 /// Throttles a request before its body is read when nothing more fits.
@@ -406,7 +422,7 @@ async fn http_precheck(State(s): State<HttpState>, request: Request, next: Next)
 
 async fn http_traces(
     State(s): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Remote(peer)): ConnectInfo<Remote>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -468,6 +484,10 @@ async fn http_logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) 
         format,
     )
 }
+
+mod decode;
+pub use decode::{Format, decode_body};
+use decode::{decode, ok};
 
 #[cfg(test)]
 mod tests;

@@ -574,4 +574,6 @@ impl Modes {
 mod fractions;
 mod infer;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

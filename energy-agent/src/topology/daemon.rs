@@ -25,6 +25,7 @@ use crate::{
     attribute::idle::state::Method,
     clock::{WallClock, monotonic_ns},
     export::{Sink, console::ConsoleTable, json::JsonLines},
+    lockdown,
     probe::{Probe, ProbeConfig},
 };
 
@@ -70,6 +71,8 @@ pub struct DaemonConfig {
     pub export: ExportConfig,
     /// How finely the probe is read within an interval while spans are received.
     pub request_resolution: Duration,
+    /// The user to switch to once started (`--user`).
+    pub user: Option<String>,
 }
 
 /// Longest the agent takes to stop after a signal: releasing held spans, the final
@@ -100,6 +103,38 @@ struct Daemon {
     exporters: Exporters,
     faults: Faults,
     stored_idle_at: Instant,
+    /// The runtime of the network-facing tasks (receive, enrich, forward, /metrics),
+    /// whose threads hold no capability.
+    net: NetRuntime,
+}
+
+/// The network-facing runtime; shut down (without waiting) when dropped, so that it
+/// may be dropped inside the main runtime.
+struct NetRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetRuntime {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(lockdown::NET_THREAD)
+            .on_thread_start(lockdown::net_thread_start)
+            .enable_all()
+            .build()
+            .context("starting the network runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|r| r.handle().clone())
+    }
+}
+
+impl Drop for NetRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -116,7 +151,12 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
         log::info!("stopped before starting");
         return Ok(0);
     }
-    let Some(mut daemon) = Daemon::start(&config, &mut signals).await? else {
+    let user = config
+        .user
+        .as_deref()
+        .map(lockdown::resolve_user)
+        .transpose()?;
+    let Some(mut daemon) = Daemon::start(&config, user, &mut signals).await? else {
         log::info!("stopped while starting");
         return Ok(0);
     };
@@ -154,6 +194,27 @@ fn console_sink(
     }
 }
 
+/// Starts the exporters on a runtime of their own (binding the listeners, reading their
+/// certificates and tokens while the agent still can); `None` when a signal came first.
+async fn start_exporters(
+    config: &DaemonConfig,
+    clock: WallClock,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<(Exporters, NetRuntime)>> {
+    let net = NetRuntime::start()?;
+    let handle = net.handle().context("the network runtime")?;
+    // The receiver's sender resolver thread (`energy-peers`) is started in there,
+    // before the drop, so it keeps what reading other processes' fds needs.
+    let export = config.export.clone();
+    let interval = config.interval;
+    let started = handle.spawn(async move { Exporters::start(&export, interval, clock).await });
+    tokio::select! {
+        biased;
+        _ = signals.recv() => Ok(None),
+        started = started => Ok(Some((started.context("starting the exporters")??, net))),
+    }
+}
+
 /// Loads the probe and starts the interval stages at the same moment (blocking work:
 /// BTF, the verifier, the meters' first reads, a carbon API's first answer).
 fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
@@ -163,9 +224,13 @@ fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
 }
 
 impl Daemon {
-    /// Starts every stage; `None` when a signal came first (the start-up, on its own
-    /// thread, is abandoned).
-    async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Self>> {
+    /// Starts every stage, then drops privileges; `None` when a signal came first (the
+    /// start-up, on its own thread, is abandoned).
+    async fn start(
+        config: &DaemonConfig,
+        user: Option<lockdown::User>,
+        signals: &mut Signals,
+    ) -> anyhow::Result<Option<Self>> {
         let stages = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || start_stages(&config))
@@ -176,11 +241,14 @@ impl Daemon {
             started = stages => started.context("starting the probe")??,
         };
         let clock = pipeline.clock();
-        let exporters = tokio::select! {
-            biased;
-            _ = signals.recv() => return Ok(None),
-            exporters = Exporters::start(&config.export, config.interval, clock.clone()) => exporters?,
+        let Some(exporters) = start_exporters(config, clock.clone(), signals).await? else {
+            return Ok(None);
         };
+        let (exporters, net) = exporters;
+        // Everything is loaded, attached, opened and bound: from here on, only reads.
+        let bpf = lockdown::needs_bpf_for_reads(|| probe.stats().is_ok())?;
+        let outcome = lockdown::lock_down(bpf, user)?;
+        log::info!("{}", outcome.describe());
         let sink = console_sink(config.console, clock, &exporters);
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
@@ -193,6 +261,7 @@ impl Daemon {
             exporters,
             faults: Faults::default(),
             stored_idle_at: Instant::now(),
+            net,
         }))
     }
 
@@ -283,7 +352,10 @@ impl Daemon {
         }
         self.pipeline.store_idle(Method::Fitted);
         let Daemon {
-            probe, exporters, ..
+            probe,
+            exporters,
+            net,
+            ..
         } = self;
         drop(probe);
         tokio::select! {
@@ -294,6 +366,7 @@ impl Daemon {
                 log::warn!("stopping: the exporters did not flush within {STOP_BUDGET:?}");
             }
         }
+        drop(net);
     }
 }
 

@@ -34,10 +34,11 @@ use crate::{
         otlp::OtlpMetrics,
     },
     history::{HistorySink, IntervalRow, RecordConfig, RunInfo, RunKind},
+    listen::{self, Guard, ListenConfig},
     receive::{
         admission::{Admitted, Budget, Signal},
         enricher::{EnrichConfig, Enricher},
-        server::{Incoming, Intake, ReceiverConfig},
+        server::{Bound, Incoming, Intake, ReceiverConfig},
     },
     requests::IntervalRecord,
 };
@@ -53,6 +54,8 @@ pub struct ExportConfig {
     pub receive: Option<ReceiveConfig>,
     /// Serve Prometheus metrics here.
     pub prometheus: Option<SocketAddr>,
+    /// The Prometheus endpoint's TLS, token and limits.
+    pub prometheus_listen: ListenConfig,
     /// Per-process metric series per interval.
     pub metrics_top: usize,
     /// Write every interval and request to a history database (`--record`).
@@ -106,6 +109,8 @@ pub struct Exporters {
     otlp_metrics: Option<OtlpMetrics>,
     enricher: Option<Receiving>,
     forwarder: Option<Forwarder>,
+    /// Every listener's guard (TLS, tokens, limits, what each refused).
+    guards: Vec<Arc<Guard>>,
     shutdown: watch::Sender<bool>,
     clock: WallClock,
     history: Option<Arc<HistorySink>>,
@@ -128,7 +133,7 @@ impl Exporters {
             )?)),
             None => None,
         };
-        let forwarder = config.forward.clone().map(forward::spawn);
+        let forwarder = config.forward.clone().map(forward::spawn).transpose()?;
         let otlp_metrics = forwarder.as_ref().map(|fwd| {
             OtlpMetrics::start(
                 fwd.clone(),
@@ -137,6 +142,7 @@ impl Exporters {
                 clock.clone(),
             )
         });
+        let mut guards = Vec::new();
         let enricher = match (&forwarder, &config.receive) {
             (Some(forwarder), Some(receive)) => {
                 let sinks = EnrichSinks {
@@ -144,21 +150,36 @@ impl Exporters {
                     metrics: metrics.clone(),
                     history: history.clone(),
                 };
-                Some(start_receiving(receive, interval, sinks, shutdown.subscribe()).await?)
+                let (receiving, bound) =
+                    start_receiving(receive, interval, sinks, shutdown.subscribe()).await?;
+                guards.extend([bound.grpc_guard, bound.http_guard]);
+                Some(receiving)
             }
             _ => None,
         };
         if let Some(addr) = config.prometheus {
-            let bound =
-                crate::export::prometheus::serve(addr, metrics.clone(), shutdown.subscribe())
-                    .await?;
-            eprintln!("energy-agent: Prometheus metrics on http://{bound}/metrics");
+            let listen = &config.prometheus_listen;
+            let (bound, guard) = crate::export::prometheus::serve(
+                addr,
+                listen,
+                metrics.clone(),
+                shutdown.subscribe(),
+            )
+            .await?;
+            eprintln!(
+                "energy-agent: Prometheus metrics on {}://{bound}/metrics ({})",
+                guard.scheme(),
+                listen::describe(&guard)
+            );
+            guards.push(guard);
         }
+        listen::spawn_reloader(guards.clone(), shutdown.subscribe());
         Ok(Self {
             metrics,
             otlp_metrics,
             enricher,
             forwarder,
+            guards,
             shutdown,
             clock,
             history,
@@ -175,6 +196,7 @@ impl Exporters {
         if let Ok(mut m) = self.metrics.lock() {
             m.observe(report);
             m.set_value(metrics::AGENT_LAG, &[], lag.as_secs_f64());
+            record_listeners(&self.guards, &mut m);
             if let Some(f) = &self.forwarder {
                 record_flow(f, self.enricher.as_ref(), &mut m);
             }
@@ -220,6 +242,7 @@ impl Exporters {
             .enricher
             .as_ref()
             .map(|r| (r.budget.clone(), r.intervals_dropped.clone()));
+        let guards = self.guards.clone();
         Some(move || {
             let receiver = receiver.as_ref().map(|(budget, dropped)| {
                 let (items, bytes) = budget.taken();
@@ -233,8 +256,19 @@ impl Exporters {
                 }
                 o
             });
+            let listeners: serde_json::Map<String, Value> = guards
+                .iter()
+                .map(|g| {
+                    let rejected: serde_json::Map<String, Value> = g
+                        .rejected()
+                        .map(|(r, n)| (r.name().into(), json!(n)))
+                        .collect();
+                    (g.name().to_string(), json!({ "rejected": rejected }))
+                })
+                .collect();
             json!({
                 "receiver": receiver,
+                "listeners": listeners,
                 "forward": {
                     "forwarded": forward.forwarded.load(Relaxed),
                     "queued": forward.queued.load(Relaxed),
@@ -292,7 +326,7 @@ async fn start_receiving(
     interval: Duration,
     sinks: EnrichSinks,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Receiving> {
+) -> anyhow::Result<(Receiving, Bound)> {
     let (in_tx, in_rx) = mpsc::channel(INCOMING_CAPACITY);
     let budget = Budget::new(config.max_pending_items, config.max_pending_bytes);
     let intake = Intake {
@@ -300,23 +334,32 @@ async fn start_receiving(
         budget: budget.clone(),
     };
     let bound = crate::receive::server::start(config.receiver.clone(), intake, shutdown).await?;
-    log::info!(
-        "OTLP receiver on grpc {} and http {}",
-        bound.grpc,
-        bound.http
-    );
+    let scheme = bound.grpc_guard.scheme();
     eprintln!(
-        "energy-agent: receiving OTLP on {} (gRPC) and {} (HTTP)",
-        bound.grpc, bound.http
+        "energy-agent: receiving OTLP on {scheme}://{} (gRPC) and {scheme}://{} (HTTP) ({})",
+        bound.grpc,
+        bound.http,
+        listen::describe(&bound.grpc_guard)
     );
     let enricher = Enricher::new(config.enrich.clone(), history_intervals(interval));
     let (control, rx) = mpsc::channel(CONTROL_CAPACITY);
     tokio::spawn(enrich_task(enricher, in_rx, rx, sinks));
-    Ok(Receiving {
+    let receiving = Receiving {
         control,
         budget,
         intervals_dropped: Arc::default(),
-    })
+    };
+    Ok((receiving, bound))
+}
+
+/// Moves what each listener refused into the metrics.
+fn record_listeners(guards: &[Arc<Guard>], m: &mut MetricsState) {
+    for g in guards {
+        for (reason, n) in g.rejected() {
+            let labels = [("listener", g.name()), ("reason", reason.name())];
+            m.set_value(metrics::AGENT_LISTENER_REJECTED, &labels, n as f64);
+        }
+    }
 }
 
 /// Intervals of history the enricher keeps: enough for the longest requests worth

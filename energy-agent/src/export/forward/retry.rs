@@ -98,7 +98,10 @@ fn retry_info(s: &tonic::Status) -> Option<Duration> {
 /// failure of the transport itself (it then has a source error); from the server it
 /// is final, as OTLP says.
 pub fn grpc_failure(s: &tonic::Status) -> Failure {
-    let error = format!("gRPC {:?}: {}", s.code(), s.message());
+    let mut error = format!("gRPC {:?}: {}", s.code(), s.message());
+    if let Some(source) = std::error::Error::source(s) {
+        error = with_hint(format!("{error}: {}", crate::tls::error_chain(source)));
+    }
     let after = retry_info(s);
     let transport = s.code() == tonic::Code::Unknown && std::error::Error::source(s).is_some();
     let retry = match s.code() {
@@ -109,6 +112,16 @@ pub fn grpc_failure(s: &tonic::Status) -> Failure {
         Failure::Retry { error, after }
     } else {
         Failure::Permanent(error)
+    }
+}
+
+/// `error` with what to do about it when it is a TLS certificate failure (the
+/// forwarder retries those like any connection failure, so the log line must say how
+/// to fix them).
+pub fn with_hint(error: String) -> String {
+    match crate::tls::certificate_hint(&error) {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error,
     }
 }
 

@@ -1,7 +1,8 @@
 //! One export attempt: the payload's encoded bytes over gRPC (a lazily connecting
 //! channel, a codec that sends them as they are and reads the answer's
-//! `partial_success`) or HTTP/protobuf (ureq, on the blocking pool), and the answer
-//! classified by [`super::retry`].
+//! `partial_success`) or HTTP/protobuf (ureq, on the blocking pool), over TLS for an
+//! `https://` endpoint ([`crate::tls::client`]), and the answer classified by
+//! [`super::retry`].
 
 use std::sync::Arc;
 
@@ -12,9 +13,10 @@ use tonic::{
 };
 
 use super::{
-    Encoded, ForwardConfig, Protocol, http_url,
+    Encoded, ForwardConfig, ForwardError, Protocol, http_url,
     retry::{self, Delivered, Failure},
 };
+use crate::tls::{client::ClientMaterial, error_chain};
 
 /// A gRPC codec for bodies that are already protobuf-encoded; the response is read for
 /// its `partial_success`.
@@ -65,50 +67,61 @@ pub(super) struct Transport {
 }
 
 impl Transport {
-    pub(super) fn new(config: &ForwardConfig) -> Self {
-        let http = ureq::Agent::config_builder()
+    /// The transport for `config`; `tls` is the loaded client material when the
+    /// endpoint is `https://`.
+    pub(super) fn new(
+        config: &ForwardConfig,
+        tls: Option<&ClientMaterial>,
+    ) -> Result<Self, ForwardError> {
+        let mut http = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Self {
-            config: Arc::new(config.clone()),
-            grpc: grpc_client(config),
-            http,
+            .http_status_as_error(false);
+        if let Some(tls) = tls {
+            http = http.tls_config(tls.ureq());
         }
+        Ok(Self {
+            config: Arc::new(config.clone()),
+            grpc: grpc_client(config, tls)?,
+            http: http.build().into(),
+        })
     }
 
     pub(super) async fn attempt(&self, payload: &Encoded) -> Result<Delivered, Failure> {
         match &self.grpc {
             Some(c) => send_grpc(c.clone(), &self.config, payload).await,
-            None if self.config.protocol == Protocol::Grpc => Err(Failure::Retry {
-                error: "no usable gRPC endpoint".into(),
-                after: None,
-            }),
             None => send_http(&self.http, &self.config, payload).await,
         }
     }
 }
 
-/// The gRPC client for `config`, when it uses gRPC and its endpoint is a URL
-/// (connecting lazily, so a downstream that is not up yet is retried like any other).
-fn grpc_client(config: &ForwardConfig) -> Option<tonic::client::Grpc<tonic::transport::Channel>> {
+/// The gRPC endpoint of `config` with its TLS settings (no connection yet, and no
+/// runtime needed), so that a bad endpoint fails at start.
+pub(super) fn grpc_endpoint(
+    config: &ForwardConfig,
+    tls: Option<&ClientMaterial>,
+) -> Result<tonic::transport::Endpoint, ForwardError> {
+    let bad = |e: tonic::transport::Error| ForwardError::Endpoint {
+        endpoint: config.endpoint.clone(),
+        reason: error_chain(&e),
+    };
+    let mut ep = tonic::transport::Endpoint::from_shared(config.endpoint.clone()).map_err(bad)?;
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls.tonic()).map_err(bad)?;
+    }
+    Ok(ep.timeout(config.timeout).connect_timeout(config.timeout))
+}
+
+/// The gRPC client for `config`, when it uses gRPC (connecting lazily, so a
+/// downstream that is not up yet is retried like any other). Needs a tokio runtime.
+fn grpc_client(
+    config: &ForwardConfig,
+    tls: Option<&ClientMaterial>,
+) -> Result<Option<tonic::client::Grpc<tonic::transport::Channel>>, ForwardError> {
     if config.protocol != Protocol::Grpc {
-        return None;
+        return Ok(None);
     }
-    match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
-        Ok(ep) => {
-            let channel = ep
-                .timeout(config.timeout)
-                .connect_timeout(config.timeout)
-                .connect_lazy();
-            Some(tonic::client::Grpc::new(channel))
-        }
-        Err(e) => {
-            log::error!("OTLP endpoint {:?} is not a URL: {e}", config.endpoint);
-            None
-        }
-    }
+    let channel = grpc_endpoint(config, tls)?.connect_lazy();
+    Ok(Some(tonic::client::Grpc::new(channel)))
 }
 
 fn with_headers<T>(config: &ForwardConfig, body: T) -> tonic::Request<T> {
@@ -130,7 +143,7 @@ async fn send_grpc(
     payload: &Encoded,
 ) -> Result<Delivered, Failure> {
     client.ready().await.map_err(|e| Failure::Retry {
-        error: format!("gRPC connection: {e}"),
+        error: retry::with_hint(format!("gRPC connection: {}", error_chain(&e))),
         after: None,
     })?;
     let method = tonic::codegen::http::uri::PathAndQuery::from_static(payload.signal.grpc_method());
@@ -165,7 +178,7 @@ async fn send_http(
             req = req.header(k.as_str(), v.as_str());
         }
         let mut resp = req.send(&body[..]).map_err(|e| Failure::Retry {
-            error: format!("POST {url}: {e}"),
+            error: retry::with_hint(format!("POST {url}: {}", error_chain(&e))),
             after: None,
         })?;
         let status = resp.status().as_u16();

@@ -45,7 +45,9 @@ async fn a_payload_the_downstream_rejects_is_dropped_and_does_not_hold_up_the_re
         timeout: Duration::from_secs(5),
         max_queued_items: 1000,
         concurrency: 2,
-    });
+        tls: Default::default(),
+    })
+    .expect("a forwarder");
     fwd.send(Payload::Metrics(ExportMetricsServiceRequest::default()));
     fwd.send(traces(2));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -155,7 +157,9 @@ async fn http_forwarder(app: axum::Router, concurrency: usize) -> Forwarder {
         timeout: Duration::from_secs(5),
         max_queued_items: 1000,
         concurrency,
+        tls: Default::default(),
     })
+    .expect("a forwarder")
 }
 
 /// Waits (bounded) until nothing is queued or in flight.

@@ -12,30 +12,35 @@
 
 use std::{path::Path, sync::OnceLock};
 
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value::StringValue, resource::v1::Resource,
+};
+
+use crate::receive::spans::kv;
 
 /// Where the machine id is, in order (systemd's, then D-Bus's older copy).
 pub const MACHINE_ID_PATHS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
 
 /// The agent's resource.
 pub fn resource() -> Resource {
+    let text = |key, value: &str| kv(key, StringValue(value.into()));
     let mut attributes = vec![
-        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("service.instance.id", instance_id()),
-        KeyValue::new("host.arch", host_arch(std::env::consts::ARCH)),
+        text("service.name", "energy-agent"),
+        text("service.version", env!("CARGO_PKG_VERSION")),
+        text("service.instance.id", instance_id()),
+        text("host.arch", host_arch(std::env::consts::ARCH)),
     ];
     if let Some(name) = host_name() {
-        attributes.push(KeyValue::new("host.name", name));
+        attributes.push(text("host.name", &name));
     }
     let paths = MACHINE_ID_PATHS.map(Path::new);
     if let Some(id) = machine_id(&paths) {
-        attributes.push(KeyValue::new("host.id", id));
+        attributes.push(text("host.id", &id));
     }
-    Resource::builder()
-        .with_service_name("energy-agent")
-        .with_attributes(attributes)
-        .build()
+    Resource {
+        attributes,
+        ..Default::default()
+    }
 }
 
 /// This run's `service.instance.id`: the same for every export of the run.

@@ -80,7 +80,8 @@ impl GpuLines {
         let sm_util = (!self.sm.is_empty()).then(|| {
             let mut sums: BTreeMap<u32, u64> = BTreeMap::new();
             for (_, pid, percent) in within(&self.sm) {
-                *sums.entry(pid).or_default() += percent.round() as u64;
+                let sum = sums.entry(pid).or_default();
+                *sum = sum.saturating_add(percent.round() as u64);
             }
             sums
         });
@@ -283,6 +284,22 @@ mod tests {
             now_ns,
             ..Default::default()
         }
+    }
+
+    /// Found by the replay fuzz target (fuzz/regressions/replay/process-sm-huge): SM
+    /// samples of absurd size overflowed the per-process sum.
+    #[test]
+    fn an_absurd_sm_sample_is_refused_and_sums_never_overflow() {
+        let text = "0,gpu-0,power_w,50\n1,gpu-0,process_sm,1e30,42\n";
+        let e = Recording::parse(text, "t").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("percentages"), "{e}");
+        let big = "0,gpu-0,power_w,50\n1,gpu-0,process_sm,4294967295,42\n1,gpu-0,process_sm,4294967295,42\n2,gpu-0,power_w,50\n";
+        let rec = Recording::parse(big, "t").expect("within range");
+        let g = rec.processes[&0].between(0, 0.0, 2.0);
+        assert_eq!(
+            g.sm_util,
+            Some([(42, 2 * 4_294_967_295)].into_iter().collect())
+        );
     }
 
     #[test]

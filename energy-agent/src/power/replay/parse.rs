@@ -104,6 +104,11 @@ fn add_process_line(
         .ok()
         .filter(|v: &f64| v.is_finite() && *v >= 0.0)
         .ok_or_else(|| at.bad(format!("bad value {:?}", line.value)))?;
+    // SM utilisation in percent, summed over NVML's samples of an interval (what
+    // --record-power writes): far below 2^32 however many samples.
+    if kind == "process_sm" && value > f64::from(u32::MAX) {
+        return Err(at.bad(format!("process_sm value {value} is no sum of percentages")));
+    }
     let lines = processes.entry(gpu).or_default();
     let list = if kind == "process" {
         &mut lines.running

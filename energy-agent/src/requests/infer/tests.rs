@@ -209,7 +209,11 @@ fn a_span_whose_declared_thread_did_the_work_gets_no_inferred_threads() {
     let threads: &[(u32, Pattern)] = &[(2, &[(100, 700, 1.0)]), (9, &[(150, 450, 1.0)])];
     let h = history(threads);
     let e = split(&[span(100, 700, Some(2))], &h);
-    assert!((j(&e[0]) - 0.6).abs() < 0.01, "thread 2's 0.6 CPU-s: {}", j(&e[0]));
+    assert!(
+        (j(&e[0]) - 0.6).abs() < 0.01,
+        "thread 2's 0.6 CPU-s: {}",
+        j(&e[0])
+    );
     assert_eq!(e[0].split, SplitMode::Thread, "{:?}", e[0]);
 }
 
