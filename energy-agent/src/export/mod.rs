@@ -1,11 +1,12 @@
 //! Where results go: the console table and JSON lines (as [`Sink`]s of interval
 //! reports), the cumulative metrics and their two encodings (Prometheus text, OTLP), the
-//! `top` view, the `measure` report, and the OTLP forwarder for enriched spans and the
-//! agent's metrics. None reaches back
+//! `top` view, the `measure` report, the OTLP forwarder for enriched spans and the
+//! agent's metrics, and the agent's liveness and readiness endpoints. None reaches back
 //! into the pipeline.
 
 pub mod console;
 pub mod forward;
+pub mod health;
 pub mod json;
 pub mod measure;
 pub mod metrics;

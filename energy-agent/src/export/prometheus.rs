@@ -1,6 +1,7 @@
 //! The Prometheus encoding of the agent's metrics and its endpoint (`--prometheus`, off
 //! by default; 127.0.0.1:9464 when given without an address): `GET /metrics` renders
-//! the cumulative [`MetricsState`] in text format 0.0.4.
+//! the cumulative [`MetricsState`] in text format 0.0.4; `/healthz` and `/readyz`
+//! ([`super::health`]) are served beside it.
 //!
 //! The exposition is written here by hand, from the same state the OTLP encoding reads,
 //! rather than by an OpenTelemetry Prometheus exporter, because:
@@ -26,7 +27,10 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use tokio::sync::watch;
 
-use super::metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS};
+use super::{
+    health::Health,
+    metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS},
+};
 
 async fn scrape(State(state): State<Arc<Mutex<MetricsState>>>) -> impl IntoResponse {
     let text = state.lock().map(|s| render(&s)).unwrap_or_default();
@@ -39,10 +43,12 @@ async fn scrape(State(state): State<Arc<Mutex<MetricsState>>>) -> impl IntoRespo
     )
 }
 
-/// Serves `/metrics` on `addr` until `shutdown` turns true; returns the bound address.
+/// Serves `/metrics` (and `health`'s `/healthz` and `/readyz`) on `addr` until
+/// `shutdown` turns true; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<Mutex<MetricsState>>,
+    health: &Health,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -51,7 +57,8 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(state);
+        .with_state(state)
+        .merge(health.router());
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

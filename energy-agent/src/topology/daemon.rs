@@ -2,9 +2,11 @@
 //! loop — an interval tick closes an interval, a sub-tick reads the probe finer while
 //! spans are received, the ring buffer is drained as it fills, and SIGINT/SIGTERM (or
 //! `--duration`) end the run after the partial interval so nothing measured is lost.
+//! `--health` serves the loop's liveness and readiness from the first moment.
 
 use std::{
     io::stdout,
+    net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -13,6 +15,7 @@ use anyhow::Context as _;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
     time::{Instant, Interval, MissedTickBehavior},
 };
 
@@ -23,7 +26,7 @@ use super::{
 };
 use crate::{
     clock::{WallClock, monotonic_ns},
-    export::{Sink, console::ConsoleTable, json::JsonLines},
+    export::{Sink, console::ConsoleTable, health::Health, json::JsonLines},
     probe::{Probe, ProbeConfig},
 };
 
@@ -65,6 +68,8 @@ pub struct DaemonConfig {
     pub export: ExportConfig,
     /// How finely the probe is read within an interval while spans are received.
     pub request_resolution: Duration,
+    /// Serve `/healthz` and `/readyz` here (also served beside `--prometheus`).
+    pub health: Option<SocketAddr>,
 }
 
 /// Longest the agent takes to stop after a signal: releasing held spans, the final
@@ -94,6 +99,7 @@ struct Daemon {
     sink: Option<Box<dyn Sink>>,
     exporters: Exporters,
     faults: Faults,
+    health: Health,
 }
 
 async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
@@ -110,14 +116,23 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
         log::info!("stopped before starting");
         return Ok(0);
     }
-    let Some(mut daemon) = Daemon::start(&config, &mut signals).await? else {
+    let health = Health::new(config.interval);
+    let (health_stop, health_stopped) = watch::channel(false);
+    if let Some(addr) = config.health {
+        let bound = crate::export::health::serve(addr, health.clone(), health_stopped).await?;
+        eprintln!("energy-agent: health on http://{bound}/healthz and /readyz");
+    }
+    let Some(mut daemon) = Daemon::start(&config, &mut signals, &health).await? else {
         log::info!("stopped while starting");
         return Ok(0);
     };
+    health.attached();
     log::info!("probe attached; interval {:?}", config.interval);
     let ended = daemon.run_loop(&config, &mut signals).await;
     log::info!("detaching");
+    health.stopping();
     daemon.stop(ended, &mut signals).await;
+    let _ = health_stop.send(true);
     Ok(0)
 }
 
@@ -147,7 +162,11 @@ fn start_stages(config: &DaemonConfig) -> anyhow::Result<(Probe, Pipeline)> {
 impl Daemon {
     /// Starts every stage; `None` when a signal came first (the start-up, on its own
     /// thread, is abandoned).
-    async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Self>> {
+    async fn start(
+        config: &DaemonConfig,
+        signals: &mut Signals,
+        health: &Health,
+    ) -> anyhow::Result<Option<Self>> {
         let stages = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || start_stages(&config))
@@ -162,7 +181,7 @@ impl Daemon {
         let exporters = tokio::select! {
             biased;
             _ = signals.recv() => return Ok(None),
-            exporters = Exporters::start(&config.export, config.interval, clock) => exporters?,
+            exporters = Exporters::start(&config.export, config.interval, clock, health) => exporters?,
         };
         // SAFETY: the ring buffer's descriptor is owned by `probe`, which the AsyncFd
         // owns, so it stays open for as long as it is registered.
@@ -174,6 +193,7 @@ impl Daemon {
             sink,
             exporters,
             faults: Faults::default(),
+            health: health.clone(),
         }))
     }
 
@@ -229,6 +249,7 @@ impl Daemon {
             Err(e) => {
                 self.faults.record("interval", &e);
                 self.exporters.observe_faults(&self.faults);
+                self.health.interval_closed(false);
                 return Emitted::Failed;
             }
         };
@@ -249,6 +270,7 @@ impl Daemon {
             }
         };
         self.exporters.observe_faults(&self.faults);
+        self.health.interval_closed(emitted == Emitted::Done);
         emitted
     }
 

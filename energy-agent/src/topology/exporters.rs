@@ -15,6 +15,7 @@ use crate::{
     clock::WallClock,
     export::{
         forward::{self, ForwardConfig, Forwarder, Payload},
+        health::Health,
         metrics::{self, MetricsState},
         otlp::OtlpMetrics,
     },
@@ -76,11 +77,13 @@ pub struct Exporters {
 
 impl Exporters {
     /// Starts what `config` asks for (inside the tokio runtime); `interval` is the
-    /// sampling interval, which bounds how long the enricher keeps history.
+    /// sampling interval, which bounds how long the enricher keeps history; `health` is
+    /// served beside the Prometheus metrics.
     pub async fn start(
         config: &ExportConfig,
         interval: Duration,
         clock: WallClock,
+        health: &Health,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
@@ -99,9 +102,13 @@ impl Exporters {
             _ => None,
         };
         if let Some(addr) = config.prometheus {
-            let bound =
-                crate::export::prometheus::serve(addr, metrics.clone(), shutdown.subscribe())
-                    .await?;
+            let bound = crate::export::prometheus::serve(
+                addr,
+                metrics.clone(),
+                health,
+                shutdown.subscribe(),
+            )
+            .await?;
             eprintln!("energy-agent: Prometheus metrics on http://{bound}/metrics");
         }
         Ok(Self {
