@@ -89,6 +89,7 @@ fn manifests_and_every_chart_setting_validate_against_the_kubernetes_schemas() {
     let mut files = vec![
         repo().join("deploy/kubernetes/namespace.yaml"),
         repo().join("deploy/kubernetes/energy-agent.yaml"),
+        repo().join("deploy/otel-collector/inference-pod.yaml"),
     ];
     let settings = [
         (
@@ -117,7 +118,11 @@ fn manifests_and_every_chart_setting_validate_against_the_kubernetes_schemas() {
         let (ok, text) = validate(version, &files);
         assert!(ok, "against Kubernetes {version}:\n{text}");
         let passed = text.matches(" passed for resource ").count();
-        assert_eq!(passed, 1 + 6 * 3 + 5 * 2, "every resource checked:\n{text}");
+        assert_eq!(
+            passed,
+            1 + 1 + 6 * 3 + 5 * 2,
+            "every resource checked:\n{text}"
+        );
     }
     // The validator rejects what the API server would: a misspelt field.
     let broken = dir.path().join("broken.yaml");
@@ -343,5 +348,42 @@ fn the_dockerfile_builds_the_image_from_the_rootfs_script() {
         out.status.success(),
         "hadolint: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_collector_pipelines_use_only_components_they_define() {
+    for file in [
+        "deploy/otel-collector/gateway.yaml",
+        "deploy/otel-collector/agent-scrape.yaml",
+    ] {
+        let docs = documents(&repo().join(file));
+        let config = &docs[0];
+        let pipelines = config["service"]["pipelines"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{file}: service.pipelines"));
+        for (name, pipeline) in pipelines {
+            for kind in ["receivers", "processors", "exporters"] {
+                for c in pipeline[kind].as_array().into_iter().flatten() {
+                    let c = c.as_str().expect("a component name");
+                    assert!(
+                        config[kind].get(c).is_some(),
+                        "{file}: pipeline {name} uses {kind} {c}, which is not defined"
+                    );
+                }
+            }
+        }
+    }
+    let gateway = documents(&repo().join("deploy/otel-collector/gateway.yaml"));
+    let k8s = &gateway[0]["processors"]["k8sattributes"];
+    let sources: Vec<&Value> = k8s["pod_association"]
+        .as_array()
+        .expect("pod_association")
+        .iter()
+        .flat_map(|a| a["sources"].as_array().into_iter().flatten())
+        .collect();
+    assert!(
+        sources.iter().all(|s| s["from"] == "resource_attribute"),
+        "never the connection: at the gateway it is the agent's pod, not the sender's"
     );
 }
