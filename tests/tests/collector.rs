@@ -7,7 +7,6 @@
 //! agent's own metrics, all decoded by an independent OTLP implementation.
 
 use std::{
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -15,16 +14,9 @@ use std::{
 use energy_tests::{
     agent_bin,
     otlp::{Backend, free_port_pair, python, script, wait_for},
-    require_root,
+    repo_root, require_root,
 };
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
 
 /// The value of env var `name` of the first container of the first object of `file`
 /// (a YAML manifest) with `$(VAR)` references replaced from `vars`.
@@ -32,7 +24,7 @@ fn manifest_env(file: &str, name: &str, vars: &[(&str, &str)]) -> String {
     let out = Command::new(python())
         .arg(script("deploy.py"))
         .arg("json")
-        .arg(repo().join(file))
+        .arg(repo_root().join(file))
         .output()
         .expect("tests/py/deploy.py");
     assert!(
@@ -56,18 +48,6 @@ fn manifest_env(file: &str, name: &str, vars: &[(&str, &str)]) -> String {
     }
     assert!(!value.contains("$("), "every reference resolved: {value}");
     value
-}
-
-/// `GET /readyz` answered 200 on 127.0.0.1:`port`.
-fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    text.starts_with("HTTP/1.1 200")
 }
 
 #[test]
@@ -98,7 +78,9 @@ fn pod_and_node_attributes_reach_the_gateway_through_the_agent() {
         .stdout(Stdio::null())
         .spawn()
         .expect("starting the agent");
-    let up = wait_for(Duration::from_secs(30), || ready(health_port).then_some(()));
+    let up = wait_for(Duration::from_secs(30), || {
+        energy_tests::http_get(health_port, "/readyz").filter(|r| r.0 == 200)
+    });
     let pod_resource = manifest_env(
         "deploy/otel-collector/inference-pod.yaml",
         "OTEL_RESOURCE_ATTRIBUTES",

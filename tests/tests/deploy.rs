@@ -13,15 +13,11 @@ use std::{
     process::Command,
 };
 
-use energy_tests::otlp::{python, script};
+use energy_tests::{
+    otlp::{python, script},
+    repo_root,
+};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
 
 const CHART: &str = "deploy/helm/energy-agent";
 
@@ -30,7 +26,7 @@ fn deploy_py(args: &[&str]) -> String {
     let out = Command::new(python())
         .arg(script("deploy.py"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_root())
         .output()
         .expect("running tests/py/deploy.py (cargo xtask test installs its packages)");
     assert!(
@@ -74,8 +70,9 @@ fn validate(version: &str, files: &[PathBuf]) -> (bool, String) {
 
 #[test]
 fn the_chart_renders_to_the_committed_manifests() {
-    let committed = std::fs::read_to_string(repo().join("deploy/kubernetes/energy-agent.yaml"))
-        .expect("deploy/kubernetes/energy-agent.yaml");
+    let committed =
+        std::fs::read_to_string(repo_root().join("deploy/kubernetes/energy-agent.yaml"))
+            .expect("deploy/kubernetes/energy-agent.yaml");
     assert!(
         render("null") == committed,
         "deploy/kubernetes/energy-agent.yaml is not the chart's rendering: regenerate it as \
@@ -87,9 +84,9 @@ fn the_chart_renders_to_the_committed_manifests() {
 fn manifests_and_every_chart_setting_validate_against_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut files = vec![
-        repo().join("deploy/kubernetes/namespace.yaml"),
-        repo().join("deploy/kubernetes/energy-agent.yaml"),
-        repo().join("deploy/otel-collector/inference-pod.yaml"),
+        repo_root().join("deploy/kubernetes/namespace.yaml"),
+        repo_root().join("deploy/kubernetes/energy-agent.yaml"),
+        repo_root().join("deploy/otel-collector/inference-pod.yaml"),
     ];
     let settings = [
         (
@@ -150,7 +147,7 @@ fn helm_lint_strict_passes() {
 /// The list in `CAPS=…` (rootfs.sh) or `caps=…` (run-rootfs.sh), upper-cased without
 /// `cap_`, as Kubernetes spells them.
 fn script_caps(file: &str, var: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join(file)).expect("script");
+    let text = std::fs::read_to_string(repo_root().join(file)).expect("script");
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{var}=")))
@@ -165,7 +162,7 @@ fn script_caps(file: &str, var: &str) -> Vec<String> {
 
 #[test]
 fn the_daemonset_grants_and_mounts_what_the_image_needs() {
-    let docs = documents(&repo().join("deploy/kubernetes/energy-agent.yaml"));
+    let docs = documents(&repo_root().join("deploy/kubernetes/energy-agent.yaml"));
     let ds = kind(&docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -268,7 +265,7 @@ fn the_daemonset_grants_and_mounts_what_the_image_needs() {
 
     // The config the image test ran the agent with is the ConfigMap's.
     let cm = kind(&docs, "ConfigMap");
-    let file = std::fs::read_to_string(repo().join(CHART).join("files/config.toml"))
+    let file = std::fs::read_to_string(repo_root().join(CHART).join("files/config.toml"))
         .expect("files/config.toml");
     assert_eq!(cm["data"]["config.toml"].as_str(), Some(file.as_str()));
 
@@ -296,7 +293,7 @@ fn as_root_the_daemonset_sets_no_new_privs() {
 
 #[test]
 fn the_dockerfile_builds_the_image_from_the_rootfs_script() {
-    let dockerfile = repo().join("Dockerfile");
+    let dockerfile = repo_root().join("Dockerfile");
     let parsed: Value = serde_json::from_str(&deploy_py(&[
         "dockerfile",
         dockerfile.to_str().expect("path"),
@@ -357,7 +354,7 @@ fn the_collector_pipelines_use_only_components_they_define() {
         "deploy/otel-collector/gateway.yaml",
         "deploy/otel-collector/agent-scrape.yaml",
     ] {
-        let docs = documents(&repo().join(file));
+        let docs = documents(&repo_root().join(file));
         let config = &docs[0];
         let pipelines = config["service"]["pipelines"]
             .as_object()
@@ -374,7 +371,7 @@ fn the_collector_pipelines_use_only_components_they_define() {
             }
         }
     }
-    let gateway = documents(&repo().join("deploy/otel-collector/gateway.yaml"));
+    let gateway = documents(&repo_root().join("deploy/otel-collector/gateway.yaml"));
     let k8s = &gateway[0]["processors"]["k8sattributes"];
     let sources: Vec<&Value> = k8s["pod_association"]
         .as_array()

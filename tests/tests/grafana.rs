@@ -7,7 +7,6 @@
 //! and `promtool test rules` (the alerts firing on the histories they are for) pass.
 
 use std::{
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -15,16 +14,9 @@ use std::{
 use energy_tests::{
     AgentRun,
     otlp::{Backend, free_port_pair, inference_server, python, wait_for},
-    require_root,
+    repo_root, require_root,
 };
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
 
 const NODE: &str = "node-a";
 
@@ -40,7 +32,7 @@ impl Prometheus {
     fn start(metrics_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port_pair();
-        let rules = repo().join("deploy/grafana/energy-rules.yaml");
+        let rules = repo_root().join("deploy/grafana/energy-rules.yaml");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
@@ -105,7 +97,7 @@ impl Drop for Prometheus {
 /// Every (panel title, expression) of the dashboard, its variables at "All" and
 /// `$__rate_interval` at 20 s (20 scrapes).
 fn panel_queries() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/energy-dashboard.json"))
+    let text = std::fs::read_to_string(repo_root().join("deploy/grafana/energy-dashboard.json"))
         .expect("the dashboard");
     let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let vars: Vec<&str> = dash["templating"]["list"]
@@ -150,7 +142,7 @@ fn finite(s: &Value) -> bool {
 fn promtool(args: &[&str]) {
     let out = Command::new("promtool")
         .args(args)
-        .current_dir(repo().join("deploy/grafana"))
+        .current_dir(repo_root().join("deploy/grafana"))
         .output()
         .expect("promtool (apt-get install prometheus)");
     assert!(

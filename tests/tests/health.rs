@@ -2,30 +2,15 @@
 //! `--health ADDR` and beside `/metrics` on the Prometheus listener.
 
 use std::{
-    io::{Read, Write},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use energy_tests::{
-    agent_bin,
+    agent_bin, http_get as get,
     otlp::{free_port_pair, wait_for},
     require_root,
 };
-
-/// `GET path` on 127.0.0.1:`port`: the status code and the body, or None when nothing
-/// answers.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((status, body))
-}
 
 #[test]
 fn readiness_follows_the_probe_and_the_first_interval_on_both_listeners() {

@@ -25,15 +25,8 @@ use energy_tests::{
     agent_bin,
     otlp::{free_port_pair, wait_for},
     powercap::{PowercapTree, ZoneSpec},
-    require_root, test_bin,
+    repo_root, require_root, test_bin,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
 
 /// The agent's capabilities in the image (rootfs.sh's CAPS), as bits of CapEff.
 const CAPS: [(u32, &str); 3] = [
@@ -45,7 +38,7 @@ const CAPS: [(u32, &str); 3] = [
 /// The image's tree, built by the recipe's own script.
 fn build_rootfs(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");
-    let out = Command::new(repo().join("deploy/image/rootfs.sh"))
+    let out = Command::new(repo_root().join("deploy/image/rootfs.sh"))
         .arg(agent_bin())
         .arg(&rootfs)
         .output()
@@ -98,7 +91,7 @@ struct Jailed {
 
 impl Jailed {
     fn start(run_options: &[&str], rootfs: &Path, agent_args: &[&str]) -> Self {
-        let mut script = Command::new(repo().join("deploy/image/run-rootfs.sh"))
+        let mut script = Command::new(repo_root().join("deploy/image/run-rootfs.sh"))
             .args(run_options)
             .arg(rootfs)
             .arg("--")
@@ -217,17 +210,6 @@ fn assert_contained(pid: u32, rootfs: &Path, uid: u32, no_new_privs: bool) {
     );
 }
 
-/// `GET /readyz` on 127.0.0.1:`port`: the status line's code.
-fn readyz(port: u16) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn f(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
@@ -244,7 +226,7 @@ fn runs_from_the_image(run_options: &[&str], uid: u32, no_new_privs: bool) {
         "{}:/host/sys/devices/virtual/powercap/intel-rapl",
         tree.root().display()
     );
-    let config = repo().join("deploy/helm/energy-agent/files");
+    let config = repo_root().join("deploy/helm/energy-agent/files");
     let port = free_port_pair();
     let health = format!("127.0.0.1:{port}");
     let mut options = run_options.to_vec();
@@ -284,7 +266,7 @@ fn runs_from_the_image(run_options: &[&str], uid: u32, no_new_privs: bool) {
         .find_map(|l| l.strip_prefix("schedstat_ns=")?.parse().ok())
         .expect("the burner's schedstat_ns line");
     agent.wait_intervals(2);
-    let ready = readyz(port);
+    let ready = energy_tests::http_get(port, "/readyz").map(|r| r.0);
     let (status, intervals) = agent.stop(pid);
     assert!(status.success(), "the agent in the tree exited {status}");
     assert_eq!(ready, Some(200), "/readyz from the tree");
@@ -342,7 +324,7 @@ fn nonroot_with_no_new_privs_gets_no_capabilities_and_says_so() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let rootfs = build_rootfs(dir.path());
-    let out = Command::new(repo().join("deploy/image/run-rootfs.sh"))
+    let out = Command::new(repo_root().join("deploy/image/run-rootfs.sh"))
         .args(["--user", "nonroot", "--no-new-privs"])
         .arg(&rootfs)
         .args(["--", "run", "--no-gpu"])

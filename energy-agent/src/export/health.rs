@@ -149,7 +149,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
 pub async fn serve(
     addr: SocketAddr,
     health: Health,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
@@ -158,17 +158,7 @@ pub async fn serve(
         )
     })?;
     let bound = listener.local_addr()?;
-    let app = health.router();
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            log::error!("health endpoint stopped: {e}");
-        }
-    });
+    super::spawn_http(listener, health.router(), shutdown, "health");
     Ok(bound)
 }
 

@@ -16,6 +16,26 @@ pub mod top;
 
 use crate::carbon::CarbonReport;
 
+/// Serves `app` on `listener` in a task until `shutdown` turns true; a failure is
+/// logged as the `what` endpoint's (the HTTP endpoints: Prometheus, health).
+pub(crate) fn spawn_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            log::error!("{what} endpoint stopped: {e}");
+        }
+    });
+}
+
 /// A destination for interval reports.
 pub trait Sink {
     /// Takes one finished interval.

@@ -49,7 +49,7 @@ pub async fn serve(
     addr: SocketAddr,
     state: Arc<Mutex<MetricsState>>,
     health: &Health,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -59,16 +59,7 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .with_state(state)
         .merge(health.router());
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            log::error!("Prometheus endpoint stopped: {e}");
-        }
-    });
+    super::spawn_http(listener, app, shutdown, "Prometheus");
     Ok(bound)
 }
 
