@@ -21,10 +21,18 @@ pub struct Tools {
 
 /// Runs every set-up step.
 pub fn setup() -> Result<Tools> {
+    let tools = setup_build()?;
+    step("tracefs", ensure_tracefs)?;
+    Ok(tools)
+}
+
+/// The steps a build needs (not tracefs, which only running the agent does): what
+/// `cargo xtask build` runs, so it works where nothing can be mounted, as in the
+/// Dockerfile's builder stage.
+pub fn setup_build() -> Result<Tools> {
     step("nightly toolchain", ensure_nightly)?;
     step("rust-src for nightly", ensure_rust_src)?;
     let bin_dir = step("bpf-linker", ensure_bpf_linker)?;
-    step("tracefs", ensure_tracefs)?;
     Ok(Tools { bin_dir })
 }
 

@@ -39,7 +39,7 @@ pub fn target_dir() -> PathBuf {
 
 /// `cargo xtask build [--release]`.
 pub fn build(release: bool) -> Result<()> {
-    let tools = setup::setup()?;
+    let tools = setup::setup_build()?;
     let mut cmd = cargo(&tools);
     cmd.arg("build");
     if release {
@@ -132,6 +132,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("setpriv", "util-linux"),
     ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("capsh", "libcap2-bin"),
+    ("unshare", "util-linux"),
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
     ("unshare", "util-linux"),

@@ -201,6 +201,10 @@ pub struct ExportArgs {
     /// 127.0.0.1:9464).
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464", help_heading = "Export")]
     pub prometheus: Option<SocketAddr>,
+    /// Serve liveness and readiness (`/healthz`, `/readyz`) at ADDR (default when given
+    /// without a value: 127.0.0.1:9465); the Prometheus listener serves them too.
+    #[arg(long, num_args = 0..=1, default_missing_value = crate::export::health::DEFAULT_ADDR, help_heading = "Export")]
+    pub health: Option<SocketAddr>,
     /// Per-process metric series per interval: the top N by energy (and every process a
     /// model rule matched); the rest are summed as process.pid="other".
     #[arg(long, default_value_t = 20, help_heading = "Export")]

@@ -90,6 +90,36 @@ impl RunArgs {
             export,
             request_resolution: self.export.request_resolution,
             user: self.user.clone(),
+            health: self.export.health,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    fn health(args: &[&str]) -> Option<std::net::SocketAddr> {
+        let cli = Cli::try_parse_from([&["energy-agent", "run"], args].concat())
+            .expect("the flags parse");
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        run.export.health
+    }
+
+    #[test]
+    fn health_is_off_by_default_and_on_loopback_when_given_bare() {
+        assert_eq!(health(&[]), None);
+        assert_eq!(
+            health(&["--health"]),
+            Some("127.0.0.1:9465".parse().unwrap())
+        );
+        assert_eq!(
+            health(&["--health", "0.0.0.0:8080"]),
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The Prometheus encoding of the agent's metrics and its endpoint (`--prometheus`, off
 //! by default; 127.0.0.1:9464 when given without an address): `GET /metrics` renders
 //! the cumulative [`MetricsState`] in text format 0.0.4, with the TLS, bearer token and
-//! limits of its [`Guard`].
+//! limits of its [`Guard`]; `/healthz` and `/readyz` ([`super::health`]) are served
+//! beside it, under the same TLS and limits but without the token (a kubelet's probe
+//! carries none, and they tell nothing about processes).
 //!
 //! The exposition is written here by hand, from the same state the OTLP encoding reads,
 //! rather than by an OpenTelemetry Prometheus exporter, because:
@@ -38,7 +40,10 @@ use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
 use crate::listen::{self, ALPN_HTTP1, Guard, ListenConfig, Remote};
 
-use super::metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS};
+use super::{
+    health::Health,
+    metrics::{ALL, Def, Kind, Labels, MetricsState, REQUEST_BUCKETS},
+};
 
 async fn scrape(State(state): State<Arc<Mutex<MetricsState>>>) -> impl IntoResponse {
     let text = state.lock().map(|s| render(&s)).unwrap_or_default();
@@ -54,12 +59,14 @@ async fn scrape(State(state): State<Arc<Mutex<MetricsState>>>) -> impl IntoRespo
 /// What a scraper that reaches /metrics beyond loopback, unauthenticated, can read.
 const RISK: &str = "anyone who can reach it can read every process's energy, executable name and model, interval by interval";
 
-/// Serves `/metrics` on `addr` with `listen`'s TLS, token and limits until `shutdown`
-/// turns true; returns the bound address and the listener's guard.
+/// Serves `/metrics` (and `health`'s `/healthz` and `/readyz`) on `addr` with
+/// `listen`'s TLS, token and limits until `shutdown` turns true; returns the bound
+/// address and the listener's guard.
 pub async fn serve(
     addr: SocketAddr,
     listen: &ListenConfig,
     state: Arc<Mutex<MetricsState>>,
+    health: &Health,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, Arc<Guard>)> {
     let guard = Guard::new("Prometheus endpoint", listen, ALPN_HTTP1)?;
@@ -94,8 +101,9 @@ pub async fn serve(
             guard.clone(),
             listen::http_auth,
         ))
-        .route_layer(limits)
-        .with_state(state);
+        .with_state(state)
+        .merge(health.router())
+        .layer(limits);
     let conns = guard.axum(listener, shutdown.clone())?;
     tokio::spawn(async move {
         let served = axum::serve(conns, app.into_make_service_with_connect_info::<Remote>())

@@ -2,9 +2,11 @@
 //! loop — an interval tick closes an interval, a sub-tick reads the probe finer while
 //! spans are received, the ring buffer is drained as it fills, and SIGINT/SIGTERM (or
 //! `--duration`) end the run after the partial interval so nothing measured is lost.
+//! `--health` serves the loop's liveness and readiness from the first moment.
 
 use std::{
     io::stdout,
+    net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -13,6 +15,7 @@ use anyhow::Context as _;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
     time::{Instant, Interval, MissedTickBehavior},
 };
 
@@ -24,7 +27,7 @@ use super::{
 use crate::{
     attribute::idle::state::Method,
     clock::{WallClock, monotonic_ns},
-    export::{Sink, console::ConsoleTable, json::JsonLines},
+    export::{Sink, console::ConsoleTable, health::Health, json::JsonLines},
     lockdown,
     probe::{Probe, ProbeConfig},
 };
@@ -73,6 +76,8 @@ pub struct DaemonConfig {
     pub request_resolution: Duration,
     /// The user to switch to once started (`--user`).
     pub user: Option<String>,
+    /// Serve `/healthz` and `/readyz` here (also served beside `--prometheus`).
+    pub health: Option<SocketAddr>,
 }
 
 /// Longest the agent takes to stop after a signal: releasing held spans, the final
@@ -103,6 +108,7 @@ struct Daemon {
     exporters: Exporters,
     faults: Faults,
     stored_idle_at: Instant,
+    health: Health,
     /// The runtime of the network-facing tasks (receive, enrich, forward, /metrics),
     /// whose threads hold no capability.
     net: NetRuntime,
@@ -156,14 +162,23 @@ async fn run_async(config: DaemonConfig) -> anyhow::Result<i32> {
         .as_deref()
         .map(lockdown::resolve_user)
         .transpose()?;
-    let Some(mut daemon) = Daemon::start(&config, user, &mut signals).await? else {
+    let health = Health::new(config.interval);
+    let (health_stop, health_stopped) = watch::channel(false);
+    if let Some(addr) = config.health {
+        let bound = crate::export::health::serve(addr, health.clone(), health_stopped).await?;
+        eprintln!("energy-agent: health on http://{bound}/healthz and /readyz");
+    }
+    let Some(mut daemon) = Daemon::start(&config, user, &mut signals, &health).await? else {
         log::info!("stopped while starting");
         return Ok(0);
     };
+    health.attached();
     log::info!("probe attached; interval {:?}", config.interval);
     let ended = daemon.run_loop(&config, &mut signals).await;
     log::info!("detaching");
+    health.stopping();
     daemon.stop(ended, &mut signals).await;
+    let _ = health_stop.send(true);
     Ok(0)
 }
 
@@ -200,14 +215,16 @@ async fn start_exporters(
     config: &DaemonConfig,
     clock: WallClock,
     signals: &mut Signals,
+    health: &Health,
 ) -> anyhow::Result<Option<(Exporters, NetRuntime)>> {
     let net = NetRuntime::start()?;
     let handle = net.handle().context("the network runtime")?;
     // The receiver's sender resolver thread (`energy-peers`) is started in there,
     // before the drop, so it keeps what reading other processes' fds needs.
     let export = config.export.clone();
-    let interval = config.interval;
-    let started = handle.spawn(async move { Exporters::start(&export, interval, clock).await });
+    let (interval, health) = (config.interval, health.clone());
+    let started =
+        handle.spawn(async move { Exporters::start(&export, interval, clock, &health).await });
     tokio::select! {
         biased;
         _ = signals.recv() => Ok(None),
@@ -230,6 +247,7 @@ impl Daemon {
         config: &DaemonConfig,
         user: Option<lockdown::User>,
         signals: &mut Signals,
+        health: &Health,
     ) -> anyhow::Result<Option<Self>> {
         let stages = {
             let config = config.clone();
@@ -241,7 +259,7 @@ impl Daemon {
             started = stages => started.context("starting the probe")??,
         };
         let clock = pipeline.clock();
-        let Some(exporters) = start_exporters(config, clock.clone(), signals).await? else {
+        let Some(exporters) = start_exporters(config, clock.clone(), signals, health).await? else {
             return Ok(None);
         };
         let (exporters, net) = exporters;
@@ -262,6 +280,7 @@ impl Daemon {
             faults: Faults::default(),
             stored_idle_at: Instant::now(),
             net,
+            health: health.clone(),
         }))
     }
 
@@ -317,6 +336,7 @@ impl Daemon {
             Err(e) => {
                 self.faults.record("interval", &e);
                 self.exporters.observe_faults(&self.faults);
+                self.health.interval_closed(false);
                 return Emitted::Failed;
             }
         };
@@ -341,6 +361,7 @@ impl Daemon {
             }
         };
         self.exporters.observe_faults(&self.faults);
+        self.health.interval_closed(emitted == Emitted::Done);
         emitted
     }
 

@@ -30,6 +30,7 @@ use crate::{
     clock::WallClock,
     export::{
         forward::{self, ForwardConfig, Forwarder, Payload},
+        health::Health,
         metrics::{self, MetricsState},
         otlp::OtlpMetrics,
     },
@@ -118,11 +119,13 @@ pub struct Exporters {
 
 impl Exporters {
     /// Starts what `config` asks for (inside the tokio runtime); `interval` is the
-    /// sampling interval, which bounds how long the enricher keeps history.
+    /// sampling interval, which bounds how long the enricher keeps history; `health` is
+    /// served beside the Prometheus metrics.
     pub async fn start(
         config: &ExportConfig,
         interval: Duration,
         clock: WallClock,
+        health: &Health,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Mutex::new(MetricsState::new(config.metrics_top)));
         let (shutdown, _) = watch::channel(false);
@@ -163,6 +166,7 @@ impl Exporters {
                 addr,
                 listen,
                 metrics.clone(),
+                health,
                 shutdown.subscribe(),
             )
             .await?;
