@@ -137,7 +137,6 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("perf", "linux-perf"),
     ("taskset", "util-linux"),
-    ("unshare", "util-linux"),
     // The package of the command depends on libfaketime, which tests/tests/clock.rs preloads.
     ("faketime", "faketime"),
     ("chromium", "chromium"),
