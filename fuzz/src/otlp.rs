@@ -141,6 +141,7 @@ fn record(pids: &[u32], start: u64, end: u64) -> IntervalRecord {
         pue: 1.2,
         estimated: true,
         source: "fuzz".into(),
+        ..Default::default()
     }
 }
 

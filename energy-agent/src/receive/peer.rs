@@ -81,7 +81,7 @@ fn is_loopback(peer: SocketAddr) -> bool {
 }
 
 /// Every TCP socket's inode, by (local, remote) address (canonical).
-fn socket_table(proc_root: &Path) -> HashMap<(SocketAddr, SocketAddr), u64> {
+pub fn socket_table(proc_root: &Path) -> HashMap<(SocketAddr, SocketAddr), u64> {
     let mut table = HashMap::new();
     for name in ["net/tcp", "net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(proc_root.join(name)) else {
