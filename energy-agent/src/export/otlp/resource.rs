@@ -21,8 +21,70 @@ use crate::receive::spans::kv;
 /// Where the machine id is, in order (systemd's, then D-Bus's older copy).
 pub const MACHINE_ID_PATHS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
 
-/// The agent's resource.
+/// The agent's resource: `OTEL_RESOURCE_ATTRIBUTES` as the OpenTelemetry SDKs read it
+/// (a DaemonSet names its node and pod there), under the agent's own keys, which win.
 pub fn resource() -> Resource {
+    let from_env = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    with_env(own_attributes(), &from_env)
+}
+
+/// `ours`, after the attributes of an `OTEL_RESOURCE_ATTRIBUTES` value whose keys
+/// `ours` does not have.
+fn with_env(
+    ours: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    from_env: &str,
+) -> Resource {
+    let mut attributes: Vec<_> = parse_resource_attributes(from_env)
+        .into_iter()
+        .filter(|(k, _)| !ours.iter().any(|o| &o.key == k))
+        .map(|(k, v)| kv(&k, StringValue(v)))
+        .collect();
+    attributes.extend(ours);
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// The pairs of an `OTEL_RESOURCE_ATTRIBUTES` value: `key=value` separated by commas,
+/// values percent-decoded (the W3C Baggage octets); an entry without `=` or with an
+/// empty key is skipped, as the SDKs do.
+pub fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (an invalid escape is kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The keys the agent sets itself: the service and the host.
+fn own_attributes() -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
     let text = |key, value: &str| kv(key, StringValue(value.into()));
     let mut attributes = vec![
         text("service.name", "energy-agent"),
@@ -37,10 +99,7 @@ pub fn resource() -> Resource {
     if let Some(id) = machine_id(&paths) {
         attributes.push(text("host.id", &id));
     }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    attributes
 }
 
 /// This run's `service.instance.id`: the same for every export of the run.
@@ -124,6 +183,36 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_adds_attributes_and_the_agents_own_keys_win() {
+        assert_eq!(
+            parse_resource_attributes(" k8s.node.name = node-a ,bad,=x,k8s.pod.uid=a%2Cb%zz"),
+            [
+                ("k8s.node.name".to_string(), "node-a".to_string()),
+                ("k8s.pod.uid".to_string(), "a,b%zz".to_string()),
+            ]
+        );
+        let r = with_env(
+            vec![kv("service.name", StringValue("energy-agent".into()))],
+            "service.name=spoofed,k8s.node.name=node-a",
+        );
+        let pairs: Vec<(String, String)> = r
+            .attributes
+            .iter()
+            .map(|a| match &a.value.as_ref().and_then(|v| v.value.clone()) {
+                Some(StringValue(v)) => (a.key.clone(), v.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("k8s.node.name".to_string(), "node-a".to_string()),
+                ("service.name".to_string(), "energy-agent".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn uuids_are_version_4_and_instance_ids_last_the_run() {
