@@ -7,6 +7,7 @@
 
 mod accounting;
 mod attach;
+mod batch;
 pub mod btf;
 pub mod cuda;
 pub mod gpu;
@@ -173,6 +174,8 @@ pub struct Probe {
     last_read_ns: u64,
     gpu_threads_tracked: usize,
     max_tasks: u32,
+    /// Whether the task map is read in batches (until the kernel refuses them once).
+    batch_reads: std::sync::atomic::AtomicBool,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -230,6 +233,7 @@ impl Probe {
             last_read_ns: monotonic_ns(),
             gpu_threads_tracked: 0,
             max_tasks: config.max_tasks,
+            batch_reads: std::sync::atomic::AtomicBool::new(true),
             logger,
         })
     }
@@ -308,8 +312,32 @@ impl Probe {
         Ok(interval)
     }
 
-    /// The task map: each thread's cumulative time per CPU.
+    /// The task map: each thread's cumulative time per CPU, in batches where the kernel
+    /// has them ([`batch`]), else one entry at a time.
     fn read_tasks(&self) -> Result<Vec<(TaskKey, Vec<TaskTime>)>, ProbeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.batch_reads.load(Relaxed) {
+            let fd = aya::maps::IterableMap::map(&self.tasks).fd().as_fd();
+            match batch::read_per_cpu(fd, possible_cpus() as usize) {
+                Ok(Some(snapshot)) => return Ok(snapshot),
+                Ok(None) => {
+                    log::info!(
+                        "this kernel reads the task map one entry at a time (no batch lookups)"
+                    );
+                    self.batch_reads.store(false, Relaxed);
+                }
+                Err(io_error) => {
+                    return Err(ProbeError::Read {
+                        map: names::TASKS,
+                        source: aya::sys::SyscallError {
+                            call: "BPF_MAP_LOOKUP_BATCH",
+                            io_error,
+                        }
+                        .into(),
+                    });
+                }
+            }
+        }
         let mut snapshot = Vec::new();
         for entry in self.tasks.iter() {
             match entry {
