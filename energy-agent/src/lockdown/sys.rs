@@ -264,6 +264,27 @@ pub fn threads() -> Vec<u32> {
         .collect()
 }
 
+/// The id that `tid` (as `/proc/self/task` names it) has in this process's own pid
+/// namespace, which gettid and tgkill use: the last `NSpid` figure. The two differ when
+/// the procfs mounted at /proc is another namespace's (a DaemonSet given the host's).
+fn own_namespace_id(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .ok()
+        .and_then(|status| last_nspid(&status))
+        .unwrap_or(tid)
+}
+
+/// The last id of a status text's `NSpid:` line.
+fn last_nspid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// A thread's name (`comm`).
 pub fn thread_name(tid: u32) -> String {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
@@ -320,12 +341,13 @@ pub fn apply_to_threads(
         DONE.store(0, SeqCst);
         let mut sent = 0;
         for &tid in &pending {
-            if tid == me {
+            let own = own_namespace_id(tid);
+            if own == me {
                 apply_to_this_thread(plan).map_err(|f| format!("this thread: {f}"))?;
                 continue;
             }
             // SAFETY: a signal to a thread of this process, whose handler is installed.
-            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal()) };
+            let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, own, signal()) };
             if rc == 0 {
                 sent += 1;
             }
@@ -368,4 +390,19 @@ pub fn set_effective(effective: CapSet) -> Result<(), Failure> {
 pub fn drop_this_thread() -> Result<(), Failure> {
     capset(CapSet::EMPTY, CapSet::EMPTY)?;
     prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_own_id_is_the_innermost_namespaces() {
+        let status = "Name:\tenergy-agent\nTgid:\t4200\nNSpid:\t4217\t17\nPPid:\t1\n";
+        assert_eq!(last_nspid(status), Some(17));
+        assert_eq!(last_nspid("NSpid:\t99\n"), Some(99));
+        assert_eq!(last_nspid("Name:\tx\n"), None);
+        let me = gettid();
+        assert_eq!(own_namespace_id(me), me, "in the test's own namespace");
+    }
 }

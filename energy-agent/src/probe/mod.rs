@@ -153,6 +153,11 @@ impl Default for ProbeConfig {
     }
 }
 
+/// Set to `off`, the task map is read one entry at a time even where the kernel has
+/// batch lookups (for an A/B of the two, and a way out should a kernel's batch lookups
+/// misbehave).
+pub const BATCH_READS_ENV: &str = "ENERGY_AGENT_MAP_BATCH";
+
 /// The loaded and attached scheduler probe.
 pub struct Probe {
     _ebpf: Ebpf,
@@ -233,7 +238,9 @@ impl Probe {
             last_read_ns: monotonic_ns(),
             gpu_threads_tracked: 0,
             max_tasks: config.max_tasks,
-            batch_reads: std::sync::atomic::AtomicBool::new(true),
+            batch_reads: std::sync::atomic::AtomicBool::new(
+                std::env::var_os(BATCH_READS_ENV).is_none_or(|v| v != "off"),
+            ),
             logger,
         })
     }

@@ -56,7 +56,9 @@ pub fn run(s: &Settings) -> Value {
     let churner = churn(per_s, stop.clone());
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let mut variants = Vec::new();
-    for busy in [false, true] {
+    // (receiver busy, task map read in batches); the last is the reference the batched
+    // reads are measured against in the same run.
+    for (busy, batched) in [(false, true), (true, true), (true, false)] {
         let (port, sink_port) = (
             energy_tests::otlp::free_port_pair(),
             energy_tests::otlp::free_port_pair(),
@@ -72,7 +74,11 @@ pub fn run(s: &Settings) -> Value {
         } else {
             args.extend(["--receive", "off"]);
         }
-        let agent = Agent::start(s, &args, false);
+        let agent = if batched {
+            Agent::start(s, &args, false)
+        } else {
+            Agent::start_with(s, &["env", "ENERGY_AGENT_MAP_BATCH=off"], &args, false)
+        };
         std::thread::sleep(Duration::from_secs(2));
         let (c0, t0) = (cpu_seconds(agent.pid()), Instant::now());
         let spans = if busy {
@@ -94,7 +100,12 @@ pub fn run(s: &Settings) -> Value {
         let rss = peak_rss_mib(agent.pid());
         agent.stop();
         variants.push(json!({
-            "receiver": if busy { "busy (1,000 spans/s)" } else { "off" },
+            "receiver": match (busy, batched) {
+                (false, _) => "off",
+                (true, true) => "busy (1,000 spans/s)",
+                (true, false) => "busy (1,000 spans/s), task map read one entry at a time",
+            },
+            "batched_map_reads": batched,
             "cpu_pct_of_one_core": 100.0 * cpu / wall,
             "peak_rss_mib": rss,
             "seconds": wall,
