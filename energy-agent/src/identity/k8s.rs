@@ -420,4 +420,4 @@ pub fn fetch(agent: &ureq::Agent, config: &K8sConfig) -> Result<(PodIndex, usize
 
 #[cfg(test)]
 #[path = "k8s_tests.rs"]
-mod tests;
+pub(super) mod tests;

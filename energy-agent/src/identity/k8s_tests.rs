@@ -9,7 +9,7 @@ use crate::identity::container;
 
 /// A recorded kubelet `/pods` answer (three pods: a vLLM Deployment's, a static pod,
 /// and a pending Job's).
-const FIXTURE: &[u8] = include_bytes!("testdata/pods.json");
+pub(crate) const FIXTURE: &[u8] = include_bytes!("testdata/pods.json");
 const VLLM_UID: &str = "0b4d7b3e-6a8c-4c39-9a55-2f1e8d6c7a10";
 const SERVER_ID: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeeff0";
 
@@ -106,13 +106,13 @@ fn api_server_urls_select_the_node() {
 
 /// A one-route HTTP server answering every request with the body `answer` gives for
 /// the request's number (from 0); it records each request's head.
-struct Server {
-    url: String,
+pub(crate) struct Server {
+    pub(crate) url: String,
     requests: Arc<Mutex<Vec<String>>>,
     count: Arc<AtomicUsize>,
 }
 
-fn serve(answer: impl Fn(usize) -> (u16, Vec<u8>) + Send + 'static) -> Server {
+pub(crate) fn serve(answer: impl Fn(usize) -> (u16, Vec<u8>) + Send + 'static) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/pods", listener.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -147,7 +147,7 @@ fn serve(answer: impl Fn(usize) -> (u16, Vec<u8>) + Send + 'static) -> Server {
     }
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -155,7 +155,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn config(url: &str, dir: &std::path::Path) -> K8sConfig {
+pub(crate) fn config(url: &str, dir: &std::path::Path) -> K8sConfig {
     let token = dir.join("token");
     std::fs::write(&token, "secret-token\n").unwrap();
     K8sConfig {
