@@ -34,10 +34,11 @@ struct PodCgroup {
 }
 
 impl PodCgroup {
-    fn create(pod_uid: &str, container_id: &str) -> Self {
+    /// `segments` under a test directory of the cgroup2 tree (mounted if there is none).
+    fn v2(segments: &[String]) -> Self {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let (root, mounted) = match cgroup2_mount(&mountinfo) {
-            Some(root) => (root, None),
+        match cgroup2_mount(&mountinfo) {
+            Some(root) => Self::create(root, None, segments),
             None => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let ok = Command::new("mount")
@@ -46,28 +47,40 @@ impl PodCgroup {
                     .status()
                     .expect("mount");
                 assert!(ok.success(), "mounting cgroup2 at {}", dir.path().display());
-                (dir.path().to_path_buf(), Some(dir))
+                Self::create(dir.path().to_path_buf(), Some(dir), segments)
             }
-        };
-        let slice_uid = pod_uid.replace('-', "_");
+        }
+    }
+
+    /// `segments` under a test directory of the v1 hierarchy holding the `cpu`
+    /// controller; None on a host without one (cgroup v2 only).
+    fn v1_cpu(segments: &[String]) -> Option<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split_whitespace();
+            let (fstype, options) = (right.next()?, right.nth(1)?);
+            let cpu = options.split(',').any(|o| o == "cpu");
+            let at = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" && cpu).then(|| PathBuf::from(at))
+        })?;
+        Some(Self::create(root, None, segments))
+    }
+
+    fn create(root: PathBuf, mounted: Option<tempfile::TempDir>, segments: &[String]) -> Self {
         let mut cgroup = Self {
             dirs: Vec::new(),
             root: root.clone(),
             mounted,
         };
         let mut dir = root.join(format!("energy-test-containers-{}", std::process::id()));
-        for name in [
-            "kubepods.slice".to_string(),
-            "kubepods-burstable.slice".into(),
-            format!("kubepods-burstable-pod{slice_uid}.slice"),
-            format!("cri-containerd-{container_id}.scope"),
-        ] {
+        for name in segments.iter().map(Some).chain([None]) {
             std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
             cgroup.dirs.push(dir.clone());
-            dir = dir.join(name);
+            if let Some(name) = name {
+                dir = dir.join(name);
+            }
         }
-        std::fs::create_dir(&dir).expect("creating the container's scope");
-        cgroup.dirs.push(dir);
         cgroup
     }
 
@@ -163,9 +176,8 @@ fn pod_list(uid: &str, id: &str) -> String {
     .to_string()
 }
 
-#[test]
-fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
-    require_root();
+/// A fresh pod uid and container id (so runs never meet an earlier run's cgroups).
+fn fresh_ids() -> (String, String) {
     let n = std::process::id();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -186,8 +198,19 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
         !nanos,
         u64::from(n) << 7
     );
-    let cgroup = PodCgroup::create(&uid, &id);
-    let (url, requests) = kubelet(pod_list(&uid, &id));
+    (uid, id)
+}
+
+/// Runs the agent against a kubelet serving the pod (`uid`, container `id`) with
+/// `model`, while a burner runs in `cgroup`'s leaf; the burner's process entries,
+/// the container rows named `id`, and the burner's pid.
+fn burn_in(
+    cgroup: &PodCgroup,
+    uid: &str,
+    id: &str,
+    model: &str,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, u32) {
+    let (url, requests) = kubelet(pod_list(uid, id));
     let dir = tempfile::tempdir().expect("tempdir");
     let none = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let mut agent = AgentRun::start(&[
@@ -206,7 +229,7 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
         "--k8s-ca-file",
         &none("ca.crt"),
         "--model",
-        "llama-e2e=^app.kubernetes.io/name=vllm-e2e$",
+        model,
     ]);
     // The shell joins the container's cgroup, then becomes the burner: it never runs
     // outside it.
@@ -230,38 +253,36 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
         requests.load(Ordering::SeqCst) >= 1,
         "the agent asked the kubelet"
     );
-
-    let entries: Vec<&serde_json::Value> = intervals
-        .iter()
-        .flat_map(|i| i["processes"].as_array().into_iter().flatten())
+    let rows = |key: &str| -> Vec<serde_json::Value> {
+        intervals
+            .iter()
+            .flat_map(|i| i[key].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let entries: Vec<serde_json::Value> = (rows("processes").into_iter())
         .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
         .collect();
     assert!(
         !entries.is_empty(),
         "the burner (pid {pid}) never showed up"
     );
-    let energy: f64 = entries
-        .iter()
-        .map(|p| p["energy_j"].as_f64().unwrap())
-        .sum();
-    assert!(energy > 0.0, "the burner's energy: {energy}");
-    for p in &entries {
-        // procfs and the probe's cgroup id name the same cgroup2 directory.
-        assert_eq!(p["cgroup"], cgroup.relative().as_str(), "{p}");
-        let c = &p["container"];
-        assert_eq!(c["container.id"], id.as_str(), "{p}");
-        assert_eq!(c["container.runtime"], "containerd");
-        assert_eq!(c["k8s.pod.uid"], uid.as_str());
-        assert_eq!(c["k8s.pod.qos_class"], "burstable");
-    }
-    // The list is fetched at start-up, before the burner starts: every entry has it.
-    let named: Vec<&&serde_json::Value> = entries
-        .iter()
-        .filter(|p| p["container"]["k8s.pod.name"] == "vllm-e2e-0")
+    let containers = (rows("containers").into_iter())
+        .filter(|r| r["name"] == id)
         .collect();
-    assert_eq!(named.len(), entries.len(), "{entries:?}");
-    for p in &named {
+    (entries, containers, pid)
+}
+
+/// The energy of rows.
+fn energy(rows: &[serde_json::Value]) -> f64 {
+    rows.iter().map(|p| p["energy_j"].as_f64().unwrap()).sum()
+}
+
+/// The pod's names, as the served list gives them, on every entry (the list is
+/// fetched at start-up, before the burner starts).
+fn assert_named(entries: &[serde_json::Value], model: &str) {
+    for p in entries {
         let c = &p["container"];
+        assert_eq!(c["k8s.pod.name"], "vllm-e2e-0", "{p}");
         assert_eq!(c["k8s.namespace.name"], "inference");
         assert_eq!(c["k8s.container.name"], "server");
         assert_eq!(c["k8s.node.name"], "node-e2e");
@@ -270,20 +291,78 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
             c.get("k8s.pod.label.pod-template-hash").is_none(),
             "not asked for"
         );
-        assert_eq!(p["model"], "llama-e2e", "the rule on the pod label");
+        assert_eq!(p["model"], model, "the model rule on the pod");
     }
+}
+
+#[test]
+fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
+    require_root();
+    let (uid, id) = fresh_ids();
+    let cgroup = PodCgroup::v2(&[
+        "kubepods.slice".into(),
+        "kubepods-burstable.slice".into(),
+        format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
+        format!("cri-containerd-{id}.scope"),
+    ]);
+    let (entries, rows, _) = burn_in(
+        &cgroup,
+        &uid,
+        &id,
+        "llama-e2e=^app.kubernetes.io/name=vllm-e2e$",
+    );
+    let burned = energy(&entries);
+    assert!(burned > 0.0, "the burner's energy: {burned}");
+    for p in &entries {
+        // procfs (which wins) names the directory the test made; the probe's cgroup
+        // id is that directory's inode, the same one.
+        assert_eq!(p["cgroup"], cgroup.relative().as_str(), "{p}");
+        let c = &p["container"];
+        assert_eq!(c["container.id"], id.as_str(), "{p}");
+        assert_eq!(c["container.runtime"], "containerd");
+        assert_eq!(c["k8s.pod.uid"], uid.as_str());
+        assert_eq!(c["k8s.pod.qos_class"], "burstable");
+    }
+    assert_named(&entries, "llama-e2e");
     // The container's row carries the pod's names and at least the burner's energy.
-    let row_energy: f64 = intervals
-        .iter()
-        .flat_map(|i| i["containers"].as_array().into_iter().flatten())
-        .filter(|r| r["name"] == id.as_str())
-        .inspect(|r| {
-            assert_eq!(r["k8s.pod.name"], "vllm-e2e-0", "{r}");
-            assert_eq!(r["k8s.namespace.name"], "inference");
-            assert_eq!(r["k8s.pod.uid"], uid.as_str());
-        })
-        .map(|r| r["energy_j"].as_f64().unwrap())
-        .sum();
-    assert!(row_energy >= energy - 1e-9, "{row_energy} < {energy}");
+    for r in &rows {
+        assert_eq!(r["k8s.pod.name"], "vllm-e2e-0", "{r}");
+        assert_eq!(r["k8s.namespace.name"], "inference");
+        assert_eq!(r["k8s.pod.uid"], uid.as_str());
+    }
+    assert!(
+        energy(&rows) >= burned - 1e-9,
+        "{} < {burned}",
+        energy(&rows)
+    );
+    drop(cgroup);
+}
+
+#[test]
+fn on_cgroup_v1_the_controller_paths_name_the_container_and_pod() {
+    require_root();
+    let (uid, id) = fresh_ids();
+    // The kubelet's cgroupfs driver on a v1 host; the v2 line stays `0::/`.
+    let Some(cgroup) = PodCgroup::v1_cpu(&[
+        "kubepods".into(),
+        "besteffort".into(),
+        format!("pod{uid}"),
+        id.clone(),
+    ]) else {
+        eprintln!("no cgroup v1 cpu hierarchy on this host: nothing to check");
+        return;
+    };
+    // The pod's name, not its label, names the model this time.
+    let (entries, rows, _) = burn_in(&cgroup, &uid, &id, "by-pod=^vllm-e2e-0$");
+    assert!(energy(&entries) > 0.0);
+    for p in &entries {
+        let c = &p["container"];
+        assert_eq!(c["container.id"], id.as_str(), "{p}");
+        assert_eq!(c["k8s.pod.uid"], uid.as_str());
+        assert_eq!(c["k8s.pod.qos_class"], "besteffort");
+        assert!(c.get("container.runtime").is_none(), "a bare id names none");
+    }
+    assert_named(&entries, "by-pod");
+    assert!(!rows.is_empty(), "a row for the container");
     drop(cgroup);
 }
