@@ -342,6 +342,35 @@ mod tests {
         assert_eq!((c.id.as_str(), c.pod_uid, c.qos), (ID, None, None));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Any path (a cgroup name is anyone's who can create one): no panic, and what
+        /// comes out is a 64-hex id, with a pod uid exactly when there is a QoS class.
+        #[test]
+        fn any_path_parses_to_a_sane_container_or_none(
+            segments in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-z:_.-]{0,12}",
+                    "(cri-containerd-|crio-|docker-|libpod-|libpod-conmon-|)[0-9a-f]{62,66}(\\.scope)?",
+                    "(kubepods-burstable-|kubepods-|)pod[0-9a-f_-]{30,38}(\\.slice)?",
+                    "kubepods(\\.slice)?|burstable|besteffort",
+                ],
+                0..8,
+            )
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            if let Some(c) = parse(&path) {
+                proptest::prop_assert_eq!(c.id.len(), 64);
+                proptest::prop_assert!(c.id.bytes().all(|b| b.is_ascii_hexdigit()));
+                proptest::prop_assert_eq!(c.pod_uid.is_some(), c.qos.is_some());
+                if let Some(uid) = &c.pod_uid {
+                    proptest::prop_assert!(uid.len() == 36 || uid.len() == 32, "{}", uid);
+                    proptest::prop_assert!(!uid.contains('_'));
+                }
+            }
+        }
+    }
+
     #[test]
     fn serialises_with_attribute_names() {
         let c = ContainerInfo {
