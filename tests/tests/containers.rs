@@ -253,6 +253,14 @@ fn burn_in(
         requests.load(Ordering::SeqCst) >= 1,
         "the agent asked the kubelet"
     );
+    // Every interval says what the pod source did: one pod, no failure.
+    let last = &intervals.last().expect("intervals")["pod_metadata"];
+    assert_eq!(last["pods"], 1, "{last}");
+    assert!(last["fetches"].as_u64() >= Some(1), "{last}");
+    assert_eq!(
+        (last["errors"].as_u64(), last["malformed_items"].as_u64()),
+        (Some(0), Some(0))
+    );
     let rows = |key: &str| -> Vec<serde_json::Value> {
         intervals
             .iter()

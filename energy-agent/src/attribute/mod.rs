@@ -143,6 +143,7 @@ impl Attributor {
             probe: sched.stats,
             probe_programs: sched.programs.clone(),
             processes,
+            pod_metadata: identity.pods().map(|p| p.counts()),
         };
         regroup(&mut report);
         report

@@ -447,4 +447,7 @@ pub struct IntervalReport {
     /// Each eBPF program's counters after the interval: runs, run time (both counted only
     /// with `kernel.bpf_stats_enabled=1`) and runs the kernel skipped.
     pub probe_programs: Vec<crate::probe::progstats::NamedProgramStats>,
+    /// The pod metadata source's counts so far (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_metadata: Option<crate::identity::k8s::PodCounts>,
 }

@@ -257,6 +257,20 @@ pub struct PodStats {
     pub malformed_items: AtomicU64,
 }
 
+/// A snapshot of [`PodStats`] and the index's size, for reports (`pod_metadata` in
+/// `run --output json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodCounts {
+    /// Pods in the latest list.
+    pub pods: usize,
+    /// Lists fetched and parsed.
+    pub fetches: u64,
+    /// Failed fetches.
+    pub errors: u64,
+    /// Items of fetched lists that were not pods.
+    pub malformed_items: u64,
+}
+
 struct State {
     index: Arc<PodIndex>,
     /// Bumped at every good fetch (0: none yet).
@@ -315,6 +329,17 @@ impl Pods {
     /// The fetch counters.
     pub fn stats(&self) -> &PodStats {
         &self.shared.stats
+    }
+
+    /// The counters and the latest list's size, now.
+    pub fn counts(&self) -> PodCounts {
+        let stats = &self.shared.stats;
+        PodCounts {
+            pods: self.index().1.len(),
+            fetches: stats.fetches.load(Ordering::Relaxed),
+            errors: stats.errors.load(Ordering::Relaxed),
+            malformed_items: stats.malformed_items.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -224,6 +224,15 @@ fn a_malformed_answer_keeps_the_last_list_and_is_counted() {
     });
     let (generation, index) = pods.index();
     assert_eq!((generation, index.len()), (1, 3), "the good list stays");
+    assert_eq!(
+        pods.counts(),
+        PodCounts {
+            pods: 3,
+            fetches: 1,
+            errors: 1,
+            malformed_items: 0
+        }
+    );
 }
 
 #[test]
