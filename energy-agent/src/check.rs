@@ -1,5 +1,6 @@
 //! `energy-agent check`: what works on this host, what does not, and the fix for each.
 
+mod containers;
 mod idle;
 
 use std::{
@@ -32,6 +33,9 @@ pub struct CheckConfig {
     pub state_dir: Option<PathBuf>,
     /// `--idle-power`.
     pub idle_power: BTreeMap<String, crate::units::Watts>,
+    /// The pod metadata source the flags describe (None: none), or why they do not
+    /// make one.
+    pub pods: Result<Option<crate::identity::k8s::K8sConfig>, String>,
     /// Print one JSON object instead of text.
     pub json: bool,
 }
@@ -92,7 +96,7 @@ pub struct Report {
 /// Runs every check and prints the report; exit code 1 when the agent cannot run.
 pub fn check(config: &CheckConfig) -> anyhow::Result<i32> {
     let mut checks = run_checks();
-    checks.push(check_cgroups(&Hierarchy::host()));
+    containers::check_containers(&mut checks, &Hierarchy::host(), &config.pods);
     check_libcuda(&mut checks, config.libcuda.as_deref());
     check_power(&mut checks, &config.power);
     idle::check_idle(
@@ -354,38 +358,6 @@ fn check_tracepoints(checks: &mut Vec<Check>, tracefs: &Tracefs) {
 }
 
 /// The CUDA driver library whose entry points the uprobes attach to.
-/// Which cgroup hierarchy the probe's cgroup ids come from, and where containers are
-/// read from.
-fn check_cgroups(hierarchy: &Hierarchy) -> Check {
-    const V1: &str = "v1 controller paths of /proc/<pid>/cgroup (cpu, memory, pids, name=systemd)";
-    match hierarchy {
-        Hierarchy::Unified(at) => Check::new(
-            "cgroups",
-            Status::Pass,
-            format!(
-                "v2 unified at {}: cgroup ids and containers from one tree",
-                at.display()
-            ),
-        ),
-        Hierarchy::Hybrid(at) => Check::new(
-            "cgroups",
-            Status::Pass,
-            format!(
-                "hybrid: cgroup ids from the cgroup2 tree at {}; containers from it, else the {V1}",
-                at.display()
-            ),
-        ),
-        Hierarchy::V1 => Check::new(
-            "cgroups",
-            Status::Warn,
-            format!("v1 only: no cgroup2 tree for the cgroup ids; containers from the {V1}"),
-        )
-        .fix("mount cgroup2 beside v1 (mount -t cgroup2 none /sys/fs/cgroup/unified) to name the cgroups of processes gone before first sight"),
-        Hierarchy::None => Check::new("cgroups", Status::Warn, "no cgroup mount: no containers")
-            .fix("mount cgroup2 at /sys/fs/cgroup"),
-    }
-}
-
 fn check_libcuda(checks: &mut Vec<Check>, libcuda: Option<&Path>) {
     let found = probe::cuda::find_libcuda(libcuda, Path::new("/"))
         .and_then(|lib| Ok((probe::cuda::probe_points(&lib)?, lib)));
@@ -522,19 +494,6 @@ mod tests {
         assert!(text.contains("FAIL  privileges"));
         assert!(text.contains("fix: run as root"));
         assert!(text.contains("cannot run"));
-    }
-
-    #[test]
-    fn the_cgroups_line_names_the_hierarchy_and_where() {
-        let hybrid = check_cgroups(&Hierarchy::Hybrid("/sys/fs/cgroup/unified".into()));
-        assert_eq!(hybrid.status, Status::Pass);
-        assert!(hybrid.detail.starts_with("hybrid"), "{}", hybrid.detail);
-        assert!(hybrid.detail.contains("/sys/fs/cgroup/unified"));
-        let unified = check_cgroups(&Hierarchy::Unified("/sys/fs/cgroup".into()));
-        assert!(unified.detail.starts_with("v2 unified at /sys/fs/cgroup"));
-        let v1 = check_cgroups(&Hierarchy::V1);
-        assert_eq!(v1.status, Status::Warn);
-        assert!(v1.detail.starts_with("v1 only") && v1.fix.contains("cgroup2"));
     }
 
     #[test]

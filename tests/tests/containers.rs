@@ -374,3 +374,45 @@ fn on_cgroup_v1_the_controller_paths_name_the_container_and_pod() {
     assert!(!rows.is_empty(), "a row for the container");
     drop(cgroup);
 }
+
+#[test]
+fn check_names_the_cgroup_hierarchy_and_reaches_the_pod_source() {
+    let (uid, id) = fresh_ids();
+    let (url, requests) = kubelet(pod_list(&uid, &id));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(energy_tests::agent_bin())
+        .args(["check", "--no-gpu", "--no-state", "--kubelet-url", &url])
+        .arg("--k8s-token-file")
+        .arg(dir.path().join("token"))
+        .arg("--k8s-ca-file")
+        .arg(dir.path().join("ca.crt"))
+        .output()
+        .expect("energy-agent check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line:\n{text}"))
+            .to_string()
+    };
+    let pods = line("pod");
+    assert!(
+        pods.starts_with("PASS") && pods.contains(&format!("1 pods from {url}")),
+        "{pods}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one fetch");
+    // What this host's mountinfo says, in the words of the line.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let v1 = mountinfo.contains(" - cgroup cgroup ");
+    let cgroups = line("cgroups");
+    let want = match (cgroup2_mount(&mountinfo), v1) {
+        (Some(at), true) => format!(
+            "hybrid: cgroup ids from the cgroup2 tree at {}",
+            at.display()
+        ),
+        (Some(at), false) => format!("v2 unified at {}", at.display()),
+        (None, true) => "v1 only".into(),
+        (None, false) => "no cgroup mount".into(),
+    };
+    assert!(cgroups.contains(&want), "{cgroups} (want {want})");
+}

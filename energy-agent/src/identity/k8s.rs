@@ -422,6 +422,11 @@ fn fetch_loop(shared: &Shared, agent: &ureq::Agent, config: &K8sConfig) {
     }
 }
 
+/// One fetch with a client of its own (`check`).
+pub fn fetch_once(config: &K8sConfig) -> Result<(PodIndex, usize), K8sError> {
+    fetch(&http_agent(config)?, config)
+}
+
 /// One fetch of the pod list.
 pub fn fetch(agent: &ureq::Agent, config: &K8sConfig) -> Result<(PodIndex, usize), K8sError> {
     let url = config.url();
@@ -445,4 +450,4 @@ pub fn fetch(agent: &ureq::Agent, config: &K8sConfig) -> Result<(PodIndex, usize
 
 #[cfg(test)]
 #[path = "k8s_tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;
