@@ -12,8 +12,7 @@ use std::sync::Arc;
 use super::k8s::PodMeta;
 
 /// The container runtime a cgroup name belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
     /// containerd's CRI plugin (Kubernetes, k3s).
     Containerd,
