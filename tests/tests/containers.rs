@@ -248,6 +248,23 @@ fn burn_in(
     let status = burner.wait_with_output().expect("burner").status;
     assert!(status.success(), "burner: {status}");
     agent.wait_intervals(2, Duration::from_secs(10));
+    // The thread that reads the pod lists holds no capability once the agent runs.
+    let fetcher = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .expect("the agent's threads")
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "energy-net-pods")
+        })
+        .expect("the pod fetcher thread");
+    let status = std::fs::read_to_string(fetcher.path().join("status")).expect("status");
+    for set in ["CapEff:", "CapPrm:"] {
+        let line = status.lines().find(|l| l.starts_with(set)).expect(set);
+        assert!(
+            line.ends_with("0000000000000000"),
+            "the pod fetcher's {line}"
+        );
+    }
     let (_, intervals) = agent.stop();
     assert!(
         requests.load(Ordering::SeqCst) >= 1,

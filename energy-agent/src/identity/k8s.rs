@@ -24,6 +24,11 @@ use super::container::ContainerInfo;
 /// The service account's files, as Kubernetes mounts them in every pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// The fetching thread's name: it reads answers from the network, so it is one of the
+/// threads `run`'s lockdown leaves with no capability (`lockdown::NET_THREAD`'s prefix;
+/// 15 bytes, the kernel's limit).
+pub const THREAD: &str = "energy-net-pods";
+
 /// The most a pod list may weigh (a node's list is a few MiB at most).
 const MAX_BODY: u64 = 64 << 20;
 
@@ -307,7 +312,7 @@ impl Pods {
         });
         let worker = shared.clone();
         std::thread::Builder::new()
-            .name("k8s-pods".into())
+            .name(THREAD.into())
             .spawn(move || fetch_loop(&worker, &agent, &config))
             .map_err(|e| K8sError::Config(format!("starting the pod fetcher: {e}")))?;
         Ok(Self { shared })

@@ -243,3 +243,12 @@ fn an_unusable_ca_file_is_a_configuration_error() {
     std::fs::write(&c.ca_file, "not a certificate").unwrap();
     assert!(matches!(Pods::start(c), Err(K8sError::Config(m)) if m.contains("no certificate")));
 }
+
+#[test]
+fn the_fetcher_is_a_network_thread_the_lockdown_strips() {
+    assert!(THREAD.starts_with(crate::lockdown::NET_THREAD));
+    assert!(
+        THREAD.len() <= 15,
+        "the kernel keeps 15 bytes of a thread's name"
+    );
+}
