@@ -201,16 +201,22 @@ fn fresh_ids() -> (String, String) {
     (uid, id)
 }
 
+/// What one agent run reported.
+struct Seen {
+    /// The burner's process entries.
+    entries: Vec<serde_json::Value>,
+    /// The container rows named for its container.
+    rows: Vec<serde_json::Value>,
+    /// `/metrics` just before the agent stopped.
+    metrics: String,
+}
+
 /// Runs the agent against a kubelet serving the pod (`uid`, container `id`) with
-/// `model`, while a burner runs in `cgroup`'s leaf; the burner's process entries,
-/// the container rows named `id`, and the burner's pid.
-fn burn_in(
-    cgroup: &PodCgroup,
-    uid: &str,
-    id: &str,
-    model: &str,
-) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, u32) {
+/// `model`, while a burner runs in `cgroup`'s leaf.
+fn burn_in(cgroup: &PodCgroup, uid: &str, id: &str, model: &str) -> Seen {
     let (url, requests) = kubelet(pod_list(uid, id));
+    let port = energy_tests::otlp::free_port_pair();
+    let prometheus = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("tempdir");
     let none = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let mut agent = AgentRun::start(&[
@@ -230,6 +236,8 @@ fn burn_in(
         &none("ca.crt"),
         "--model",
         model,
+        "--prometheus",
+        &prometheus,
     ]);
     // The shell joins the container's cgroup, then becomes the burner: it never runs
     // outside it.
@@ -265,6 +273,8 @@ fn burn_in(
             "the pod fetcher's {line}"
         );
     }
+    let (status, metrics) = energy_tests::http_get(port, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
     let (_, intervals) = agent.stop();
     assert!(
         requests.load(Ordering::SeqCst) >= 1,
@@ -291,10 +301,23 @@ fn burn_in(
         !entries.is_empty(),
         "the burner (pid {pid}) never showed up"
     );
-    let containers = (rows("containers").into_iter())
+    let rows = (rows("containers").into_iter())
         .filter(|r| r["name"] == id)
         .collect();
-    (entries, containers, pid)
+    Seen {
+        entries,
+        rows,
+        metrics,
+    }
+}
+
+/// The `energy_container_joules_total` series of container `id`.
+fn container_series<'a>(metrics: &'a str, id: &str) -> Vec<&'a str> {
+    let label = format!("container_id=\"{id}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("energy_container_joules_total{") && l.contains(&label))
+        .collect()
 }
 
 /// The energy of rows.
@@ -330,12 +353,26 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
         format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
         format!("cri-containerd-{id}.scope"),
     ]);
-    let (entries, rows, _) = burn_in(
+    let Seen {
+        entries,
+        rows,
+        metrics,
+    } = burn_in(
         &cgroup,
         &uid,
         &id,
         "llama-e2e=^app.kubernetes.io/name=vllm-e2e$",
     );
+    // Prometheus: the container's series carries its pod and namespace.
+    let series = container_series(&metrics, &id);
+    assert_eq!(series.len(), 1, "{series:?}");
+    for label in [
+        "k8s_pod_name=\"vllm-e2e-0\"",
+        "k8s_namespace_name=\"inference\"",
+        "k8s_container_name=\"server\"",
+    ] {
+        assert!(series[0].contains(label), "{label} in {}", series[0]);
+    }
     let burned = energy(&entries);
     assert!(burned > 0.0, "the burner's energy: {burned}");
     for p in &entries {
@@ -378,7 +415,16 @@ fn on_cgroup_v1_the_controller_paths_name_the_container_and_pod() {
         return;
     };
     // The pod's name, not its label, names the model this time.
-    let (entries, rows, _) = burn_in(&cgroup, &uid, &id, "by-pod=^vllm-e2e-0$");
+    let Seen {
+        entries,
+        rows,
+        metrics,
+    } = burn_in(&cgroup, &uid, &id, "by-pod=^vllm-e2e-0$");
+    let series = container_series(&metrics, &id);
+    assert!(
+        series.len() == 1 && series[0].contains("k8s_pod_name=\"vllm-e2e-0\""),
+        "{series:?}"
+    );
     assert!(energy(&entries) > 0.0);
     for p in &entries {
         let c = &p["container"];
