@@ -209,6 +209,8 @@ struct Seen {
     rows: Vec<serde_json::Value>,
     /// `/metrics` just before the agent stopped.
     metrics: String,
+    /// `report --by pod --format json` over the run's history.
+    by_pod: serde_json::Value,
 }
 
 /// Runs the agent against a kubelet serving the pod (`uid`, container `id`) with
@@ -238,6 +240,8 @@ fn burn_in(cgroup: &PodCgroup, uid: &str, id: &str, model: &str) -> Seen {
         model,
         "--prometheus",
         &prometheus,
+        "--record",
+        &none("history.db"),
     ]);
     // The shell joins the container's cgroup, then becomes the burner: it never runs
     // outside it.
@@ -304,10 +308,24 @@ fn burn_in(cgroup: &PodCgroup, uid: &str, id: &str, model: &str) -> Seen {
     let rows = (rows("containers").into_iter())
         .filter(|r| r["name"] == id)
         .collect();
+    let report = Command::new(energy_tests::agent_bin())
+        .args([
+            "report",
+            &none("history.db"),
+            "--by",
+            "pod",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("energy-agent report");
+    assert!(report.status.success(), "{report:?}");
+    let by_pod = serde_json::from_slice(&report.stdout).expect("report JSON");
     Seen {
         entries,
         rows,
         metrics,
+        by_pod,
     }
 }
 
@@ -357,12 +375,19 @@ fn a_burner_in_a_pod_cgroup_is_attributed_to_its_container_pod_and_model() {
         entries,
         rows,
         metrics,
+        by_pod,
     } = burn_in(
         &cgroup,
         &uid,
         &id,
         "llama-e2e=^app.kubernetes.io/name=vllm-e2e$",
     );
+    // The history: the pod is one group of the report, with at least the burner's.
+    let pod = (by_pod["groups"].as_array().into_iter().flatten())
+        .find(|g| g["name"] == "inference/vllm-e2e-0")
+        .unwrap_or_else(|| panic!("no pod group in {by_pod}"));
+    let recorded = pod["energy_j"].as_f64().unwrap();
+    assert!(recorded >= energy(&entries) - 1e-9, "{recorded}: {pod}");
     // Prometheus: the container's series carries its pod and namespace.
     let series = container_series(&metrics, &id);
     assert_eq!(series.len(), 1, "{series:?}");
@@ -419,6 +444,7 @@ fn on_cgroup_v1_the_controller_paths_name_the_container_and_pod() {
         entries,
         rows,
         metrics,
+        ..
     } = burn_in(&cgroup, &uid, &id, "by-pod=^vllm-e2e-0$");
     let series = container_series(&metrics, &id);
     assert!(
