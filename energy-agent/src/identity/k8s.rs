@@ -5,7 +5,8 @@
 //! ever reads the latest index; it never waits for a fetch. The list is fetched again
 //! every `ttl`, and sooner (at most once per `min_refresh`) when a process names a pod
 //! uid the index lacks. A failed fetch or a malformed answer is logged and counted
-//! ([`PodStats`]) and the last good index stays.
+//! ([`PodStats`]), the last good index stays, and the fetch is tried again after
+//! `min_refresh`, doubling while it keeps failing, up to `ttl`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -381,13 +382,27 @@ fn http_agent(config: &K8sConfig) -> Result<ureq::Agent, K8sError> {
         .into())
 }
 
+/// How long after a fetch the next one is due: the TTL after a good one; after the
+/// `failures`-th failure in a row, `min_refresh` doubled each time up to the TTL (a
+/// list missed at start-up comes soon, an API server in trouble is not hammered).
+fn next_due(config: &K8sConfig, failures: u32) -> Duration {
+    match failures {
+        0 => config.ttl,
+        n => (config.min_refresh)
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(config.ttl),
+    }
+}
+
 fn fetch_loop(shared: &Shared, agent: &ureq::Agent, config: &K8sConfig) {
     let stats = &shared.stats;
+    let mut failures = 0u32;
     loop {
         // A refresh asked for during this fetch is another one.
         (shared.state.lock().unwrap_or_else(|e| e.into_inner())).refresh_wanted = false;
         match fetch(agent, config) {
             Ok((index, malformed)) => {
+                failures = 0;
                 stats.fetches.fetch_add(1, Ordering::Relaxed);
                 if malformed > 0 {
                     stats
@@ -401,6 +416,7 @@ fn fetch_loop(shared: &Shared, agent: &ureq::Agent, config: &K8sConfig) {
                 state.generation += 1;
             }
             Err(e) => {
+                failures = failures.saturating_add(1);
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("pod metadata: {e} (keeping the last list)");
             }
@@ -413,9 +429,9 @@ fn fetch_loop(shared: &Shared, agent: &ureq::Agent, config: &K8sConfig) {
             }
             let since = fetched.elapsed();
             let due = if state.refresh_wanted {
-                config.min_refresh.min(config.ttl)
+                config.min_refresh.min(next_due(config, failures))
             } else {
-                config.ttl
+                next_due(config, failures)
             };
             if since >= due {
                 break;
