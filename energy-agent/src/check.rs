@@ -1,5 +1,6 @@
 //! `energy-agent check`: what works on this host, what does not, and the fix for each.
 
+mod containers;
 mod idle;
 
 use std::{
@@ -9,6 +10,7 @@ use std::{
 
 use crate::{
     carbon::CarbonOptions,
+    identity::cgroup::Hierarchy,
     power::{self, SourceChoice, select::PowerOptions},
     probe::{
         self, SCHED_TRACEPOINTS,
@@ -31,6 +33,9 @@ pub struct CheckConfig {
     pub state_dir: Option<PathBuf>,
     /// `--idle-power`.
     pub idle_power: BTreeMap<String, crate::units::Watts>,
+    /// The pod metadata source the flags describe (None: none), or why they do not
+    /// make one.
+    pub pods: Result<Option<crate::identity::k8s::K8sConfig>, String>,
     /// Print one JSON object instead of text.
     pub json: bool,
 }
@@ -91,6 +96,7 @@ pub struct Report {
 /// Runs every check and prints the report; exit code 1 when the agent cannot run.
 pub fn check(config: &CheckConfig) -> anyhow::Result<i32> {
     let mut checks = run_checks();
+    containers::check_containers(&mut checks, &Hierarchy::host(), &config.pods);
     check_libcuda(&mut checks, config.libcuda.as_deref());
     check_power(&mut checks, &config.power);
     idle::check_idle(

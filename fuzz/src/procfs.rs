@@ -1,12 +1,13 @@
 //! What the agent reads from procfs about other processes (any local user shapes some
 //! of it: a command line, a cgroup name): `/proc/net/tcp` lines to find a local
 //! sender's socket, `status` files for credentials, `cgroup` and `mountinfo` for
-//! containers, a `cmdline`.
+//! containers and pods, a `cmdline`; and the pod list a kubelet or API server answers
+//! (pod names and labels are anyone's who can create a pod).
 
 use energy_agent::{
     identity::{
-        cgroup::{cgroup_v2_path, cgroup2_mount, container_id},
-        read_cmdline,
+        cgroup::{Hierarchy, ProcCgroups, cgroup_v2_path, cgroup2_mount, container_id},
+        container, k8s, read_cmdline,
     },
     lockdown::caps::ThreadCreds,
     probe::privileges::Capabilities,
@@ -19,7 +20,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match selector % 4 {
+    match selector % 5 {
         // fuzz/regressions/procfs/net-tcp-non-ascii: a multi-byte character in an
         // address once panicked parse_proc_addr, which now slices with `str::get`.
         0 => {
@@ -41,11 +42,26 @@ pub fn run(data: &[u8]) {
             }
             let _ = container_id(&text);
             let _ = cgroup2_mount(&text);
+            let _ = Hierarchy::of(&text);
+            let cgroups = ProcCgroups::parse(&text);
+            if let Some(c) = cgroups.container() {
+                assert_eq!(c.id.len(), 64, "a container id is 64 hex digits: {c:?}");
+                assert!(c.pod_uid.is_some() == c.qos.is_some(), "{c:?}");
+            }
+            for line in text.lines().take(64) {
+                let _ = container::parse(line);
+            }
         }
-        _ => {
+        3 => {
             let dir = tempfile::tempdir().expect("a fake /proc/<pid>");
             std::fs::write(dir.path().join("cmdline"), rest).expect("cmdline");
             let _ = read_cmdline(dir.path());
+        }
+        _ => {
+            if let Ok((index, malformed)) = k8s::parse_pod_list(rest, &["app".into()]) {
+                assert!(malformed <= rest.len(), "{malformed} malformed items");
+                let _ = index.len();
+            }
         }
     }
 }

@@ -103,7 +103,7 @@ fn manifests_and_every_chart_setting_validate_against_the_kubernetes_schemas() {
         ),
         (
             "extras",
-            r#"{"services": [{"name": "vllm", "regex": "vllm serve"}], "extraArgs": ["--metrics-top=50"], "extraEnv": [{"name": "RUST_LOG", "value": "info"}], "config": "[carbon]\nregion = \"FR\"\n"}"#,
+            r#"{"services": [{"name": "vllm", "regex": "vllm serve"}], "extraArgs": ["--metrics-top=50"], "extraEnv": [{"name": "RUST_LOG", "value": "info"}], "config": "[carbon]\nregion = \"FR\"\n", "k8s": {"metadata": "kubelet", "labels": ["app.kubernetes.io/name"]}}"#,
         ),
     ];
     for (name, values) in settings {
@@ -275,6 +275,83 @@ fn the_daemonset_grants_and_mounts_what_the_image_needs() {
         role["rules"],
         serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
     );
+}
+
+/// The `energy-agent run` flags a rendering's DaemonSet passes, and its env names.
+fn agent_args(docs: &[Value]) -> (Vec<String>, Vec<String>) {
+    let c = &kind(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let strings = |v: &Value, key: Option<&str>| -> Vec<String> {
+        (v.as_array().into_iter().flatten())
+            .filter_map(|a| key.map_or(a, |k| &a[k]).as_str().map(str::to_string))
+            .collect()
+    };
+    (strings(&c["args"], None), strings(&c["env"], Some("name")))
+}
+
+/// Renders `values` and reads the documents back.
+fn rendered(values: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.yaml");
+    std::fs::write(&path, render(values)).expect("writing a rendering");
+    documents(&path)
+}
+
+#[test]
+fn the_daemonset_asks_for_its_own_nodes_pods() {
+    let docs = documents(&repo_root().join("deploy/kubernetes/energy-agent.yaml"));
+    let (args, env) = agent_args(&docs);
+    // The API server, listing the node the downward API names.
+    assert!(args.iter().any(|a| a == "--k8s-api"), "{args:?}");
+    assert!(args.iter().any(|a| a == "--k8s-node-name=$(K8S_NODE_NAME)"));
+    let ds = kind(&docs, "DaemonSet");
+    let node_env = (ds["spec"]["template"]["spec"]["containers"][0]["env"].as_array())
+        .and_then(|e| e.iter().find(|v| v["name"] == "K8S_NODE_NAME"))
+        .expect("K8S_NODE_NAME");
+    assert_eq!(
+        node_env["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let role = kind(&docs, "ClusterRole");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+        "reading pods and nothing else"
+    );
+    // The kubelet instead: its address from the env, nodes/proxy to be let in.
+    let kubelet = rendered(r#"{"k8s": {"metadata": "kubelet", "labels": ["team"]}}"#);
+    let (args, env_k) = agent_args(&kubelet);
+    let url = args
+        .iter()
+        .find(|a| a.starts_with("--kubelet-url="))
+        .expect("--kubelet-url");
+    assert!(url.contains("$(K8S_HOST_IP)") && env_k.iter().any(|e| e == "K8S_HOST_IP"));
+    assert!(args.iter().any(|a| a == "--k8s-label=team"));
+    assert!(!args.iter().any(|a| a == "--k8s-api"));
+    let rules = kind(&kubelet, "ClusterRole")["rules"].to_string();
+    assert!(rules.contains("nodes/proxy"), "{rules}");
+    // None: no flag at all.
+    let (args, _) = agent_args(&rendered(r#"{"k8s": {"metadata": "none"}}"#));
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--k8s") || a.starts_with("--kubelet"))
+    );
+    // Every such flag is one the agent has.
+    let help = std::process::Command::new(energy_tests::agent_bin())
+        .args(["run", "--help"])
+        .output()
+        .expect("energy-agent run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--k8s-api",
+        "--k8s-node-name",
+        "--kubelet-url",
+        "--k8s-label",
+        "--k8s-refresh",
+    ] {
+        assert!(help.contains(flag), "{flag} is no flag of energy-agent run");
+    }
+    assert!(env.iter().any(|e| e == "K8S_NODE_NAME"));
 }
 
 #[test]

@@ -143,6 +143,7 @@ impl Attributor {
             probe: sched.stats,
             probe_programs: sched.programs.clone(),
             processes,
+            pod_metadata: identity.pods().map(|p| p.counts()),
         };
         regroup(&mut report);
         report
@@ -245,6 +246,7 @@ impl Attributor {
                     model_rule: self.config.models.matched(info).is_some(),
                     cgroup: info.cgroup.clone(),
                     container_id: info.container_id.clone(),
+                    container: info.container.clone(),
                     cpu_time_s: ns.seconds(),
                     cpu_time_ns: ns,
                     exited: info.exited,
@@ -377,6 +379,7 @@ pub fn regroup(report: &mut IntervalReport) {
             .entry(container.clone())
             .or_insert_with(|| GroupReport {
                 name: container,
+                k8s: p.container.as_ref().and_then(K8sNames::of),
                 ..Default::default()
             })
             .add(p);

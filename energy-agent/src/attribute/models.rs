@@ -1,6 +1,12 @@
 //! Which model a process serves: `--model NAME=REGEX` rules (or `[[model]]` in the
-//! config file) matched against its command line, first match wins; an unmatched
-//! process is grouped under its executable name.
+//! config file), first matching rule wins; an unmatched process is grouped under its
+//! executable name.
+//!
+//! A rule matches a process when its regex matches any of, in this order: the command
+//! line (arguments joined by spaces; `comm` when unreadable), and, for a process in a
+//! Kubernetes pod the pod metadata knows, the container's name, the pod's name, and
+//! each pod label as `KEY=VALUE`. So `llama=--served-model-name llama` matches vLLM's
+//! command line, and `llama=app.kubernetes.io/name=vllm` a pod's label.
 
 use regex::Regex;
 
@@ -53,14 +59,25 @@ impl ModelRules {
 
     /// The rule-given model of a process, if a rule matches.
     pub fn matched(&self, info: &ProcessInfo) -> Option<&str> {
+        if self.rules.is_empty() {
+            return None;
+        }
         let line = if info.cmdline.is_empty() {
             info.comm.clone()
         } else {
             info.cmdline.join(" ")
         };
+        let mut subjects = vec![line];
+        if let Some(c) = &info.container {
+            subjects.extend(c.container_name.clone());
+            if let Some(pod) = &c.pod {
+                subjects.push(pod.name.clone());
+                subjects.extend(pod.all_labels.iter().map(|(k, v)| format!("{k}={v}")));
+            }
+        }
         self.rules
             .iter()
-            .find(|r| r.regex.is_match(&line))
+            .find(|r| subjects.iter().any(|s| r.regex.is_match(s)))
             .map(|r| r.name.as_str())
     }
 
@@ -115,6 +132,52 @@ mod tests {
         assert_eq!(rules.model_of(&mistral), "any-vllm");
         assert_eq!(rules.model_of(&proc(&["/usr/bin/nginx"], "nginx")), "nginx");
         assert_eq!(rules.matched(&proc(&[], "kworker/0:1")), None);
+    }
+
+    #[test]
+    fn rules_match_pod_labels_names_and_container_names() {
+        use crate::identity::{container::ContainerInfo, k8s::PodMeta};
+        let rules = ModelRules::new(vec![
+            "by-cmdline=--served-model-name llama-3".parse().unwrap(),
+            "by-label=^app.kubernetes.io/name=vllm$".parse().unwrap(),
+            "by-pod=^embed-".parse().unwrap(),
+            "by-container=^tgi$".parse().unwrap(),
+        ]);
+        let in_pod = |name: &str, labels: &[(&str, &str)], container: Option<&str>| {
+            let mut p = proc(&["python3", "-m", "server"], "python3");
+            p.container = Some(ContainerInfo {
+                id: "c".repeat(64),
+                pod: Some(std::sync::Arc::new(PodMeta {
+                    name: name.into(),
+                    all_labels: (labels.iter())
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                })),
+                container_name: container.map(str::to_string),
+                ..Default::default()
+            });
+            p
+        };
+        let labelled = in_pod("vllm-0", &[("app.kubernetes.io/name", "vllm")], None);
+        assert_eq!(rules.matched(&labelled), Some("by-label"));
+        assert_eq!(rules.matched(&in_pod("embed-7", &[], None)), Some("by-pod"));
+        assert_eq!(
+            rules.matched(&in_pod("x", &[], Some("tgi"))),
+            Some("by-container")
+        );
+        assert_eq!(rules.matched(&in_pod("x", &[("app", "vllm")], None)), None);
+        // The first rule wins, whatever subject the later ones match.
+        let mut both = labelled.clone();
+        both.cmdline = ["vllm", "serve", "--served-model-name", "llama-3"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(rules.matched(&both), Some("by-cmdline"));
+        // Outside a pod, only the command line counts.
+        assert_eq!(
+            rules.matched(&proc(&["python3", "-m", "server"], "python3")),
+            None
+        );
     }
 
     #[test]

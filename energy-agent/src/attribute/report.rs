@@ -2,6 +2,7 @@
 //! the idle bucket, and the host — in joules only: plain data for the carbon stage.
 
 use crate::{
+    identity::container::ContainerInfo,
     power::{Domain, DomainClass, DomainError, PowerReading},
     probe::{GpuCalls, ProbeStats},
     units::{Joules, Nanos, Watts},
@@ -73,6 +74,10 @@ pub struct ProcessReport {
     /// Container id, when the cgroup is a container's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The container in full (runtime, pod uid, QoS, pod name, namespace, labels), when
+    /// the cgroup is a container's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerInfo>,
     /// On-CPU time in the interval, seconds (all threads, all CPUs).
     pub cpu_time_s: f64,
     /// On-CPU time in the interval, nanoseconds (exact).
@@ -142,6 +147,52 @@ pub struct GroupReport {
     pub joules: EnergyByClass,
     /// Average power.
     pub watts: Watts,
+    /// For a container in a pod: the pod and container names (absent otherwise).
+    #[serde(flatten)]
+    pub k8s: Option<K8sNames>,
+}
+
+/// A container's Kubernetes names, for its row and its metric labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct K8sNames {
+    /// `k8s.pod.uid`.
+    #[serde(rename = "k8s.pod.uid")]
+    pub pod_uid: String,
+    /// `k8s.pod.name`, when the pod metadata knows the pod.
+    #[serde(rename = "k8s.pod.name", skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// `k8s.namespace.name`, when the pod metadata knows the pod.
+    #[serde(rename = "k8s.namespace.name", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `k8s.container.name`, when the pod metadata names the container.
+    #[serde(rename = "k8s.container.name", skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+}
+
+impl K8sNames {
+    /// The metric labels of a container row: `k8s.pod.name`, `k8s.namespace.name` and
+    /// `k8s.container.name`, those that are known.
+    pub fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        [
+            ("k8s.pod.name", &self.pod_name),
+            ("k8s.namespace.name", &self.namespace),
+            ("k8s.container.name", &self.container_name),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.clone()?)))
+        .collect()
+    }
+
+    /// The names of a container in a pod; None when it is in none.
+    pub fn of(c: &ContainerInfo) -> Option<Self> {
+        let pod_uid = c.pod_uid.clone()?;
+        Some(Self {
+            pod_uid,
+            pod_name: c.pod.as_ref().map(|p| p.name.clone()),
+            namespace: c.pod.as_ref().map(|p| p.namespace.clone()),
+            container_name: c.container_name.clone(),
+        })
+    }
 }
 
 impl GroupReport {
@@ -396,4 +447,7 @@ pub struct IntervalReport {
     /// Each eBPF program's counters after the interval: runs, run time (both counted only
     /// with `kernel.bpf_stats_enabled=1`) and runs the kernel skipped.
     pub probe_programs: Vec<crate::probe::progstats::NamedProgramStats>,
+    /// The pod metadata source's counts so far (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_metadata: Option<crate::identity::k8s::PodCounts>,
 }

@@ -25,6 +25,7 @@ impl CheckArgs {
             libcuda: self.sources.libcuda.clone(),
             state_dir: self.sources.state_dir(),
             idle_power: self.sources.attribution().idle_power,
+            pods: self.sources.k8s.config(),
             json: self.json,
         }
     }

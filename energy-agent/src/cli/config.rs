@@ -28,6 +28,12 @@
 //! name = "llama"
 //! regex = "vllm.*llama"
 //!
+//! [kubernetes]               # pod metadata (README "Containers and pods")
+//! api = true                 # --k8s-api; or kubelet_url = "https://127.0.0.1:10250/pods"
+//! node_name = "node-1"       # --k8s-node-name (else NODE_NAME)
+//! labels = ["app.kubernetes.io/name"]   # --k8s-label
+//! refresh = "60s"            # also api_url, token_file, ca_file
+//!
 //! [run]
 //! interval = "1s"
 //! output = "table"
@@ -66,6 +72,9 @@ pub struct Config {
     /// Model rules, in priority order (after any `--model` flags).
     #[serde(default)]
     pub model: Vec<ModelSection>,
+    /// Pod metadata.
+    #[serde(default)]
+    pub kubernetes: KubernetesSection,
     /// `run`'s own settings.
     #[serde(default)]
     pub run: RunSection,
@@ -165,6 +174,29 @@ pub struct ModelSection {
     pub regex: String,
 }
 
+/// `[kubernetes]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// `--kubelet-url`.
+    pub kubelet_url: Option<String>,
+    /// `--k8s-api`.
+    pub api: Option<bool>,
+    /// `--k8s-api-url`.
+    pub api_url: Option<String>,
+    /// `--k8s-node-name`.
+    pub node_name: Option<String>,
+    /// `--k8s-label`, after the command line's.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `--k8s-token-file`.
+    pub token_file: Option<std::path::PathBuf>,
+    /// `--k8s-ca-file`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `--k8s-refresh` (humantime).
+    pub refresh: Option<String>,
+}
+
 /// `[run]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,7 +228,46 @@ impl Config {
         let flags = Flags(m);
         self.apply_power(args, flags)?;
         self.apply_carbon(args, flags)?;
-        self.apply_attribution(args, flags)
+        self.apply_attribution(args, flags)?;
+        self.apply_kubernetes(args, flags)
+    }
+
+    fn apply_kubernetes(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
+        let (k, a) = (&self.kubernetes, &mut args.k8s);
+        flags.take(
+            &mut a.kubelet_url,
+            "kubelet_url",
+            k.kubelet_url.clone().map(Some),
+        );
+        flags.take(&mut a.k8s_api, "k8s_api", k.api);
+        flags.take(
+            &mut a.k8s_api_url,
+            "k8s_api_url",
+            k.api_url.clone().map(Some),
+        );
+        flags.take(
+            &mut a.k8s_node_name,
+            "k8s_node_name",
+            k.node_name.clone().map(Some),
+        );
+        flags.take(
+            &mut a.k8s_token_file,
+            "k8s_token_file",
+            k.token_file.clone(),
+        );
+        flags.take(&mut a.k8s_ca_file, "k8s_ca_file", k.ca_file.clone());
+        let refresh = k
+            .refresh
+            .as_deref()
+            .map(super::parse_duration)
+            .transpose()?;
+        flags.take(&mut a.k8s_refresh, "k8s_refresh", refresh);
+        for label in &k.labels {
+            if !a.k8s_labels.contains(label) {
+                a.k8s_labels.push(label.clone());
+            }
+        }
+        Ok(())
     }
 
     fn apply_power(&self, args: &mut SourceArgs, flags: Flags) -> Result<(), String> {
@@ -359,6 +430,12 @@ state_dir = "/srv/energy"
 name = "llama"
 regex = "llama"
 
+[kubernetes]
+api = true
+node_name = "from-file"
+labels = ["app", "team"]
+refresh = "30s"
+
 [run]
 interval = "2s"
 top = 5
@@ -392,6 +469,10 @@ top = 5
         assert_eq!(a.sources.idle_power, vec![("package".to_string(), 12.0)]);
         assert_eq!(a.sources.state_dir(), Some("/srv/energy".into()));
         assert_eq!(a.sources.models.len(), 1);
+        let k8s = &a.sources.k8s;
+        assert!(k8s.k8s_api);
+        assert_eq!(k8s.k8s_refresh, Duration::from_secs(30));
+        assert_eq!(k8s.k8s_labels, ["app", "team"]);
         assert_eq!(a.interval, Duration::from_secs(2));
         assert_eq!(a.top, 5);
     }
@@ -413,8 +494,22 @@ top = 5
             "first=x",
             "--state-dir",
             "/tmp/s",
+            "--k8s-refresh",
+            "5s",
+            "--k8s-label",
+            "team",
+            "--k8s-node-name",
+            "from-flag",
         ]);
         assert_eq!(a.sources.state_dir(), Some("/tmp/s".into()));
+        let k8s = &a.sources.k8s;
+        assert_eq!(k8s.k8s_refresh, Duration::from_secs(5));
+        assert_eq!(
+            k8s.k8s_labels,
+            ["team", "app"],
+            "the flag's first, no twice"
+        );
+        assert_eq!(k8s.k8s_node_name.as_deref(), Some("from-flag"));
         assert_eq!(a.sources.pue, 1.1);
         assert_eq!(a.sources.region.as_deref(), Some("DE"));
         assert_eq!(a.interval, Duration::from_millis(500));

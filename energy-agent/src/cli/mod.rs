@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod export;
 pub mod gate;
+pub mod k8s;
 pub mod measure;
 pub mod record;
 pub mod report;

@@ -13,7 +13,8 @@ pub struct ReportArgs {
     /// The history (`run --record FILE`, `measure --record FILE`).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Group by model, process, container, label (all of a run's labels) or label:KEY.
+    /// Group by model, process, container, pod (namespace/name), label (all of a run's
+    /// labels) or label:KEY.
     #[arg(long, default_value = "model", value_parser = parse_by)]
     pub by: GroupBy,
     /// The window.

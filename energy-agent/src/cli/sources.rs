@@ -107,7 +107,8 @@ pub struct SourceArgs {
     #[arg(long, default_value = "5s", value_parser = super::parse_duration, help_heading = "Carbon")]
     pub carbon_timeout: Duration,
 
-    /// A model: NAME=REGEX matched on the command line (repeatable; first match wins).
+    /// A model: NAME=REGEX matched on the command line, then, in a pod, the container
+    /// name, pod name and pod labels as KEY=VALUE (repeatable; first rule wins).
     #[arg(long = "model", value_name = "NAME=REGEX", value_parser = parse_model, help_heading = "Attribution")]
     pub models: Vec<ModelRule>,
     /// Idle energy: an explicit `idle` row (bucket) or spread over processes (share).
@@ -124,6 +125,9 @@ pub struct SourceArgs {
     /// Neither read nor write the state dir.
     #[arg(long, help_heading = "Attribution")]
     pub no_state: bool,
+    /// Where pod metadata comes from.
+    #[command(flatten)]
+    pub k8s: super::k8s::K8sArgs,
 }
 
 fn parse_choice(s: &str) -> Result<SourceChoice, String> {
@@ -173,6 +177,7 @@ impl SourceArgs {
             attribution: self.attribution(),
             record_power,
             state_dir: self.state_dir(),
+            pods: self.k8s.config().map_err(anyhow::Error::msg)?,
         })
     }
 

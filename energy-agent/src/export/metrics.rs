@@ -420,11 +420,10 @@ impl MetricsState {
         self.observe_processes(r);
         self.observe_models(r);
         for c in &r.containers {
-            self.add_evictable(
-                ENERGY_CONTAINER,
-                l(&[("container.id", &c.name)]),
-                c.energy_j.get(),
-            );
+            let mut labels = l(&[("container.id", &c.name)]);
+            labels.extend(c.k8s.as_ref().map_or_else(Vec::new, |k| k.metric_labels()));
+            labels.sort();
+            self.add_evictable(ENERGY_CONTAINER, labels, c.energy_j.get());
         }
         self.observe_host(r);
         self.observe_agent(r);

@@ -3,7 +3,7 @@
 //! own intensity, so the two always agree).
 
 use crate::{
-    attribute::{GroupReport, IntervalReport, regroup},
+    attribute::{GroupReport, IntervalReport, K8sNames, regroup},
     carbon::CarbonReport,
     clock::WallClock,
 };
@@ -131,6 +131,8 @@ pub struct GroupRow {
     pub carbon_g: f64,
     /// Embodied carbon, g.
     pub embodied_g: f64,
+    /// A container's pod and names, when it was in a pod (`container_pods`).
+    pub k8s: Option<K8sNames>,
 }
 
 /// One interval, as stored.
@@ -208,6 +210,7 @@ impl IntervalRow {
                 watts: g.watts.get(),
                 carbon_g: f.carbon_g,
                 embodied_g: f.embodied_g,
+                k8s: g.k8s.clone(),
             }
         };
         Self {

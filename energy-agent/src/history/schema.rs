@@ -1,11 +1,27 @@
 //! The history database's schema, with its version: created on first open, checked on
-//! every open after that (a file written by another version is refused with both
-//! numbers, never misread).
+//! every open after that (a file written by a later or unknown version is refused with
+//! both numbers, never misread). Version 1 files (before `container_pods`) are read as
+//! they are, and brought to version 2 when opened for writing: the step only adds a
+//! table.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema this agent writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// What version 2 added: the Kubernetes names of a container row, when its container
+/// was in a pod (`name` is the `containers` row's).
+const V2: &str = r#"
+CREATE TABLE container_pods (
+    interval_id INTEGER NOT NULL REFERENCES intervals(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    pod_uid TEXT NOT NULL,
+    pod_name TEXT,
+    namespace TEXT,
+    container_name TEXT,
+    PRIMARY KEY (interval_id, name)
+) WITHOUT ROWID;
+"#;
 
 /// Tables and views, created in one transaction. Interval children are WITHOUT ROWID
 /// tables keyed by interval id first, so deleting old intervals (retention) is a range
@@ -160,10 +176,21 @@ pub fn version(conn: &Connection) -> Result<Option<i64>, SchemaError> {
 fn check_or_create(conn: &mut Connection) -> Result<(), SchemaError> {
     match version(conn)? {
         Some(SCHEMA_VERSION) => Ok(()),
+        Some(1) => {
+            let tx = conn.transaction()?;
+            tx.execute_batch(V2)?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                [SCHEMA_VERSION.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        }
         Some(found) => Err(SchemaError::Version(found)),
         None => {
             let tx = conn.transaction()?;
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(V2)?;
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [SCHEMA_VERSION.to_string()],
@@ -177,7 +204,7 @@ fn check_or_create(conn: &mut Connection) -> Result<(), SchemaError> {
 /// Checks the schema of a database opened for reading.
 pub fn check(conn: &Connection) -> Result<(), SchemaError> {
     match version(conn)? {
-        Some(SCHEMA_VERSION) => Ok(()),
+        Some(1 | SCHEMA_VERSION) => Ok(()),
         Some(found) => Err(SchemaError::Version(found)),
         None => Err(SchemaError::NotHistory),
     }

@@ -225,6 +225,20 @@ fn insert_interval(tx: &Transaction, run_id: i64, r: &IntervalRow) -> rusqlite::
     }
     insert_groups(tx, "models", id, &r.models)?;
     insert_groups(tx, "containers", id, &r.containers)?;
+    let mut pod = tx.prepare_cached(
+        "INSERT OR REPLACE INTO container_pods (interval_id, name, pod_uid, pod_name, namespace,
+         container_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (c, k) in (r.containers.iter()).filter_map(|c| Some((c, c.k8s.as_ref()?))) {
+        pod.execute(params![
+            id,
+            c.name,
+            k.pod_uid,
+            k.pod_name,
+            k.namespace,
+            k.container_name
+        ])?;
+    }
     tx.prepare_cached(
         "UPDATE runs SET ended_unix_ns = max(coalesce(ended_unix_ns, 0), ?2) WHERE id = ?1",
     )?

@@ -317,3 +317,54 @@ fn the_sink_writes_everything_queued_before_a_flush() {
         60_000_000_000
     );
 }
+
+#[test]
+fn a_container_in_a_pod_keeps_its_names_and_a_version_1_file_is_brought_up() {
+    use crate::attribute::K8sNames;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("h.db");
+    let mut row = interval(1, "llama", 10.0, 100.0);
+    let names = K8sNames {
+        pod_uid: "u-1".into(),
+        pod_name: Some("vllm-0".into()),
+        namespace: Some("ml".into()),
+        container_name: Some("server".into()),
+    };
+    row.containers[0].name = "c0ffee".into();
+    row.containers[0].k8s = Some(names);
+    {
+        let mut store =
+            Store::open(&path, &run(RunKind::Run, 0, &[]), Retention::default()).expect("open");
+        store.write_interval(&row).expect("write");
+    }
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let got: (String, String, String, String) = conn
+        .query_row(
+            "SELECT p.pod_uid, p.pod_name, p.namespace, p.container_name
+             FROM container_pods p JOIN containers c USING (interval_id, name)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("the container's pod");
+    assert_eq!(
+        got,
+        ("u-1".into(), "vllm-0".into(), "ml".into(), "server".into())
+    );
+    // A file as version 1 wrote it: readable as it is, upgraded by a writer.
+    conn.execute_batch(
+        "DROP TABLE container_pods; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .expect("back to version 1");
+    assert!(schema::check(&conn).is_ok(), "a reader takes version 1");
+    drop(conn);
+    drop(Store::open(&path, &run(RunKind::Run, 0, &[]), Retention::default()).expect("upgrade"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(
+        schema::version(&conn).unwrap(),
+        Some(schema::SCHEMA_VERSION)
+    );
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM container_pods", [], |r| r.get(0))
+        .expect("the table is back");
+    assert_eq!(n, 0);
+}

@@ -13,6 +13,8 @@
 //! the last interval's dead, whatever records the kernel could send.
 
 pub mod cgroup;
+pub mod container;
+pub mod k8s;
 mod procfs;
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,8 @@ mod tests;
 use std::{collections::HashMap, path::PathBuf};
 
 use cgroup::CgroupResolver;
+use container::ContainerInfo;
+use k8s::Pods;
 pub use procfs::{parse_start_time, read_cmdline};
 
 use crate::probe::Lifecycle;
@@ -45,6 +49,9 @@ pub struct ProcessInfo {
     pub cgroup: Option<String>,
     /// Container id parsed from the cgroup path, when it is a container.
     pub container_id: Option<String>,
+    /// The container in full: runtime, pod uid and QoS class from the cgroup path, pod
+    /// name, namespace and labels from the pod metadata when it is known.
+    pub container: Option<ContainerInfo>,
     /// Whether the process has exited.
     pub exited: bool,
 }
@@ -54,6 +61,8 @@ struct Entry {
     info: ProcessInfo,
     /// When a lookup or a sweep last found it alive (monotonic ns).
     checked_ns: u64,
+    /// The pod index generation its container was looked up in (0: never).
+    pods_generation: u64,
 }
 
 /// Process identities, read from procfs on first sight and kept while the process
@@ -62,6 +71,8 @@ pub struct Identity {
     proc_root: PathBuf,
     cache: HashMap<u32, Entry>,
     cgroups: CgroupResolver,
+    /// Pod metadata, when a source is configured.
+    pods: Option<Pods>,
     /// Pids to forget after the interval: their exit record came, or they were gone.
     dead: Vec<u32>,
     /// Leaders that exited this interval without saying whether their process ended:
@@ -78,6 +89,7 @@ impl Identity {
             proc_root: proc_root.into(),
             cache: HashMap::new(),
             cgroups,
+            pods: None,
             dead: Vec::new(),
             leader_exits: HashMap::new(),
             now_ns: 0,
@@ -88,6 +100,18 @@ impl Identity {
     /// Identities of this host's processes.
     pub fn for_host() -> Self {
         Self::new("/proc", CgroupResolver::for_host())
+    }
+
+    /// Adds pod metadata: containers in pods get their pod's name, namespace and
+    /// labels once the pod list names them.
+    pub fn with_pods(mut self, pods: Pods) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The pod metadata source, when one is configured.
+    pub fn pods(&self) -> Option<&Pods> {
+        self.pods.as_ref()
     }
 
     /// Applies exec and exit records: an exec re-reads the process, an exit of its last
@@ -138,12 +162,13 @@ impl Identity {
                 ..Default::default()
             },
             checked_ns: now_ns,
+            pods_generation: 0,
         });
         let info = &mut entry.info;
         info.exited = true;
         if info.cgroup.is_none() {
             info.cgroup = self.cgroups.path(cgroup_id, now_ns);
-            info.container_id = info.cgroup.as_deref().and_then(cgroup::container_id);
+            set_container(info);
         }
         self.dead.push(tgid);
     }
@@ -184,11 +209,41 @@ impl Identity {
             }
             if info.cgroup.is_none() {
                 info.cgroup = self.cgroups.path(cgroup_id, now_ns);
-                info.container_id = info.cgroup.as_deref().and_then(cgroup::container_id);
+                set_container(&mut info);
             }
             self.insert(info);
         }
+        self.attach_pod(pid);
         &self.cache[&pid].info
+    }
+
+    /// Gives a cached container its pod's metadata from the latest pod index (once per
+    /// index); asks for an early fetch when the index lacks the pod.
+    fn attach_pod(&mut self, pid: u32) {
+        let Some(pods) = &self.pods else {
+            return;
+        };
+        let Some(entry) = self.cache.get_mut(&pid) else {
+            return;
+        };
+        let Some(c) = entry.info.container.as_mut() else {
+            return;
+        };
+        let (generation, index) = pods.index();
+        if generation == 0 || entry.pods_generation == generation {
+            return;
+        }
+        entry.pods_generation = generation;
+        match index.pod_for(c) {
+            Some((pod, name)) => {
+                c.pod_uid.get_or_insert_with(|| pod.uid.clone());
+                c.pod = Some(pod);
+                c.container_name = name;
+            }
+            // A pod the list does not have yet: it started after the last fetch.
+            None if c.pod_uid.is_some() => pods.request_refresh(),
+            None => {}
+        }
     }
 
     /// Drops processes that exited or are gone; call after the interval that reported
@@ -257,6 +312,7 @@ impl Identity {
         let entry = Entry {
             info,
             checked_ns: self.now_ns,
+            pods_generation: 0,
         };
         self.cache.insert(entry.info.pid, entry);
     }
@@ -268,4 +324,10 @@ impl Identity {
     fn read(&self, pid: u32) -> ProcessInfo {
         procfs::read(pid, &self.dir(pid))
     }
+}
+
+/// The container a process's cgroup path (from its eBPF cgroup id) names.
+fn set_container(info: &mut ProcessInfo) {
+    info.container = info.cgroup.as_deref().and_then(container::parse);
+    info.container_id = info.container.as_ref().map(|c| c.id.clone());
 }

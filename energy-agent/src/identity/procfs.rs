@@ -47,18 +47,20 @@ fn read_once(pid: u32, dir: &Path) -> ProcessInfo {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| comm.clone());
-    let cgroup = std::fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .and_then(|t| cgroup::cgroup_v2_path(&t));
+    let cgroups = std::fs::read_to_string(dir.join("cgroup"))
+        .map(|t| cgroup::ProcCgroups::parse(&t))
+        .unwrap_or_default();
+    let container = cgroups.container();
     ProcessInfo {
         pid,
-        container_id: cgroup.as_deref().and_then(cgroup::container_id),
+        container_id: container.as_ref().map(|c| c.id.clone()),
+        container,
+        cgroup: cgroups.v2,
         exited: start_time.is_none(),
         start_time,
         comm,
         cmdline,
         exe_name,
-        cgroup,
     }
 }
 

@@ -220,3 +220,40 @@ fn the_cache_stays_bounded_without_any_exit_record() {
     id.forget_exited();
     assert!(id.is_empty());
 }
+
+#[test]
+fn a_v1_pod_container_gets_its_pod_metadata_once_the_list_names_it() {
+    use k8s::tests::{FIXTURE, config, serve, wait_for};
+    let server = serve(|_| (200, FIXTURE.to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("proc");
+    let id_hex = "4f1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeeff0";
+    let uid = "0b4d7b3e-6a8c-4c39-9a55-2f1e8d6c7a10";
+    write_process(&root, 42, "vllm", 1_000, "/");
+    // A v1 node with the cgroupfs driver: only the controllers' lines place it.
+    std::fs::write(
+        root.join("42/cgroup"),
+        format!("4:cpu,cpuacct:/kubepods/burstable/pod{uid}/{id_hex}\n0::/\n"),
+    )
+    .unwrap();
+    let pods = k8s::Pods::start(config(&server.url, dir.path())).unwrap();
+    let mut id = Identity::new(&root, CgroupResolver::new(None)).with_pods(pods);
+    let info = id.process(42, 0, S).clone();
+    let c = info.container.clone().unwrap();
+    assert_eq!(info.container_id.as_deref(), Some(id_hex));
+    assert_eq!(c.pod_uid.as_deref(), Some(uid));
+    assert_eq!(c.qos, Some(container::QosClass::Burstable));
+    wait_for("the pod list", || id.pods().unwrap().index().0 == 1);
+    let info = id.process(42, 0, 2 * S).clone();
+    let c = info.container.unwrap();
+    let pod = c.pod.expect("named by the list");
+    assert_eq!(
+        (pod.name.as_str(), pod.namespace.as_str()),
+        ("vllm-llama-7d9c8b5f4-x2kqp", "inference")
+    );
+    assert_eq!(c.container_name.as_deref(), Some("server"));
+    assert_eq!(
+        pod.labels.get("app.kubernetes.io/name").map(String::as_str),
+        Some("vllm")
+    );
+}

@@ -29,6 +29,8 @@ pub enum GroupBy {
     Process,
     /// By container id (else cgroup).
     Container,
+    /// By Kubernetes pod (`namespace/pod`; a container in no known pod by its id).
+    Pod,
     /// By run label: all of a run's labels, or the value of one key.
     Label(Option<String>),
 }
@@ -41,11 +43,12 @@ impl std::str::FromStr for GroupBy {
             "model" => Ok(Self::Model),
             "process" => Ok(Self::Process),
             "container" => Ok(Self::Container),
+            "pod" => Ok(Self::Pod),
             "label" => Ok(Self::Label(None)),
             other => match other.strip_prefix("label:") {
                 Some(key) if !key.is_empty() => Ok(Self::Label(Some(key.to_string()))),
                 _ => Err(format!(
-                    "--by {other:?}: model, process, container, label or label:KEY"
+                    "--by {other:?}: model, process, container, pod, label or label:KEY"
                 )),
             },
         }
@@ -59,6 +62,7 @@ impl GroupBy {
             Self::Model => "model".into(),
             Self::Process => "process".into(),
             Self::Container => "container".into(),
+            Self::Pod => "pod".into(),
             Self::Label(None) => "label".into(),
             Self::Label(Some(k)) => format!("label {k}"),
         }

@@ -155,22 +155,37 @@ impl History {
         Ok(out)
     }
 
+    /// Whether the history has the pods table (version 2 and later).
+    fn has_pods(&self) -> rusqlite::Result<bool> {
+        self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'container_pods'",
+            [],
+            |r| r.get(0),
+        )
+    }
+
     fn group_runs(
         &self,
         by: &GroupBy,
         w: &Window,
         labels: &HashMap<i64, Vec<(String, String)>>,
     ) -> rusqlite::Result<Vec<GroupRun>> {
-        let (table, name) = match by {
-            GroupBy::Model | GroupBy::Label(_) => ("models", "g.name"),
-            GroupBy::Container => ("containers", "g.name"),
-            GroupBy::Process => ("processes", "g.exe || ' (pid ' || g.pid || ')'"),
+        let (from, name) = match by {
+            GroupBy::Model | GroupBy::Label(_) => ("models g", "g.name"),
+            GroupBy::Container => ("containers g", "g.name"),
+            // A version 1 history has no pods: its containers are their own groups.
+            GroupBy::Pod if !self.has_pods()? => ("containers g", "g.name"),
+            GroupBy::Pod => (
+                "containers g LEFT JOIN container_pods p USING (interval_id, name)",
+                "coalesce(p.namespace || '/' || p.pod_name, 'pod ' || p.pod_uid, g.name)",
+            ),
+            GroupBy::Process => ("processes g", "g.exe || ' (pid ' || g.pid || ')'"),
         };
         let sql = format!(
             "SELECT {name}, t.run_id, sum(g.energy_j),
                     sum(CASE WHEN t.estimated THEN g.energy_j ELSE 0 END),
                     sum(g.carbon_g), sum(g.embodied_g), sum(g.cpu_time_s), sum(g.idle_j)
-             FROM {table} g JOIN intervals t ON t.id = g.interval_id
+             FROM {from} JOIN intervals t ON t.id = g.interval_id
              WHERE {IN_WINDOW} GROUP BY 1, 2"
         );
         let (a, b, c, d) = w.params();

@@ -238,3 +238,63 @@ fn times_parse_as_rfc3339_unix_seconds_or_ago() {
     );
     assert!(History::open(std::path::Path::new("/nonexistent/h.db")).is_err());
 }
+
+#[test]
+fn by_pod_sums_a_pods_containers_and_leaves_the_rest_by_container() {
+    use crate::attribute::K8sNames;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("h.db");
+    let mut s = Store::open(&path, &run(RunKind::Run, 0, &[]), Retention::default()).expect("open");
+    let names = |pod: Option<&str>| K8sNames {
+        pod_uid: "u-1".into(),
+        pod_name: pod.map(str::to_string),
+        namespace: pod.map(|_| "ml".to_string()),
+        container_name: None,
+    };
+    for i in 0..4 {
+        let mut row = interval(i, "llama", 10.0, 100.0);
+        let one = row.containers[0].clone();
+        // Two containers of one pod (the metadata named it from the second interval
+        // on), and a container in no pod.
+        let pod = (i > 0).then_some("vllm-0");
+        row.containers = vec![
+            crate::history::rows::GroupRow {
+                name: "c1".into(),
+                energy_j: 3.0,
+                k8s: Some(names(pod)),
+                ..one.clone()
+            },
+            crate::history::rows::GroupRow {
+                name: "c2".into(),
+                energy_j: 2.0,
+                k8s: Some(names(pod)),
+                ..one.clone()
+            },
+            crate::history::rows::GroupRow {
+                name: "c3".into(),
+                energy_j: 1.0,
+                k8s: None,
+                ..one
+            },
+        ];
+        s.write_interval(&row).expect("write");
+    }
+    drop(s);
+    let h = History::open(&path).expect("open");
+    let r = h.report(&GroupBy::Pod, &Window::default()).expect("report");
+    let got: Vec<(String, f64)> = r
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.energy_j))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ml/vllm-0".to_string(), 15.0),
+            ("pod u-1".to_string(), 5.0),
+            ("c3".to_string(), 4.0)
+        ],
+        "{got:?}"
+    );
+    assert_eq!("pod".parse::<GroupBy>(), Ok(GroupBy::Pod));
+}

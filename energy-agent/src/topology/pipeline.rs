@@ -17,7 +17,10 @@ use crate::{
     },
     carbon::{Carbon, CarbonOptions, CarbonReport},
     clock::{WallClock, monotonic_ns},
-    identity::Identity,
+    identity::{
+        Identity,
+        k8s::{K8sConfig, Pods},
+    },
     power::{
         PowerReading, PowerSource, PowerSources, SampleContext,
         estimate::{Estimate, HostFacts},
@@ -42,6 +45,9 @@ pub struct PipelineConfig {
     pub record_power: Option<PathBuf>,
     /// Where learned idle power is kept between runs (None: not kept).
     pub state_dir: Option<PathBuf>,
+    /// Where pod metadata comes from (None: containers keep only what their cgroup
+    /// path says).
+    pub pods: Option<K8sConfig>,
 }
 
 /// Everything between the probe and the exporters.
@@ -89,8 +95,13 @@ impl Pipeline {
             Some(path) => Some(start_recording(path, &power, now)?),
             None => None,
         };
+        let mut identity = Identity::for_host();
+        if let Some(k8s) = &config.pods {
+            log::info!("pod metadata from {}", k8s.url());
+            identity = identity.with_pods(Pods::start(k8s.clone()).context("pod metadata")?);
+        }
         Ok(Self {
-            identity: Identity::for_host(),
+            identity,
             power,
             attributor,
             idle_store,

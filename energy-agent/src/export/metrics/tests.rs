@@ -496,3 +496,50 @@ fn idle_power_is_one_series_per_domain_whose_origin_is_a_label() {
         "{text}"
     );
 }
+
+#[test]
+fn container_series_carry_the_pod_and_namespace_when_known() {
+    use crate::identity::{container::ContainerInfo, k8s::PodMeta};
+    let mut s = MetricsState::new(10);
+    let mut in_pod = process(9, "vllm", 2.0, true);
+    let pod = PodMeta {
+        uid: "u-1".into(),
+        name: "vllm-0".into(),
+        namespace: "ml".into(),
+        ..Default::default()
+    };
+    in_pod.container_id = Some("c0ffee".into());
+    in_pod.container = Some(ContainerInfo {
+        id: "c0ffee".into(),
+        pod_uid: Some("u-1".into()),
+        pod: Some(std::sync::Arc::new(pod)),
+        container_name: Some("server".into()),
+        ..Default::default()
+    });
+    // In a pod the metadata does not know (yet): the container id alone.
+    let mut unknown = process(10, "job", 1.0, false);
+    unknown.container_id = Some("beef".into());
+    unknown.container = Some(ContainerInfo {
+        id: "beef".into(),
+        pod_uid: Some("u-2".into()),
+        ..Default::default()
+    });
+    s.observe(&report(vec![in_pod, unknown]));
+    assert_eq!(
+        value(
+            &s,
+            ENERGY_CONTAINER,
+            &[
+                ("container.id", "c0ffee"),
+                ("k8s.pod.name", "vllm-0"),
+                ("k8s.namespace.name", "ml"),
+                ("k8s.container.name", "server"),
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&s, ENERGY_CONTAINER, &[("container.id", "beef")]),
+        1.0
+    );
+}
