@@ -35,13 +35,16 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Each entry of a per-CPU map: its key and its value on every possible CPU.
+pub type PerCpuEntries<K, V> = Vec<(K, Vec<V>)>;
+
 /// Every entry of the per-CPU hash map `fd` (values of `cpus` possible CPUs each), or
 /// `Ok(None)` when this kernel has no batch operations for it (the caller walks the map
 /// one entry at a time instead).
 pub fn read_per_cpu<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
     cpus: usize,
-) -> io::Result<Option<Vec<(K, Vec<V>)>>> {
+) -> io::Result<Option<PerCpuEntries<K, V>>> {
     // Per-CPU values are laid out 8-byte aligned, one per possible CPU.
     let stride = size_of::<V>().div_ceil(8) * 8;
     let mut count = BATCH;
