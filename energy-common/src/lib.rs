@@ -111,8 +111,11 @@ pub struct CpuState {
     pub tgid: u32,
     /// Switch counter: odd while being written, +2 per switch.
     pub seq: u64,
+    /// Kernel address of the current task's `task_struct`: read back (checked) only when
+    /// the task's switch-out was not traced, to learn what it ran.
+    pub task: u64,
 }
-const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 40);
 
 /// Index into the `STATS` per-CPU array: task map insert failed (map full).
 pub const STAT_TASK_MAP_FULL: u32 = 0;
@@ -120,8 +123,9 @@ pub const STAT_TASK_MAP_FULL: u32 = 0;
 pub const STAT_EVENTS_LOST: u32 = 1;
 /// Index into `STATS`: the exiting map was full (the exit flag was lost, not the time).
 pub const STAT_EXITING_MAP_FULL: u32 = 2;
-/// Index into `STATS`: a task switched out whose switch-in the kernel did not trace (it
-/// was charged from the last traced switch on its CPU).
+/// Index into `STATS`: a task switched out whose switch-in the kernel did not trace (the
+/// hidden task was charged its runtime growth, this one the rest of the wall time since
+/// the last traced switch on its CPU).
 pub const STAT_UNSEEN_SWITCH_IN: u32 = 3;
 /// Index into `STATS`: the GPU activity map was full (a thread's driver calls were lost).
 pub const STAT_GPU_MAP_FULL: u32 = 4;

@@ -31,8 +31,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use energy_common::{
-    COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, STAT_EXITING_MAP_FULL,
-    STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
+    COMM_LEN, CpuState, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event,
+    STAT_EXITING_MAP_FULL, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
 };
 
 use crate::maps::{CPU_STATE, EXITING, NR_CPUS, TASKS, bump, send};
@@ -103,14 +103,11 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
                 // The scheduler updated the counter before this tracepoint fired.
                 task_runtime(prev_task).saturating_sub(state.runtime_ns)
             } else {
-                // A switch-in the kernel did not trace (some sandboxed kernels hide their
-                // agent's threads as `prev`): the CPU ran the task last seen starting and
-                // then this one, so charge this one the wall time since then.
                 bump(STAT_UNSEEN_SWITCH_IN);
-                now.saturating_sub(state.start_ns)
+                charge_untraced_switch(&ctx, state, now)
             };
             if ran > 0 {
-                charge(&ctx, &key, ran);
+                charge(&ctx, &key, ran, current_cgroup_id());
             }
         }
         if !preempt && prev_state & TASK_DEAD != 0 {
@@ -132,6 +129,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     unsafe {
         write_volatile(&mut state.start_ns, now);
         write_volatile(&mut state.runtime_ns, next_runtime);
+        write_volatile(&mut state.task, next);
         write_volatile(&mut state.pid, next_pid);
         write_volatile(&mut state.tgid, next_tgid);
         write_volatile(&mut state.seq, seq.wrapping_add(2));
@@ -139,17 +137,55 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Adds `delta_ns` to the thread's time on this CPU, creating its entry when needed.
+/// A switch-out whose switch-in the kernel did not trace (some sandboxed kernels hide
+/// their own agent's threads as `prev`): since the last traced switch-in, this CPU ran
+/// that task (`state`), then the one now switching out. The earlier task is charged the
+/// growth of its runtime counter, read back from its `task_struct` (it is not running
+/// any more, or it migrated and the growth is capped by the wall time); the outgoing
+/// task gets the rest of the wall time. Returns the outgoing task's share.
 #[inline(always)]
-fn charge(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64) {
+fn charge_untraced_switch(ctx: &RawTracePointContext, state: &CpuState, now: u64) -> u64 {
+    let wall = now.saturating_sub(state.start_ns);
+    // The address is only trusted while it still holds the thread it was recorded for.
+    if state.pid == 0
+        || state.task == 0
+        || task_field(state.task, TASK_PID_OFFSET.load()) != state.pid
+    {
+        return wall;
+    }
+    let hidden_ran = task_runtime(state.task)
+        .saturating_sub(state.runtime_ns)
+        .min(wall);
+    if hidden_ran > 0 {
+        let hidden = TaskKey {
+            tgid: state.tgid,
+            pid: state.pid,
+        };
+        // Its cgroup is not `current`'s: leave the entry's as it is.
+        charge(ctx, &hidden, hidden_ran, 0);
+    }
+    wall - hidden_ran
+}
+
+/// `current`'s cgroup v2 id.
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
     // SAFETY: BPF helper with no preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Adds `delta_ns` to the thread's time on this CPU, creating its entry when needed, and
+/// records its cgroup (`cgroup_id` 0 = unknown: keep the entry's).
+#[inline(always)]
+fn charge(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64, cgroup_id: u64) {
     match TASKS.get_ptr_mut(key) {
         Some(time) => {
             // SAFETY: this CPU's slot of the entry; only this CPU writes it.
             unsafe {
                 (*time).on_cpu_ns += delta_ns;
-                (*time).cgroup_id = cgroup_id;
+                if cgroup_id != 0 {
+                    (*time).cgroup_id = cgroup_id;
+                }
             }
         }
         None => {

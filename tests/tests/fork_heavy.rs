@@ -10,9 +10,10 @@ use std::{
 use energy_agent::probe::{Lifecycle, Probe, ProbeConfig, SchedInterval};
 use energy_tests::{require_root, test_bin};
 
-/// Runs `forker` while reading the probe every 100 ms; returns the child pids and every
-/// interval read until a second after the forker ended.
-fn run_forker(probe: &mut Probe, args: &[&str]) -> (Vec<u32>, Vec<SchedInterval>) {
+/// Runs `forker` while reading the probe every 100 ms; returns each child's pid with
+/// the CPU time the kernel accounted to it (wait4's rusage), and every interval read
+/// until a second after the forker ended.
+fn run_forker(probe: &mut Probe, args: &[&str]) -> (HashMap<u32, u64>, Vec<SchedInterval>) {
     let mut child = Command::new(test_bin("forker"))
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -34,7 +35,11 @@ fn run_forker(probe: &mut Probe, args: &[&str]) -> (Vec<u32>, Vec<SchedInterval>
     assert!(out.status.success(), "forker failed");
     let pids = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| l.parse().expect("pid line"))
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("done ")?.split(' ');
+            let pid = f.next()?.parse().expect("pid");
+            Some((pid, f.next()?.parse().expect("ns")))
+        })
         .collect();
     (pids, intervals)
 }
@@ -67,7 +72,7 @@ fn no_short_lived_process_is_lost_and_the_map_stays_bounded() {
         }
     }
     let missing: Vec<u32> = pids
-        .iter()
+        .keys()
         .copied()
         .filter(|p| !cpu_ns.contains_key(p))
         .collect();
@@ -77,7 +82,7 @@ fn no_short_lived_process_is_lost_and_the_map_stays_bounded() {
         missing.len()
     );
     let no_exit: Vec<u32> = pids
-        .iter()
+        .keys()
         .copied()
         .filter(|p| !exited.contains(p))
         .collect();
@@ -85,16 +90,29 @@ fn no_short_lived_process_is_lost_and_the_map_stays_bounded() {
         no_exit.is_empty(),
         "children without an exit record: {no_exit:?}"
     );
-    // Each child burned 3 ms of wall time on a busy loop: it cannot have run much less.
-    let too_small: Vec<(u32, u64)> = pids
+    // Each child's CPU time is what the kernel accounted to it (wait4's rusage, to the
+    // microsecond): per child within 2% or 50 µs, and all of them within 0.5%.
+    let off: Vec<(u32, u64, u64)> = pids
         .iter()
-        .map(|p| (*p, cpu_ns[p]))
-        .filter(|&(_, ns)| ns < 1_000_000)
+        .map(|(&p, &truth)| (p, cpu_ns[&p], truth))
+        .filter(|&(_, ns, truth)| ns.abs_diff(truth) as f64 > (truth as f64 * 0.02).max(50e3))
         .collect();
-    assert!(
-        too_small.is_empty(),
-        "children with < 1 ms on-CPU: {too_small:?}"
+    let (ours, truth): (u64, u64) = pids
+        .iter()
+        .fold((0, 0), |(a, b), (p, t)| (a + cpu_ns[p], b + t));
+    let error = ours as f64 / truth as f64 - 1.0;
+    eprintln!(
+        "400 children: {:.3} ms on-CPU in all, the kernel's {:.3} ms ({:+.3}%); {} beyond 2% or 50 µs",
+        ours as f64 / 1e6,
+        truth as f64 / 1e6,
+        100.0 * error,
+        off.len()
     );
+    assert!(
+        off.is_empty(),
+        "children off their kernel CPU time (pid, ours, kernel's): {off:?}"
+    );
+    assert!(error.abs() <= 0.005, "all children: {:+.3}%", 100.0 * error);
 
     let stats = intervals.last().expect("intervals").stats;
     assert_eq!(stats.task_map_full, 0, "{stats:?}");

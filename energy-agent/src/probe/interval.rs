@@ -13,8 +13,9 @@ pub struct ProbeStats {
     pub exiting_map_full: u64,
     /// `sched_switch` runs since attach.
     pub switches: u64,
-    /// Switch-outs of a task whose switch-in the kernel did not trace; such a task is
-    /// charged from the last traced switch on its CPU.
+    /// Switch-outs of a task whose switch-in the kernel did not trace (a sandbox that
+    /// hides its own threads' switch-outs): the hidden thread is charged its runtime
+    /// growth and this task the rest of the wall time since the last traced switch.
     pub unseen_switch_in: u64,
     /// Program runs the kernel skipped (recursion guard), summed over the programs.
     pub missed_runs: u64,

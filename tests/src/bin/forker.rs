@@ -1,5 +1,8 @@
 //! Test workload: starts many short processes (each a copy of this program that burns a
-//! few milliseconds and exits), `parallel` at a time, and prints each child's pid.
+//! few milliseconds and exits), `parallel` at a time, and prints each child's pid when
+//! it starts and `done PID NS` when it is reaped, NS being the CPU time the kernel
+//! accounted to it (wait4's rusage: user + system, which the kernel keeps equal to the
+//! task's runtime).
 //!
 //! usage: forker <children> <parallel> <burn-ms>    (child mode: forker --child <burn-ms>)
 
@@ -28,8 +31,7 @@ fn main() {
     let mut out = std::io::stdout().lock();
     for _ in 0..children {
         if running.len() >= parallel {
-            let mut first = running.remove(0);
-            first.wait().expect("wait");
+            reap(running.remove(0), &mut out);
         }
         let child = Command::new(&exe)
             .args(["--child", &burn_ms])
@@ -38,7 +40,25 @@ fn main() {
         writeln!(out, "{}", child.id()).expect("stdout");
         running.push(child);
     }
-    for mut child in running {
-        child.wait().expect("wait");
+    for child in running {
+        reap(child, &mut out);
     }
+}
+
+/// Waits for `child` and prints `done PID NS` with the CPU time the kernel gave it.
+fn reap(child: Child, out: &mut impl Write) {
+    let pid = child.id();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which `child` no longer reaps (it is dropped).
+    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid as i32, "wait4: {}", std::io::Error::last_os_error());
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    writeln!(
+        out,
+        "done {pid} {}",
+        ns(usage.ru_utime) + ns(usage.ru_stime)
+    )
+    .expect("stdout");
 }
