@@ -58,6 +58,19 @@ pub struct PowercapTree {
     writer: Option<JoinHandle<()>>,
 }
 
+/// A temp dir in memory (tmpfs) where there is one, like sysfs: on a disk file system a
+/// rename over the old counter file can wait for the disk (ext4 flushes the replaced
+/// file's data first), which stalled the writer for up to half a second here and made
+/// the counters look slower than the power they stand for.
+fn memory_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let in_memory = std::fs::metadata(shm).is_ok_and(|m| m.is_dir());
+    if in_memory && let Ok(dir) = tempfile::tempdir_in(shm) {
+        return dir;
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
 fn create_zone(dir: &Path, spec: &ZoneSpec, energy_uj: u64) {
     let zone = dir.join(spec.path);
     std::fs::create_dir_all(&zone).expect("zone dir");
@@ -181,7 +194,7 @@ impl PowercapTree {
         per_busy_cpu: &[(&str, f64)],
         start_uj: u64,
     ) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = memory_dir();
         let zones: Vec<Zone> = zones
             .into_iter()
             .map(|spec| {
