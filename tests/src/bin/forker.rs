@@ -1,8 +1,7 @@
 //! Test workload: starts many short processes (each a copy of this program that burns a
-//! few milliseconds and exits), `parallel` at a time, and prints each child's pid when
-//! it starts and `done PID NS` when it is reaped, NS being the CPU time the kernel
-//! accounted to it (wait4's rusage: user + system, which the kernel keeps equal to the
-//! task's runtime).
+//! few milliseconds and exits), `parallel` at a time, and prints `done PID NS` for each
+//! child when it is reaped, NS being the CPU time the kernel accounted to it (wait4's
+//! rusage: user + system, which the kernel keeps equal to the task's runtime).
 //!
 //! usage: forker <children> <parallel> <burn-ms>    (child mode: forker --child <burn-ms>)
 
@@ -37,7 +36,6 @@ fn main() {
             .args(["--child", &burn_ms])
             .spawn()
             .expect("spawn child");
-        writeln!(out, "{}", child.id()).expect("stdout");
         running.push(child);
     }
     for child in running {
