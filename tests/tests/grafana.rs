@@ -187,8 +187,11 @@ fn every_panel_and_rule_returns_data_from_a_prometheus_scraping_an_agent_under_l
         "burners=burner",
     ]);
     let prom = Prometheus::start(metrics_port);
+    // Until Prometheus listens, a query has no answer: that is "not yet", not a failure.
     let up = wait_for(Duration::from_secs(20), || {
-        (!series(&prom, "up == 1").is_empty()).then_some(())
+        let v = prom.api("query", Some("up == 1"))?;
+        let result = v["data"]["result"].as_array()?;
+        (!result.is_empty()).then_some(())
     });
     assert!(up.is_some(), "Prometheus scrapes the agent");
     let burner = Command::new(energy_tests::test_bin("burner"))
