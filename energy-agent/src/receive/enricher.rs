@@ -80,17 +80,15 @@ struct Held {
     arrived: Instant,
     last_end_ns: u64,
     spans: usize,
-    /// Whether a request span names no thread (its threads are inferred, which needs
-    /// the timelines past its end: [`LOOKAHEAD_NS`]).
-    threadless: bool,
 }
 
 /// How far past the end of a batch's last request span the intervals must reach before
-/// a batch with spans that name no thread is released, while the intervals are read
-/// finely enough to show it (within `max_delay`): a thread
-/// still busy after a span ended is not that span's, which only a timeline past the end
-/// can show.
-const LOOKAHEAD_NS: u64 = 250_000_000;
+/// the batch is released, while the intervals are read finely enough to infer threads
+/// (within `max_delay`): a thread still busy after a span ended is not that span's,
+/// which only a timeline past the end can show. This holds for spans that name a
+/// thread too: a declared event-loop thread that mostly waited has its work inferred
+/// on a pool, which the names cannot tell before the timelines are read.
+const LOOKAHEAD_NS: u64 = crate::requests::INFERENCE_CONTEXT_NS;
 
 /// Most request spans remembered for splits.
 const MAX_KNOWN: usize = 200_000;
@@ -159,12 +157,6 @@ impl Enricher {
         self.stats.received += n as u64;
         let now = Instant::now();
         let (pids, last_end_ns) = self.remember(&request, &origin, now);
-        let threadless = request
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .any(|s| self.is_valid_request(s) && spans::claimed_tid(s).is_none());
         if self.held_spans + n > self.config.max_held_spans {
             return vec![Admitted {
                 message: self.overflow(request, n),
@@ -180,7 +172,6 @@ impl Enricher {
             arrived: now,
             last_end_ns,
             spans: n,
-            threadless,
         });
         Vec::new()
     }
@@ -348,11 +339,7 @@ impl Enricher {
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
         while let Some(h) = self.held.pop_front() {
-            let lookahead = if h.threadless && sub_sampled {
-                LOOKAHEAD_NS
-            } else {
-                0
-            };
+            let lookahead = if sub_sampled { LOOKAHEAD_NS } else { 0 };
             let covers = h.last_end_ns.saturating_add(lookahead) <= covered;
             if flush || covers || h.arrived.elapsed() >= self.config.max_delay {
                 ready.push(h);

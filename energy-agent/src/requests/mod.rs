@@ -469,6 +469,11 @@ struct Share {
     gpu: f64,
 }
 
+/// How much of the timelines before the first and after the last target span the
+/// thread inference looks at (the enricher holds spans that name no thread until the
+/// intervals reach this far past them): enough to see a thread run on after a span.
+pub const INFERENCE_CONTEXT_NS: u64 = 250_000_000;
+
 /// Energy for the spans `targets` (indices into `all`, every request span known of
 /// the processes concerned, so that concurrent spans from other batches count).
 pub fn enrich(
@@ -490,10 +495,18 @@ pub fn enrich(
     let from = targets.iter().map(|&i| all[i].start_ns).min().unwrap_or(0);
     let to = targets.iter().map(|&i| all[i].end_ns).max().unwrap_or(0);
     let records: Vec<&IntervalRecord> = history.overlapping(from, to).collect();
+    // The inference sees the timelines around the targets too: a thread still busy
+    // after a span ended is not that span's, and only the next interval may show it.
+    let context: Vec<&IntervalRecord> = history
+        .overlapping(
+            from.saturating_sub(INFERENCE_CONTEXT_NS),
+            to.saturating_add(INFERENCE_CONTEXT_NS),
+        )
+        .collect();
     let inferences: HashMap<u32, infer::Inference> = pids
         .iter()
         .map(|pid| {
-            let intervals: Vec<(&IntervalRecord, &ProcessInterval)> = records
+            let intervals: Vec<(&IntervalRecord, &ProcessInterval)> = context
                 .iter()
                 .filter_map(|r| Some((*r, r.processes.get(pid)?)))
                 .collect();

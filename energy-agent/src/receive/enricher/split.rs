@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     receive::spans,
-    requests::{RequestSample, RequestSpan, SpanEnergy, enrich},
+    requests::{INFERENCE_CONTEXT_NS, RequestSample, RequestSpan, SpanEnergy, enrich},
 };
 
 /// Per (pid, interval start): a known span without a live thread id in that interval,
@@ -72,9 +72,14 @@ impl Enricher {
         let mut index = SpanIndex::default();
         for (pid, (from, to)) in windows(request, targets) {
             let intervals = self.history.intervals_overlapping(from, to);
-            // Every span of the intervals takes part: matching a thread to a span sees
-            // the spans it might serve instead.
-            let (from, to) = intervals
+            // Every span of the intervals the inference reads takes part: matching a
+            // thread to a span sees the spans it might serve instead, before and after.
+            let (from, to) = self
+                .history
+                .intervals_overlapping(
+                    from.saturating_sub(INFERENCE_CONTEXT_NS),
+                    to.saturating_add(INFERENCE_CONTEXT_NS),
+                )
                 .iter()
                 .fold((from, to), |(a, b), i| (a.min(i.0), b.max(i.1)));
             let deciders: Vec<Known> = intervals

@@ -290,6 +290,50 @@ fn a_full_buffer_passes_batches_on_at_once_marked() {
 }
 
 #[test]
+fn sub_sampled_spans_wait_for_the_timelines_past_their_end_even_when_they_name_a_thread() {
+    // Read every 100 ms: thread 42 (the event loop the span names) and a pool thread.
+    let sampled = |start: u64| {
+        let mut r = record(start, 42, 8.0);
+        let p = r.processes.get_mut(&42).unwrap();
+        p.threads = [(42, S / 10), (43, S / 2)].into();
+        let reads = |ns| (0..10).map(move |k| (start + k * S / 10, start + (k + 1) * S / 10, ns));
+        p.timeline = [
+            (42, reads(S / 100).collect()),
+            (43, reads(S / 20).collect()),
+        ]
+        .into();
+        r
+    };
+    let mut e = enricher(100);
+    let tid = kv(names::THREAD_NATIVE_ID, Value::IntValue(42));
+    e.accept(
+        batch(
+            Some(42),
+            vec![span(
+                1,
+                None,
+                SpanKind::Server,
+                T0,
+                T0 + 9 * S / 10,
+                vec![tid],
+            )],
+        ),
+        Origin::default(),
+    );
+    assert!(
+        e.on_interval(sampled(T0)).is_empty(),
+        "the interval ends 100 ms after the span: a pool thread's run-on would not show"
+    );
+    assert_eq!(e.stats.held, 1);
+    let out = e.on_interval(sampled(T0 + S));
+    assert_eq!(
+        out.len(),
+        1,
+        "released once the timelines reach 250 ms past its end"
+    );
+}
+
+#[test]
 fn flush_releases_everything() {
     let mut e = enricher(100);
     e.accept(

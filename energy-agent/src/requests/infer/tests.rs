@@ -163,6 +163,28 @@ fn a_thread_still_busy_after_a_span_is_not_matched_to_it() {
 }
 
 #[test]
+fn a_thread_still_busy_in_the_next_interval_is_not_matched_to_a_span_ending_before_it() {
+    // As above, but the light span ends 20 ms before the interval does and thread 2
+    // runs on into the next interval: only the next interval shows that thread 2 is
+    // not the light span's (seen in tests/tests/servers.rs: the light request of a pair
+    // got both threads' CPU, 2.8x its own).
+    let threads: &[(u32, Pattern)] = &[
+        (2, &[(560, 980, 0.5), (980, 1180, 1.0)]),
+        (3, &[(560, 980, 0.5)]),
+    ];
+    let mut h = History::new(8);
+    h.push(record(0, threads));
+    h.push(record(S, threads));
+    let e = split(&[span(560, 980, None)], &h);
+    assert!(
+        (j(&e[0]) - 0.21).abs() < 0.01,
+        "thread 3's 0.21 CPU-s only: {}",
+        j(&e[0])
+    );
+    assert_eq!(e[0].split, SplitMode::ThreadInferred, "{:?}", e[0]);
+}
+
+#[test]
 fn a_pool_thread_going_from_request_to_request_is_cut_at_their_edges() {
     let threads: &[(u32, Pattern)] = &[(4, &[(100, 400, 1.0), (400, 1000, 1.0)])];
     let h = history(threads);
