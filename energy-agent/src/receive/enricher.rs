@@ -83,11 +83,11 @@ struct Held {
 }
 
 /// How far past the end of a batch's last request span the intervals must reach before
-/// the batch is released, while the intervals are read finely enough to infer threads
-/// (within `max_delay`): a thread still busy after a span ended is not that span's,
-/// which only a timeline past the end can show. This holds for spans that name a
-/// thread too: a declared event-loop thread that mostly waited has its work inferred
-/// on a pool, which the names cannot tell before the timelines are read.
+/// a batch whose threads are inferred is released, while the intervals are read finely
+/// enough to infer them (within `max_delay`): a thread still busy after a span ended is
+/// not that span's, which only a timeline past the end can show. Spans that name a
+/// thread wait too unless that thread did the work (a named event-loop thread that
+/// mostly waited has its work inferred on a pool).
 const LOOKAHEAD_NS: u64 = crate::requests::INFERENCE_CONTEXT_NS;
 
 /// Most request spans remembered for splits.
@@ -339,8 +339,10 @@ impl Enricher {
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
         while let Some(h) = self.held.pop_front() {
-            let lookahead = if sub_sampled { LOOKAHEAD_NS } else { 0 };
-            let covers = h.last_end_ns.saturating_add(lookahead) <= covered;
+            let covers = h.last_end_ns <= covered
+                && (!sub_sampled
+                    || h.last_end_ns.saturating_add(LOOKAHEAD_NS) <= covered
+                    || !self.infers_threads(&h));
             if flush || covers || h.arrived.elapsed() >= self.config.max_delay {
                 ready.push(h);
             } else {
@@ -361,6 +363,30 @@ impl Enricher {
             });
         }
         self.stats.held = self.held_spans as u64;
+    }
+
+    /// Whether some request span of a covered batch may have its threads inferred, so
+    /// that the batch waits for the timelines past its end: it names no live thread of
+    /// its process, or one that was not doing the work.
+    fn infers_threads(&self, h: &Held) -> bool {
+        h.request
+            .resource_spans
+            .iter()
+            .zip(&h.pids)
+            .filter_map(|(rs, pid)| Some((rs, *pid.as_ref().ok()?)))
+            .any(|(rs, pid)| {
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| &ss.spans)
+                    .filter(|s| self.config.selection.matches(s))
+                    .filter_map(|s| Some((s, spans::request_times(s).ok()?.0)))
+                    .any(|(s, start_ns)| {
+                        let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
+                        self.known
+                            .find(pid, start_ns, trace, span)
+                            .is_none_or(|k| !self.history.served_by_its_thread(&k.request))
+                    })
+            })
     }
 
     /// Enriches one released batch.

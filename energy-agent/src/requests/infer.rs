@@ -103,12 +103,7 @@ pub(super) fn infer(
     let candidates: Vec<usize> = spans
         .iter()
         .copied()
-        .filter(|&i| match all[i].tid {
-            Some(tid) => activity
-                .get(&tid)
-                .is_none_or(|series| busy_share(&grid, series, &all[i]) < MIN_SELF_BUSY),
-            None => true,
-        })
+        .filter(|&i| !served_by_its_thread(intervals.iter().copied(), &all[i]))
         .collect();
     activity.retain(|tid, _| !declared.contains(tid));
     let mut out = Inference::default();
@@ -125,15 +120,30 @@ pub(super) fn infer(
     out
 }
 
-/// The share of `span`'s window during which the thread of `series` was on CPU (the
-/// thread taken as running evenly within a bucket).
-fn busy_share(grid: &[Bucket], series: &[f64], span: &RequestSpan) -> f64 {
-    let ns: f64 = grid
-        .iter()
-        .zip(series)
-        .map(|(b, &ns)| ns * overlap(span, b.start, b.end) as f64 / b.len().max(1.0))
+/// Whether the thread `span` names did the request's own work: it was on CPU for at
+/// least [`MIN_SELF_BUSY`] of the span's window in `intervals` (its process's part of
+/// each; the thread taken as running evenly within a read, or within the interval
+/// where it has no timeline). Such a span gets no inferred threads.
+pub(super) fn served_by_its_thread<'a>(
+    intervals: impl Iterator<Item = (&'a IntervalRecord, &'a ProcessInterval)>,
+    span: &RequestSpan,
+) -> bool {
+    let Some(tid) = span.tid else {
+        return false;
+    };
+    let share = |a: u64, b: u64, ns: u64| {
+        ns as f64 * overlap(span, a, b) as f64 / b.saturating_sub(a).max(1) as f64
+    };
+    let ns: f64 = intervals
+        .map(|(record, proc)| match proc.timeline.get(&tid) {
+            Some(parts) => parts.iter().map(|&(a, b, ns)| share(a, b, ns)).sum(),
+            None => proc
+                .threads
+                .get(&tid)
+                .map_or(0.0, |&ns| share(record.start_ns, record.end_ns, ns)),
+        })
         .sum();
-    ns / span.end_ns.saturating_sub(span.start_ns).max(1) as f64
+    ns >= MIN_SELF_BUSY * span.end_ns.saturating_sub(span.start_ns).max(1) as f64
 }
 
 /// The common bucket grid of the intervals and, per thread, its on-CPU ns in each

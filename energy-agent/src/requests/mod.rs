@@ -254,6 +254,18 @@ impl History {
         })
     }
 
+    /// Whether `span` names a live thread of its process that did the request's own
+    /// work in the kept intervals (so no other thread's work is inferred for it, and
+    /// nothing past its end can change its split).
+    pub fn served_by_its_thread(&self, span: &RequestSpan) -> bool {
+        span.tid.is_some_and(|tid| self.is_thread_of(span.pid, tid))
+            && infer::served_by_its_thread(
+                self.overlapping(span.start_ns, span.end_ns)
+                    .filter_map(|r| Some((r, r.processes.get(&span.pid)?))),
+                span,
+            )
+    }
+
     /// The model of `pid` in the newest interval that has it.
     pub fn model_of(&self, pid: u32) -> Option<&str> {
         self.records

@@ -290,8 +290,9 @@ fn a_full_buffer_passes_batches_on_at_once_marked() {
 }
 
 #[test]
-fn sub_sampled_spans_wait_for_the_timelines_past_their_end_even_when_they_name_a_thread() {
-    // Read every 100 ms: thread 42 (the event loop the span names) and a pool thread.
+fn sub_sampled_spans_wait_for_the_timelines_past_their_end_unless_their_thread_did_the_work() {
+    // Read every 100 ms: thread 42, an event loop on CPU 10% of the time, and thread 43,
+    // a worker on CPU half the time.
     let sampled = |start: u64| {
         let mut r = record(start, 42, 8.0);
         let p = r.processes.get_mut(&42).unwrap();
@@ -304,27 +305,38 @@ fn sub_sampled_spans_wait_for_the_timelines_past_their_end_even_when_they_name_a
         .into();
         r
     };
-    let mut e = enricher(100);
-    let tid = kv(names::THREAD_NATIVE_ID, Value::IntValue(42));
-    e.accept(
+    let naming = |id: u8, tid: i64| {
+        let tid = kv(names::THREAD_NATIVE_ID, Value::IntValue(tid));
         batch(
             Some(42),
             vec![span(
-                1,
+                id,
                 None,
                 SpanKind::Server,
                 T0,
                 T0 + 9 * S / 10,
                 vec![tid],
             )],
-        ),
-        Origin::default(),
+        )
+    };
+    let mut e = enricher(100);
+    e.accept(naming(1, 42), Origin::default());
+    e.accept(naming(2, 43), Origin::default());
+    let out = e.on_interval(sampled(T0));
+    assert_eq!(
+        out.len(),
+        1,
+        "the worker's span goes at once: its thread did the work, nothing later changes it"
     );
-    assert!(
-        e.on_interval(sampled(T0)).is_empty(),
-        "the interval ends 100 ms after the span: a pool thread's run-on would not show"
+    assert_eq!(
+        out[0].resource_spans[0].scope_spans[0].spans[0].span_id,
+        vec![2; 8]
     );
-    assert_eq!(e.stats.held, 1);
+    assert_eq!(
+        e.stats.held, 1,
+        "the loop's span waits: its work may be a pool's, and the interval ends 100 ms \
+         after it, too soon to see a pool thread run on"
+    );
     let out = e.on_interval(sampled(T0 + S));
     assert_eq!(
         out.len(),
