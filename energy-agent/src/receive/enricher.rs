@@ -378,12 +378,11 @@ impl Enricher {
                 rs.scope_spans
                     .iter()
                     .flat_map(|ss| &ss.spans)
-                    .filter(|s| self.config.selection.matches(s))
-                    .filter_map(|s| Some((s, spans::request_times(s).ok()?.0)))
-                    .any(|(s, start_ns)| {
+                    .filter(|s| self.is_valid_request(s))
+                    .any(|s| {
                         let (trace, span) = (trace_id(&s.trace_id), span_id(&s.span_id));
                         self.known
-                            .find(pid, start_ns, trace, span)
+                            .find(pid, s.start_time_unix_nano, trace, span)
                             .is_none_or(|k| !self.history.served_by_its_thread(&k.request))
                     })
             })

@@ -482,8 +482,9 @@ struct Share {
 }
 
 /// How much of the timelines before the first and after the last target span the
-/// thread inference looks at (the enricher holds spans that name no thread until the
-/// intervals reach this far past them): enough to see a thread run on after a span.
+/// thread inference looks at (the enricher holds spans whose threads may be inferred
+/// until the intervals reach this far past them): enough to see a thread run on after
+/// a span.
 pub const INFERENCE_CONTEXT_NS: u64 = 250_000_000;
 
 /// Energy for the spans `targets` (indices into `all`, every request span known of
