@@ -127,5 +127,10 @@ pub fn record_run(
     run.wait_intervals(1, Duration::from_secs(10));
     let (status, intervals) = run.stop();
     assert!(status.success(), "agent: {status}");
+    let log = db.with_file_name(format!("{}-wal", db.file_name().expect("name").display()));
+    assert!(
+        !log.exists(),
+        "a stopped run leaves its history in one file"
+    );
     (intervals, spans)
 }

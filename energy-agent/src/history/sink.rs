@@ -36,6 +36,7 @@ enum Msg {
     Interval(Box<IntervalRow>),
     Requests(Vec<RequestSample>),
     Flush(mpsc::Sender<()>),
+    Close(mpsc::Sender<()>),
     End {
         ended_unix_ns: u64,
         exit_code: Option<i32>,
@@ -104,6 +105,16 @@ impl HistorySink {
         done.recv_timeout(timeout).is_ok()
     }
 
+    /// Writes everything queued so far and closes the database (at most `timeout`), so
+    /// that the file alone holds the run: SQLite moves its write-ahead log into the
+    /// database on the last close, which a process that just exits never does. For a
+    /// sink others still share (`run`'s stop); what is queued after it is counted failed.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let (ack, done) = mpsc::channel();
+        self.send(Msg::Close(ack));
+        done.recv_timeout(timeout).is_ok()
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &SinkStats {
         &self.stats
@@ -130,7 +141,7 @@ fn write_loop(mut store: Store, rx: Receiver<Msg>, stats: &SinkStats) {
             log::warn!("history: {e} ({} failed writes so far)", n + 1);
         }
     };
-    for msg in rx {
+    while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Interval(row) => match store.write_interval(&row) {
                 Ok(()) => {
@@ -146,6 +157,15 @@ fn write_loop(mut store: Store, rx: Receiver<Msg>, stats: &SinkStats) {
             },
             Msg::Flush(ack) => {
                 let _ = ack.send(());
+            }
+            Msg::Close(ack) => {
+                if let Err(e) = store.close() {
+                    failed(e);
+                }
+                // Later items find the queue gone (counted failed), not a queue no one reads.
+                drop(rx);
+                let _ = ack.send(());
+                return;
             }
             Msg::End {
                 ended_unix_ns,

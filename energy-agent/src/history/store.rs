@@ -115,6 +115,14 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// Closes the database: the write-ahead log goes into the file and is removed.
+    pub fn close(self) -> Result<(), HistoryError> {
+        let path = self.path;
+        self.conn
+            .close()
+            .map_err(|(_, e)| HistoryError::sqlite(&path, e))
+    }
+
     /// Ends the run: when, and the measured command's exit code.
     pub fn end_run(
         &mut self,

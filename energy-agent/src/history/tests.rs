@@ -319,6 +319,37 @@ fn the_sink_writes_everything_queued_before_a_flush() {
 }
 
 #[test]
+fn a_closed_sink_leaves_the_whole_run_in_the_database_file_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RecordConfig {
+        path: dir.path().join("h.db"),
+        labels: Vec::new(),
+        retention: Retention::default(),
+        idle_policy: "bucket".into(),
+    };
+    let sink = HistorySink::start(&config, &run(RunKind::Run, 0, &[])).expect("start");
+    for i in 0..20 {
+        sink.interval(interval(i, "m", 1.0, 100.0));
+    }
+    assert!(sink.flush(Duration::from_secs(10)), "flushed in time");
+    let wal = dir.path().join("h.db-wal");
+    assert!(wal.exists(), "an open history writes through its log");
+    assert!(sink.close(Duration::from_secs(10)), "closed in time");
+    assert!(!wal.exists(), "the log went into the file");
+    // The file copied on its own, as a user backs it up, has every interval.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&config.path, &copy).expect("copy");
+    assert_eq!(count(&copy, "SELECT count(*) FROM intervals"), 20);
+    sink.interval(interval(21, "m", 1.0, 100.0));
+    assert_eq!(
+        sink.stats()
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
 fn a_container_in_a_pod_keeps_its_names_and_a_version_1_file_is_brought_up() {
     use crate::attribute::K8sNames;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -299,7 +299,7 @@ impl Exporters {
             let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
         }
         if let Some(h) = self.history.clone() {
-            let flushed = tokio::task::spawn_blocking(move || h.flush(Duration::from_secs(1)));
+            let flushed = tokio::task::spawn_blocking(move || h.close(Duration::from_secs(1)));
             if !flushed.await.unwrap_or(false) {
                 log::warn!("history: not every interval was written before the stop");
             }
