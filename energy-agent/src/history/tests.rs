@@ -293,16 +293,22 @@ fn a_measured_command_keeps_its_processes_and_regroups_them() {
     assert_eq!(mine.end_unix_ns - mine.start_unix_ns, 1_000_000_000);
 }
 
-#[test]
-fn the_sink_writes_everything_queued_before_a_flush() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A sink writing a `run` to `h.db` in `dir`, with its configuration.
+fn sink_in(dir: &std::path::Path) -> (RecordConfig, HistorySink) {
     let config = RecordConfig {
-        path: dir.path().join("h.db"),
+        path: dir.join("h.db"),
         labels: Vec::new(),
         retention: Retention::default(),
         idle_policy: "bucket".into(),
     };
     let sink = HistorySink::start(&config, &run(RunKind::Run, 0, &[])).expect("start");
+    (config, sink)
+}
+
+#[test]
+fn the_sink_writes_everything_queued_before_a_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, sink) = sink_in(dir.path());
     for i in 0..50 {
         sink.interval(interval(i, "m", 1.0, 100.0));
     }
@@ -321,13 +327,7 @@ fn the_sink_writes_everything_queued_before_a_flush() {
 #[test]
 fn a_closed_sink_leaves_the_whole_run_in_the_database_file_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RecordConfig {
-        path: dir.path().join("h.db"),
-        labels: Vec::new(),
-        retention: Retention::default(),
-        idle_policy: "bucket".into(),
-    };
-    let sink = HistorySink::start(&config, &run(RunKind::Run, 0, &[])).expect("start");
+    let (config, sink) = sink_in(dir.path());
     for i in 0..20 {
         sink.interval(interval(i, "m", 1.0, 100.0));
     }
