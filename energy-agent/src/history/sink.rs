@@ -100,9 +100,7 @@ impl HistorySink {
 
     /// Waits (at most `timeout`) until everything queued so far is written.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack, done) = mpsc::channel();
-        self.send(Msg::Flush(ack));
-        done.recv_timeout(timeout).is_ok()
+        self.acknowledged(Msg::Flush, timeout)
     }
 
     /// Writes everything queued so far and closes the database (at most `timeout`), so
@@ -110,8 +108,14 @@ impl HistorySink {
     /// database on the last close, which a process that just exits never does. For a
     /// sink others still share (`run`'s stop); what is queued after it is counted failed.
     pub fn close(&self, timeout: Duration) -> bool {
+        self.acknowledged(Msg::Close, timeout)
+    }
+
+    /// Queues the message `with_ack` makes and waits (at most `timeout`) for the writer
+    /// to reach it.
+    fn acknowledged(&self, with_ack: fn(mpsc::Sender<()>) -> Msg, timeout: Duration) -> bool {
         let (ack, done) = mpsc::channel();
-        self.send(Msg::Close(ack));
+        self.send(with_ack(ack));
         done.recv_timeout(timeout).is_ok()
     }
 
