@@ -260,6 +260,9 @@ fn nested_cargo(toolchain: &Toolchain, out_dir: &Path) -> Result<Command> {
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_string(),
         "-Clink-arg=--btf".to_string(),
+        // BPF v3: 64-bit atomics (compare-and-swap, exchange; Linux ≥ 5.12), which the
+        // hot-task cache's slot hand-over uses.
+        "-Ctarget-cpu=v3".to_string(),
     ];
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"));
     // The outer build's rustc (stable) must not leak into the nightly build.

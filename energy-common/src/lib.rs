@@ -25,6 +25,11 @@ pub mod names {
     pub const EXITING: &str = "EXITING";
     /// Global: number of possible CPUs (bounds the per-CPU read loop at exit).
     pub const NR_CPUS: &str = "NR_CPUS";
+    /// Memory-mappable array of [`TaskSlot`](crate::TaskSlot)s: the hot-task cache,
+    /// `1 << TASK_CACHE_SHIFT` slots per CPU, CPU by CPU.
+    pub const TASK_CACHE: &str = "TASK_CACHE";
+    /// Global: log2 of the hot-task cache's slots per CPU.
+    pub const TASK_CACHE_SHIFT: &str = "TASK_CACHE_SHIFT";
     /// Global: byte offset of `task_struct.pid` on the running kernel (from its BTF).
     pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     /// Global: byte offset of `task_struct.tgid` on the running kernel (from its BTF).
@@ -129,8 +134,57 @@ pub const STAT_EXITING_MAP_FULL: u32 = 2;
 pub const STAT_UNSEEN_SWITCH_IN: u32 = 3;
 /// Index into `STATS`: the GPU activity map was full (a thread's driver calls were lost).
 pub const STAT_GPU_MAP_FULL: u32 = 4;
+/// Index into `STATS`: a hot-task cache slot was handed from one thread to another (the
+/// thread it held moved to the task map).
+pub const STAT_CACHE_EVICTIONS: u32 = 5;
+/// Index into `STATS`: a finished thread's final switch gave up waiting for another CPU
+/// that was moving the thread's cache slot to the task map (that slot's time then
+/// reaches the agent through the task map instead of the exit record).
+pub const STAT_CACHE_CLAIM_TIMEOUTS: u32 = 6;
 /// Number of entries in `STATS`.
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 7;
+
+/// One slot of the hot-task cache: the on-CPU time of the thread that last switched out
+/// of this slot's CPU with a thread id mapping to it (`tid % slots per CPU`).
+///
+/// The switch path adds to a slot in place, without hashing; a thread that finds its
+/// slot held by another moves that one's time into the task map first (an eviction).
+/// A thread's time on a CPU is its task map value plus its slot there, if it holds it.
+/// `key` is claimed with compare-and-swap by every writer but the slot's own CPU adding
+/// to its own thread ([`SLOT_EMPTY`], [`SLOT_BUSY`] while an eviction moves the time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSlot {
+    /// The thread's `tgid << 32 | pid` (as `bpf_get_current_pid_tgid`), or a marker.
+    pub key: u64,
+    /// Nanoseconds run on this CPU not yet moved to the task map.
+    pub on_cpu_ns: u64,
+    /// Cgroup v2 id at its last switch-out here (0 = unknown: keep the task map's).
+    pub cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<TaskSlot>() == 24);
+
+/// [`TaskSlot::key`] of a slot no thread holds.
+pub const SLOT_EMPTY: u64 = 0;
+/// [`TaskSlot::key`] while the slot's CPU moves the time it held into the task map.
+pub const SLOT_BUSY: u64 = u64::MAX;
+/// Largest log2 of the slots per CPU the agent sizes the cache to.
+pub const MAX_TASK_CACHE_SHIFT: u32 = 12;
+
+impl TaskKey {
+    /// The key of a [`TaskSlot`] or `bpf_get_current_pid_tgid` value.
+    pub const fn from_pid_tgid(pid_tgid: u64) -> Self {
+        Self {
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+        }
+    }
+
+    /// `tgid << 32 | pid`, as a [`TaskSlot`] holds it.
+    pub const fn pid_tgid(&self) -> u64 {
+        ((self.tgid as u64) << 32) | self.pid as u64
+    }
+}
 
 /// Event kind: a finished thread's final on-CPU time on one CPU (`value` = ns, cumulative).
 pub const EVENT_EXIT_CPU: u32 = 1;
@@ -350,6 +404,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskKey {}
     unsafe impl aya::Pod for super::TaskTime {}
     unsafe impl aya::Pod for super::CpuState {}
+    unsafe impl aya::Pod for super::TaskSlot {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::GpuActivity {}
     unsafe impl aya::Pod for super::SyncEntry {}

@@ -9,6 +9,10 @@
 //! Minimum kernel version: 5.19 (`bpf_map_lookup_percpu_elem`); ring buffers need 5.8.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap in `core::sync::atomic` (its spec predates BPF
+// v3's atomics); the intrinsics emit the instructions the cache's slot hand-over needs.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod gpu;
 mod maps;

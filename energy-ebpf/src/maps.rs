@@ -3,17 +3,37 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use energy_common::{
     CpuState, DEFAULT_MAX_EXITING, DEFAULT_MAX_GPU_TASKS, DEFAULT_MAX_TASKS, EVENTS_BYTES, Event,
-    GpuActivity, STAT_COUNT, STAT_EVENTS_LOST, SyncEntry, TaskKey, TaskTime,
+    GpuActivity, STAT_COUNT, STAT_EVENTS_LOST, SyncEntry, TaskKey, TaskSlot, TaskTime,
 };
 
-/// On-CPU time per thread, one value per CPU (no atomics: each CPU writes its own slot).
+/// On-CPU time per thread, one value per CPU (no atomics: each CPU writes its own slot),
+/// for the time not in the hot-task cache: what evicted slots held.
 #[map]
 pub static TASKS: PerCpuHashMap<TaskKey, TaskTime> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_TASKS, 0);
+
+/// `BPF_F_MMAPABLE`: the agent reads the cache from its own memory, without a syscall.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The hot-task cache: `1 << TASK_CACHE_SHIFT` slots per CPU, CPU 0's first; sized by
+/// the agent at load (one slot per CPU here).
+#[map]
+pub static TASK_CACHE: Array<TaskSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// log2 of the hot-task cache's slots per CPU, set by the agent at load.
+#[unsafe(no_mangle)]
+pub static TASK_CACHE_SHIFT: Global<u32> = Global::new(0);
+
+/// Index of `tid`'s slot on `cpu` in `TASK_CACHE`.
+#[inline(always)]
+pub fn slot_index(cpu: u32, tid: u32) -> u32 {
+    let shift = TASK_CACHE_SHIFT.load();
+    (cpu << shift) | (tid & ((1 << shift) - 1))
+}
 
 /// The task now running on each CPU and when it started.
 #[map]

@@ -3,10 +3,17 @@
 //! `sched_switch` charges the outgoing thread with what it ran since its switch-in on
 //! this CPU (`CPU_STATE`): the growth of the kernel's own runtime counter
 //! (`se.sum_exec_runtime`, steal time excluded, the figure /proc and cgroups report).
-//! Nothing is charged before the program's first switch on each CPU after attach. A thread's final switch (state
-//! TASK_DEAD) sends its per-CPU totals on the ring buffer and removes it from the map, so
-//! short-lived threads are never lost and the map stays bounded; the agent sweeps out
-//! the entries of gone threads a missed final switch would leave (its `probe::sweep`).
+//! Nothing is charged before the program's first switch on each CPU after attach.
+//!
+//! The time goes to the thread's slot in the hot-task cache (`TASK_CACHE`, one slot per
+//! `tid % slots` per CPU), added in place with no hashing: a hash lookup was about half
+//! of what this program cost. A thread finding its slot held by another moves that one's
+//! time into the per-CPU task map (`TASKS`) and takes the slot over; so a thread's time
+//! on a CPU is its task map value plus its slot there. A thread's final switch (state
+//! TASK_DEAD) claims its slots on every CPU, sends its per-CPU totals on the ring buffer
+//! and removes its task map entry, so short-lived threads are never lost and the maps
+//! stay bounded; the agent sweeps out what a missed final switch would leave (its
+//! `probe::sweep`).
 //!
 //! These are raw tracepoints, not classic (perf) tracepoints, on purpose: the kernel
 //! silently skips classic tracepoint programs on a CPU while any process there is inside
@@ -16,7 +23,10 @@
 //!
 //! `task_struct` offsets come from the kernel's BTF through globals set at load time.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xchg},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     Global,
@@ -31,11 +41,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use energy_common::{
-    COMM_LEN, CpuState, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event,
-    STAT_EXITING_MAP_FULL, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
+    COMM_LEN, CpuState, EVENT_EXEC, EVENT_EXIT, EVENT_EXIT_CPU, EVENT_FORK, Event, SLOT_BUSY,
+    SLOT_EMPTY, STAT_CACHE_CLAIM_TIMEOUTS, STAT_CACHE_EVICTIONS, STAT_EXITING_MAP_FULL,
+    STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, TASK_DEAD, TaskKey, TaskTime,
 };
 
-use crate::maps::{CPU_STATE, EXITING, NR_CPUS, TASKS, bump, send};
+use crate::maps::{CPU_STATE, EXITING, NR_CPUS, TASK_CACHE, TASKS, bump, send, slot_index};
 
 /// Byte offset of `task_struct.pid`, set by the agent from the kernel's BTF.
 #[unsafe(no_mangle)]
@@ -174,10 +185,65 @@ fn current_cgroup_id() -> u64 {
     unsafe { bpf_get_current_cgroup_id() }
 }
 
-/// Adds `delta_ns` to the thread's time on this CPU, creating its entry when needed, and
-/// records its cgroup (`cgroup_id` 0 = unknown: keep the entry's).
+/// Adds `delta_ns` to the thread's time on this CPU and records its cgroup (`cgroup_id`
+/// 0 = unknown: keep the one recorded): in its hot-task cache slot when it holds it (no
+/// hashing: the common case), else it takes the slot over, moving the time of the thread
+/// that held it into the task map.
 #[inline(always)]
 fn charge(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64, cgroup_id: u64) {
+    // SAFETY: BPF helper with no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(slot) = TASK_CACHE.get_ptr_mut(slot_index(cpu, key.pid)) else {
+        charge_map(ctx, key, delta_ns, cgroup_id);
+        return;
+    };
+    // SAFETY: this CPU's slot. Only this CPU adds to it; other writers (a finished
+    // thread's final switch elsewhere, the agent's sweep) only claim a slot whose thread
+    // is not running, with compare-and-swap on its key.
+    let slot = unsafe { &mut *slot };
+    let pid_tgid = key.pid_tgid();
+    // SAFETY: `slot` is valid; volatile keeps the read where it is.
+    let held = unsafe { read_volatile(&slot.key) };
+    if held == pid_tgid {
+        slot.on_cpu_ns += delta_ns;
+        if cgroup_id != 0 {
+            slot.cgroup_id = cgroup_id;
+        }
+        return;
+    }
+    // Readers see the slot BUSY (not to be read) until it holds the new thread.
+    if held != SLOT_EMPTY && swap_key(&mut slot.key, held, SLOT_BUSY) {
+        bump(STAT_CACHE_EVICTIONS);
+        if slot.on_cpu_ns > 0 {
+            let evicted = TaskKey::from_pid_tgid(held);
+            charge_map(ctx, &evicted, slot.on_cpu_ns, slot.cgroup_id);
+        }
+    }
+    // SAFETY: as above; the key is published last, with a full barrier.
+    unsafe {
+        write_volatile(&mut slot.on_cpu_ns, delta_ns);
+        write_volatile(&mut slot.cgroup_id, cgroup_id);
+    }
+    publish_key(&mut slot.key, pid_tgid);
+}
+
+/// Compare-and-swap of a cache slot's key: whether it held `old` (it holds `new` now).
+#[inline(always)]
+fn swap_key(key: &mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: an aligned u64 in a map value; every concurrent write of it is atomic.
+    unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(key, old, new) }.1
+}
+
+/// Stores a cache slot's key after its time, so that a reader seeing the key sees both.
+#[inline(always)]
+fn publish_key(key: &mut u64, new: u64) {
+    // SAFETY: as in `swap_key`.
+    unsafe { atomic_xchg::<u64, { SeqCst }>(key, new) };
+}
+
+/// Adds `delta_ns` to the thread's task map entry on this CPU, creating it when needed.
+#[inline(always)]
+fn charge_map(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64, cgroup_id: u64) {
     match TASKS.get_ptr_mut(key) {
         Some(time) => {
             // SAFETY: this CPU's slot of the entry; only this CPU writes it.
@@ -204,6 +270,42 @@ fn charge(ctx: &RawTracePointContext, key: &TaskKey, delta_ns: u64, cgroup_id: u
     }
 }
 
+/// Attempts at claiming a finished thread's cache slot on a CPU that is evicting it.
+const CLAIM_TRIES: u32 = 512;
+
+/// Takes a finished thread's slot on `cpu` if it holds it: (ns, cgroup id). A slot the
+/// CPU is evicting at that moment is waited for (its time lands in the task map, which
+/// the caller reads after this).
+#[inline(always)]
+fn claim_slot(cpu: u32, key: &TaskKey) -> Option<(u64, u64)> {
+    let slot = TASK_CACHE.get_ptr_mut(slot_index(cpu, key.pid))?;
+    let pid_tgid = key.pid_tgid();
+    let mut tries = 0;
+    while tries < CLAIM_TRIES {
+        // SAFETY: a valid slot; the thread is not running, so its time there does not
+        // change while the key is still its own.
+        let (held, ns, cgroup_id) = unsafe {
+            (
+                read_volatile(&(*slot).key),
+                read_volatile(&(*slot).on_cpu_ns),
+                read_volatile(&(*slot).cgroup_id),
+            )
+        };
+        if held != SLOT_BUSY {
+            if held != pid_tgid {
+                return None;
+            }
+            // SAFETY: as above.
+            if swap_key(unsafe { &mut (*slot).key }, pid_tgid, SLOT_EMPTY) {
+                return Some((ns, cgroup_id));
+            }
+        }
+        tries += 1;
+    }
+    bump(STAT_CACHE_CLAIM_TIMEOUTS);
+    None
+}
+
 /// Sends a finished thread's totals (one record per CPU it ran on, then an exit record)
 /// and forgets it.
 #[inline(always)]
@@ -224,6 +326,9 @@ fn flush_exited(key: &TaskKey, now: u64) {
     let nr_cpus = NR_CPUS.load();
     let mut cpu = 0;
     while cpu < MAX_CPUS && cpu < nr_cpus {
+        // The cache slot first: an eviction of it in progress has moved its time into
+        // the task map by the time the claim returns.
+        let (mut on_cpu_ns, mut cgroup_id) = claim_slot(cpu, key).unwrap_or((0, 0));
         // SAFETY: TASKS is a per-CPU hash with TaskKey keys and TaskTime values.
         let time = unsafe {
             bpf_map_lookup_percpu_elem(
@@ -235,12 +340,16 @@ fn flush_exited(key: &TaskKey, now: u64) {
         if !time.is_null() {
             // SAFETY: non-null pointer into the map value returned by the helper.
             let time = unsafe { *time };
-            if time.on_cpu_ns > 0 {
-                event.cpu = cpu;
-                event.value = time.on_cpu_ns;
-                event.cgroup_id = time.cgroup_id;
-                send(&event);
+            on_cpu_ns += time.on_cpu_ns;
+            if cgroup_id == 0 {
+                cgroup_id = time.cgroup_id;
             }
+        }
+        if on_cpu_ns > 0 {
+            event.cpu = cpu;
+            event.value = on_cpu_ns;
+            event.cgroup_id = cgroup_id;
+            send(&event);
         }
         cpu += 1;
     }

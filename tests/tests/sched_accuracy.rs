@@ -25,8 +25,20 @@ fn spawn(label: &'static str, seconds: &str, threads: &str) -> Worker {
 
 #[test]
 fn per_process_cpu_time_matches_schedstat() {
+    cpu_time_matches_schedstat(&[]);
+}
+
+/// The same with one hot-task cache slot per CPU, so that the workers' threads keep
+/// taking each other's slots (the switch's slow path) and finish with their time split
+/// between the task map and the cache.
+#[test]
+fn per_process_cpu_time_matches_schedstat_when_cache_slots_are_contended() {
+    cpu_time_matches_schedstat(&[("ENERGY_AGENT_TASK_CACHE_SLOTS", "1")]);
+}
+
+fn cpu_time_matches_schedstat(env: &[(&str, &str)]) {
     require_root();
-    let mut agent = AgentRun::start(&["--interval", "250ms"]);
+    let mut agent = AgentRun::start_with_env(&["--interval", "250ms"], env);
     let workers = vec![
         spawn("1 s, 1 thread", "1.0", "1"),
         spawn("0.5 s, 1 thread", "0.5", "1"),

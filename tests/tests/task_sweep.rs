@@ -1,18 +1,22 @@
 //! The kernel task map stays bounded: 10,000 short threads leave it flat (each
 //! thread's final switch removes its entry), and entries a missed final switch would
-//! leave — made here by writing entries for threads that have ended into the real
-//! map, since the kernel cannot be made to skip a switch — are removed by the liveness
-//! sweep, while a live thread's entry stays.
+//! leave — made here by writing entries and hot-task cache slots for threads that have
+//! ended into the real maps, since the kernel cannot be made to skip a switch — are
+//! removed by the liveness sweep, while a live thread's entry stays.
 
 use std::{
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues};
 use energy_agent::probe::{Probe, ProbeConfig, ProbeStats, possible_cpus};
-use energy_common::{TaskKey, TaskTime, names};
+use energy_common::{SLOT_EMPTY, TaskKey, TaskSlot, TaskTime, names};
 use energy_tests::require_root;
+
+/// Held by each test: the second test finds its probe's maps among this process's
+/// descriptors by name, so the two must not have probes loaded at the same time.
+static ONE_PROBE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn load() -> Probe {
     let config = ProbeConfig {
@@ -27,6 +31,11 @@ fn load() -> Probe {
 /// This process's own `TASKS` map (the one its probe loaded, among any other agent's
 /// on the host), opened again from its id.
 fn own_task_map() -> PerCpuHashMap<MapData, TaskKey, TaskTime> {
+    PerCpuHashMap::try_from(own_map(names::TASKS)).expect("TASKS is a per-CPU hash")
+}
+
+/// This process's own map `name`, opened again from its id.
+fn own_map(name: &str) -> Map {
     for fd in std::fs::read_dir("/proc/self/fdinfo").expect("fdinfo") {
         let text = std::fs::read_to_string(fd.expect("fdinfo entry").path()).unwrap_or_default();
         let Some(id) = text
@@ -43,13 +52,12 @@ fn own_task_map() -> PerCpuHashMap<MapData, TaskKey, TaskTime> {
             .info()
             .ok()
             .and_then(|i| i.name_as_str().map(String::from))
-            == Some(names::TASKS.into())
+            == Some(name.into())
         {
-            let map = Map::from_map_data(data).expect("a map");
-            return PerCpuHashMap::try_from(map).expect("TASKS is a per-CPU hash");
+            return Map::from_map_data(data).expect("a map");
         }
     }
-    panic!("no TASKS map among this process's descriptors");
+    panic!("no {name} map among this process's descriptors");
 }
 
 /// Thread ids of `n` threads that ran and ended.
@@ -84,6 +92,7 @@ fn read_until(probe: &mut Probe, done: &mpsc::Receiver<()>, after: Duration) -> 
 #[test]
 fn ten_thousand_short_threads_leave_the_task_map_flat() {
     require_root();
+    let _alone = ONE_PROBE_AT_A_TIME.lock();
     let mut probe = load();
     // A second of the host's own threads first, so that they are in the map.
     std::thread::sleep(Duration::from_secs(1));
@@ -135,6 +144,7 @@ fn ten_thousand_short_threads_leave_the_task_map_flat() {
 #[test]
 fn entries_a_missed_final_switch_leaves_are_swept_and_live_ones_stay() {
     require_root();
+    let _alone = ONE_PROBE_AT_A_TIME.lock();
     let mut probe = load();
     let mut tasks = own_task_map();
     let me = std::process::id();
@@ -167,12 +177,36 @@ fn entries_a_missed_final_switch_leaves_are_swept_and_live_ones_stay() {
             .insert(key, values, 0)
             .expect("inserting a stale entry");
     }
+    // And hot-task cache slots of 100 more ended threads, where their slot is free.
+    let mut cache: Array<MapData, TaskSlot> =
+        Array::try_from(own_map(names::TASK_CACHE)).expect("TASK_CACHE is an array");
+    let slots = probe.stats().expect("stats").cache_slots_per_cpu as u32;
+    let mut stale_slots = Vec::new();
+    for pid in ended_thread_ids(100) {
+        let key = TaskKey { tgid: me, pid };
+        let index = pid % slots;
+        if cache.get(&index, 0).is_ok_and(|s| s.key == SLOT_EMPTY) {
+            let slot = TaskSlot {
+                key: key.pid_tgid(),
+                on_cpu_ns: 500_000,
+                cgroup_id: 0,
+            };
+            cache.set(index, slot, 0).expect("writing a stale slot");
+            stale_slots.push(key);
+        }
+    }
+    let stale: Vec<TaskKey> = stale
+        .into_iter()
+        .chain(stale_slots.iter().copied())
+        .collect();
+    let total = stale.len();
+    eprintln!("{} stale cache slots written", stale_slots.len());
+    assert!(stale_slots.len() >= 10, "free slots for stale threads");
     let swept_before = probe.stats().expect("stats").tasks_swept;
-    let present =
-        |tasks: &PerCpuHashMap<MapData, TaskKey, TaskTime>, k: &TaskKey| tasks.get(k, 0).is_ok();
-    assert!(stale.iter().all(|k| present(&tasks, k)), "inserted");
+    let present = |probe: &Probe, k: &TaskKey| probe.tracks(k);
+    assert!(stale.iter().all(|k| present(&probe, k)), "inserted");
     assert!(
-        present(&tasks, &live),
+        present(&probe, &live),
         "the sleeper ran, so it has an entry"
     );
 
@@ -181,21 +215,21 @@ fn entries_a_missed_final_switch_leaves_are_swept_and_live_ones_stay() {
     while left > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         probe.read_interval().expect("read_interval");
-        left = stale.iter().filter(|k| present(&tasks, k)).count();
+        left = stale.iter().filter(|k| present(&probe, k)).count();
     }
     let stats = probe.stats().expect("stats");
     eprintln!(
-        "{} of 200 stale entries left after {:?}; swept {} in all",
+        "{} of {total} stale entries left after {:?}; swept {} in all",
         left,
         Duration::from_secs(10) - deadline.saturating_duration_since(Instant::now()),
         stats.tasks_swept - swept_before
     );
-    let live_kept = present(&tasks, &live);
+    let live_kept = present(&probe, &live);
     let _ = stop_tx.send(());
     sleeper.join().expect("the sleeper");
-    assert_eq!(left, 0, "{left} of 200 stale entries still in the map");
+    assert_eq!(left, 0, "{left} of {total} stale entries still in the map");
     assert!(
-        stats.tasks_swept >= swept_before + 200,
+        stats.tasks_swept >= swept_before + total as u64,
         "the sweep counts what it removes: {} before, {stats:?}",
         swept_before
     );

@@ -19,8 +19,11 @@ pub struct ProbeStats {
     pub unseen_switch_in: u64,
     /// Program runs the kernel skipped (recursion guard), summed over the programs.
     pub missed_runs: u64,
-    /// Threads in the task map at the last read (its fill level, of `max_tasks`).
+    /// Threads with time held in the kernel (task map or hot-task cache) at the last read.
     pub tasks_tracked: u64,
+    /// Entries in the task map at the last read (its fill level, of `max_tasks`): the
+    /// threads whose cache slot was taken over by another while they lived.
+    pub task_map_entries: u64,
     /// Task map entries of gone threads the liveness sweep removed (each a final
     /// switch the programs missed), since start.
     pub tasks_swept: u64,
@@ -32,6 +35,14 @@ pub struct ProbeStats {
     pub gpu_threads_tracked: u64,
     /// Capacity of the task map.
     pub max_tasks: u64,
+    /// Hot-task cache slots handed from one thread to another, since attach (each moved
+    /// the time the slot held into the task map: the switch's slow path).
+    pub cache_evictions: u64,
+    /// Final switches that gave up waiting for another CPU to finish evicting the
+    /// thread's cache slot (that time then reaches the agent through the task map).
+    pub cache_claim_timeouts: u64,
+    /// Slots per CPU of the hot-task cache.
+    pub cache_slots_per_cpu: u64,
 }
 
 /// Scheduler data for one interval.

@@ -9,6 +9,7 @@ mod accounting;
 mod attach;
 mod batch;
 pub mod btf;
+pub mod cache;
 pub mod cuda;
 pub mod gpu;
 mod interval;
@@ -31,10 +32,11 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use cache::TaskCache;
 use energy_common::{
-    CpuState, DEFAULT_MAX_TASKS, Event, GpuActivity, STAT_COUNT, STAT_EVENTS_LOST,
-    STAT_EXITING_MAP_FULL, STAT_GPU_MAP_FULL, STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, SyncEntry,
-    TaskKey, TaskTime, names,
+    CpuState, DEFAULT_MAX_TASKS, Event, GpuActivity, STAT_CACHE_CLAIM_TIMEOUTS,
+    STAT_CACHE_EVICTIONS, STAT_COUNT, STAT_EVENTS_LOST, STAT_EXITING_MAP_FULL, STAT_GPU_MAP_FULL,
+    STAT_TASK_MAP_FULL, STAT_UNSEEN_SWITCH_IN, SyncEntry, TaskKey, TaskTime, names,
 };
 use gpu::GpuTracker;
 pub use gpu::{GpuCalls, GpuThreadActivity};
@@ -139,6 +141,10 @@ pub struct ProbeConfig {
     /// (older kernels do not pass it): no exit record then says that a process ended,
     /// as when the exiting map is full. For tests of that path on newer kernels.
     pub without_group_dead: bool,
+    /// Slots per CPU of the hot-task cache, a power of two (`None`: sized by itself to
+    /// the host, see [`cache::slots_shift`]); the default comes from
+    /// [`cache::CACHE_SLOTS_ENV`].
+    pub task_cache_slots: Option<u32>,
 }
 
 impl Default for ProbeConfig {
@@ -149,6 +155,9 @@ impl Default for ProbeConfig {
             ebpf_log: false,
             libcuda: None,
             without_group_dead: false,
+            task_cache_slots: std::env::var(cache::CACHE_SLOTS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
         }
     }
 }
@@ -158,10 +167,14 @@ impl Default for ProbeConfig {
 /// misbehave).
 pub const BATCH_READS_ENV: &str = "ENERGY_AGENT_MAP_BATCH";
 
+/// Each thread's cumulative time, one value per possible CPU.
+type TaskSnapshot = Vec<(TaskKey, Vec<TaskTime>)>;
+
 /// The loaded and attached scheduler probe.
 pub struct Probe {
     _ebpf: Ebpf,
     tasks: PerCpuHashMap<MapData, TaskKey, TaskTime>,
+    cache: TaskCache,
     exiting: HashMap<MapData, u32, u32>,
     task_sweep: Sweep<TaskKey>,
     exiting_sweep: Sweep<u32>,
@@ -194,9 +207,12 @@ impl Probe {
             layout.exit_has_group_dead = 0;
         }
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
+        let cache_shift = cache::slots_shift(layout.nr_cpus, config.task_cache_slots);
         let mut ebpf = layout
             .loader()
             .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global(names::TASK_CACHE_SHIFT, &cache_shift, true)
+            .map_max_entries(names::TASK_CACHE, layout.nr_cpus << cache_shift)
             .map_max_entries(names::TASKS, config.max_tasks)
             .load(EBPF_OBJECT)
             .map_err(map_load_error)?;
@@ -207,6 +223,7 @@ impl Probe {
         };
         attach::sched_programs(&mut ebpf)?;
         let tasks = typed_map(&mut ebpf, names::TASKS)?;
+        let cache = map_cache(&mut ebpf, layout.nr_cpus as usize, cache_shift)?;
         let exiting = typed_map(&mut ebpf, names::EXITING)?;
         let cpu_state = typed_map(&mut ebpf, names::CPU_STATE)?;
         let stats = typed_map(&mut ebpf, names::STATS)?;
@@ -221,6 +238,7 @@ impl Probe {
         Ok(Self {
             _ebpf: ebpf,
             tasks,
+            cache,
             exiting,
             task_sweep: Sweep::new(sweep_ns),
             exiting_sweep: Sweep::new(sweep_ns),
@@ -283,7 +301,7 @@ impl Probe {
         // then `after` (its seq is read last again). A CPU whose seq is even and
         // unchanged had no switch in between, so its map values and slice agree.
         let before = self.read_cpu_state()?;
-        let snapshot = self.read_tasks()?;
+        let (snapshot, in_map) = self.read_tasks()?;
         let now = monotonic_ns();
         let slices: Vec<Option<u64>> = before
             .iter()
@@ -300,6 +318,7 @@ impl Probe {
         let gpu = self.read_gpu()?;
         let mut stats = self.stats()?;
         stats.tasks_tracked = (snapshot.len() - swept) as u64;
+        stats.task_map_entries = in_map.saturating_sub(swept) as u64;
         let programs: Vec<progstats::NamedProgramStats> = self
             .program_stats()
             .into_iter()
@@ -319,9 +338,19 @@ impl Probe {
         Ok(interval)
     }
 
-    /// The task map: each thread's cumulative time per CPU, in batches where the kernel
-    /// has them ([`batch`]), else one entry at a time.
-    fn read_tasks(&self) -> Result<Vec<(TaskKey, Vec<TaskTime>)>, ProbeError> {
+    /// Each thread's cumulative time per CPU: the task map, then the hot-task cache
+    /// added to it (in that order: see [`cache`]).
+    /// Also returns how many entries the task map itself held.
+    fn read_tasks(&self) -> Result<(TaskSnapshot, usize), ProbeError> {
+        let mut snapshot = self.read_task_map()?;
+        let in_map = snapshot.len();
+        cache::merge_into(&mut snapshot, &self.cache.read(), possible_cpus() as usize);
+        Ok((snapshot, in_map))
+    }
+
+    /// The task map, in batches where the kernel has them ([`batch`]), else one entry at
+    /// a time.
+    fn read_task_map(&self) -> Result<TaskSnapshot, ProbeError> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.batch_reads.load(Relaxed) {
             let fd = aya::maps::IterableMap::map(&self.tasks).fd().as_fd();
@@ -401,9 +430,17 @@ impl Probe {
         &self.gpu_status
     }
 
-    /// Number of threads in the kernel's task map now.
+    /// Number of threads in the kernel's task map or hot-task cache now.
     pub fn tasks_tracked(&self) -> usize {
-        self.tasks.keys().filter(Result::is_ok).count()
+        let mut keys: std::collections::HashSet<TaskKey> =
+            self.tasks.keys().filter_map(Result::ok).collect();
+        keys.extend(self.cache.read().into_iter().map(|(key, _, _)| key));
+        keys.len()
+    }
+
+    /// Whether thread `key` has time in the task map or the hot-task cache.
+    pub fn tracks(&self, key: &TaskKey) -> bool {
+        self.tasks.get(key, 0).is_ok() || self.cache.read().iter().any(|(k, _, _)| k == key)
     }
 
     /// The kernel's counters for each attached program: (name, stats).
@@ -440,9 +477,13 @@ impl Probe {
             unseen_switch_in: sums[STAT_UNSEEN_SWITCH_IN as usize],
             missed_runs: 0,
             tasks_tracked: 0,
+            task_map_entries: 0,
             tasks_swept: self.swept.tasks,
             exiting_swept: self.swept.exiting,
             gpu_map_full: sums[STAT_GPU_MAP_FULL as usize],
+            cache_evictions: sums[STAT_CACHE_EVICTIONS as usize],
+            cache_claim_timeouts: sums[STAT_CACHE_CLAIM_TIMEOUTS as usize],
+            cache_slots_per_cpu: self.cache.slots_per_cpu() as u64,
             gpu_threads_tracked: self.gpu_threads_tracked as u64,
             max_tasks: u64::from(self.max_tasks),
         })
@@ -526,6 +567,20 @@ fn running_slice(state: &CpuState, now_ns: u64) -> u64 {
 /// Number of possible CPUs (the size of per-CPU map values).
 pub fn possible_cpus() -> u32 {
     aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1)
+}
+
+/// Takes the hot-task cache out of the object and maps it into memory.
+fn map_cache(ebpf: &mut Ebpf, cpus: usize, shift: u32) -> Result<TaskCache, ProbeError> {
+    let map_error = |reason: String| ProbeError::Map {
+        map: names::TASK_CACHE,
+        reason,
+    };
+    match ebpf.take_map(names::TASK_CACHE) {
+        Some(aya::maps::Map::Array(data)) => TaskCache::map(data, cpus, shift)
+            .map_err(|e| map_error(format!("mapping it into memory failed: {e}"))),
+        Some(_) => Err(map_error("not an array".into())),
+        None => Err(map_error("missing from the object".into())),
+    }
 }
 
 /// Takes map `name` out of the object as the type the agent reads it as.

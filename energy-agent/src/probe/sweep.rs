@@ -1,7 +1,8 @@
 //! Liveness sweeps of the kernel maps keyed by thread: the one mechanism that removes
 //! the entries of threads that are gone when nothing else will.
 //!
-//! The programs remove a thread's `TASKS` and `EXITING` entries at its final switch,
+//! The programs remove a thread's `TASKS` and `EXITING` entries (and free its hot-task
+//! cache slots) at its final switch,
 //! and nothing removes `GPU_ACTIVITY` or a `SYNC_ENTRY` left by a thread killed in a
 //! synchronize call. A final switch the programs miss (a recursion-guard skip, an
 //! entry re-created after it) would leave an entry for ever, and the map would fill.
@@ -108,7 +109,14 @@ impl Probe {
         let gone = self
             .task_sweep
             .due(now_ns, snapshot.iter().map(|(k, _)| *k), thread_alive);
-        let removed = gone.iter().filter(|k| self.tasks.remove(k).is_ok()).count();
+        let removed = gone
+            .iter()
+            .filter(|k| {
+                let in_map = self.tasks.remove(k).is_ok();
+                let in_cache = self.cache.release(k) > 0;
+                in_map || in_cache
+            })
+            .count();
         self.swept.tasks += removed as u64;
         // EXITING holds a thread from sched_process_exit to its final switch; nothing
         // marks one active, so only a gone thread's entry is ever removed.
