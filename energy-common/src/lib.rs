@@ -38,8 +38,10 @@ pub mod names {
     pub const TASK_RUNTIME_OFFSET: &str = "TASK_RUNTIME_OFFSET";
     /// Global: 1 when the `sched_process_exit` raw tracepoint passes `group_dead`.
     pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
-    /// Raw tracepoint program on `sched_switch`.
+    /// Raw tracepoint program on `sched_switch` (where the typed one does not load).
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    /// Typed (tp_btf) program on `sched_switch`, attached in preference to the raw one.
+    pub const PROG_SCHED_SWITCH_BTF: &str = "sched_switch_btf";
     /// Raw tracepoint program on `sched_process_exit`.
     pub const PROG_SCHED_EXIT: &str = "sched_process_exit";
     /// Raw tracepoint program on `sched_process_exec`.

@@ -8,6 +8,7 @@ use std::{
 };
 
 use energy_agent::probe::{Lifecycle, Probe, ProbeConfig, ProbeStats, SchedInterval};
+use energy_common::names;
 use energy_tests::{require_root, test_bin};
 
 /// Runs `forker` while reading the probe every 100 ms; returns each child's pid with
@@ -65,11 +66,25 @@ fn no_time_is_lost_or_doubled_when_every_switch_evicts_a_cache_slot() {
     );
 }
 
+/// The same on the raw tracepoint program (kernels that do not take the typed one).
+#[test]
+fn the_raw_tracepoint_program_keeps_short_processes_exact_too() {
+    let config = ProbeConfig {
+        raw_switch: true,
+        ..ProbeConfig::default()
+    };
+    children_keep_their_kernel_cpu_time(config);
+}
+
 /// 400 short children, read every 100 ms: none lost, each within its wait4 CPU time,
 /// the task map back to its size; returns the last counters.
 fn children_keep_their_kernel_cpu_time(config: ProbeConfig) -> ProbeStats {
     require_root();
     let mut probe = Probe::load(&config).expect("loading the probe");
+    if config.raw_switch {
+        assert_eq!(probe.switch_program(), names::PROG_SCHED_SWITCH);
+    }
+    eprintln!("sched_switch traced by {}", probe.switch_program());
     probe.read_interval().expect("first read");
     let tracked_before = probe.tasks_tracked();
 

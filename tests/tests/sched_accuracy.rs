@@ -36,6 +36,13 @@ fn per_process_cpu_time_matches_schedstat_when_cache_slots_are_contended() {
     cpu_time_matches_schedstat(&[("ENERGY_AGENT_TASK_CACHE_SLOTS", "1")]);
 }
 
+/// The same with `sched_switch` traced by the raw tracepoint program (kernels that do not
+/// take the typed one).
+#[test]
+fn per_process_cpu_time_matches_schedstat_with_the_raw_tracepoint_program() {
+    cpu_time_matches_schedstat(&[("ENERGY_AGENT_SWITCH_PROGRAM", "raw")]);
+}
+
 fn cpu_time_matches_schedstat(env: &[(&str, &str)]) {
     require_root();
     let mut agent = AgentRun::start_with_env(&["--interval", "250ms"], env);

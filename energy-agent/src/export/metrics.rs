@@ -549,7 +549,7 @@ impl MetricsState {
             ]),
             1.0,
         );
-        self.set(AGENT_TASKS, Vec::new(), r.probe.tasks_tracked as f64);
+        self.set(AGENT_TASKS, Vec::new(), r.probe.task_map_entries as f64);
         self.set(AGENT_TASKS_MAX, Vec::new(), r.probe.max_tasks as f64);
         self.set(AGENT_TASKS_SWEPT, Vec::new(), r.probe.tasks_swept as f64);
         let lost = r.probe.task_map_full + r.probe.events_lost + r.probe.missed_runs;

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     programs::{
-        Program, ProgramError, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -77,14 +77,43 @@ pub fn load_sched_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Loads the scheduler programs and attaches each to its raw tracepoint; any failure
-/// fails the agent.
-pub fn sched_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// Loads the scheduler programs and attaches each to its raw tracepoint, `sched_switch`
+/// as the typed program where `btf` is given and the kernel takes it; any other failure
+/// fails the agent. Returns the `sched_switch` program attached.
+pub fn sched_programs(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<&'static str, ProbeError> {
+    let typed = match btf {
+        Some(btf) => typed_switch(ebpf, btf),
+        None => Err("not asked for".to_string()),
+    };
+    let switch = match typed {
+        Ok(()) => names::PROG_SCHED_SWITCH_BTF,
+        Err(why) => {
+            log::info!("sched_switch traced by a raw tracepoint program (typed one: {why})");
+            names::PROG_SCHED_SWITCH
+        }
+    };
     for (program, tracepoint) in SCHED_TRACEPOINTS {
+        if program == names::PROG_SCHED_SWITCH && switch != program {
+            continue;
+        }
         raw_tracepoint(ebpf, program)?
             .attach(tracepoint)
             .map_err(|e| privileged(program_error(program, "attach", e)))?;
     }
+    Ok(switch)
+}
+
+/// Loads and attaches the typed `sched_switch` program.
+fn typed_switch(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let name = names::PROG_SCHED_SWITCH_BTF;
+    let program: &mut BtfTracePoint = program(ebpf, name)
+        .map_err(|e| e.to_string())?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    program
+        .load("sched_switch", btf)
+        .map_err(|e| format!("load: {e}"))?;
+    program.attach().map_err(|e| format!("attach: {e}"))?;
     Ok(())
 }
 

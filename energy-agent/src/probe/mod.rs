@@ -145,7 +145,15 @@ pub struct ProbeConfig {
     /// the host, see [`cache::slots_shift`]); the default comes from
     /// [`cache::CACHE_SLOTS_ENV`].
     pub task_cache_slots: Option<u32>,
+    /// Trace `sched_switch` with the raw tracepoint program even where the kernel takes
+    /// the typed (tp_btf) one; the default comes from [`SWITCH_PROGRAM_ENV`].
+    pub raw_switch: bool,
 }
+
+/// Set to `raw`, `sched_switch` is traced by the raw tracepoint program even where the
+/// kernel takes the typed one (for an A/B of the two, and a way out should a kernel's
+/// typed tracepoints misbehave).
+pub const SWITCH_PROGRAM_ENV: &str = "ENERGY_AGENT_SWITCH_PROGRAM";
 
 impl Default for ProbeConfig {
     fn default() -> Self {
@@ -158,6 +166,7 @@ impl Default for ProbeConfig {
             task_cache_slots: std::env::var(cache::CACHE_SLOTS_ENV)
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
+            raw_switch: std::env::var_os(SWITCH_PROGRAM_ENV).is_some_and(|v| v == "raw"),
         }
     }
 }
@@ -175,6 +184,7 @@ pub struct Probe {
     _ebpf: Ebpf,
     tasks: PerCpuHashMap<MapData, TaskKey, TaskTime>,
     cache: TaskCache,
+    switch_program: &'static str,
     exiting: HashMap<MapData, u32, u32>,
     task_sweep: Sweep<TaskKey>,
     exiting_sweep: Sweep<u32>,
@@ -208,6 +218,15 @@ impl Probe {
         }
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
         let cache_shift = cache::slots_shift(layout.nr_cpus, config.task_cache_slots);
+        // The typed switch program is loaded against the kernel's BTF (parsed again here,
+        // and dropped once the programs are attached).
+        let btf = if config.raw_switch {
+            None
+        } else {
+            aya::Btf::from_sys_fs()
+                .inspect_err(|e| log::info!("kernel BTF unreadable by aya: {e}"))
+                .ok()
+        };
         let mut ebpf = layout
             .loader()
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -221,7 +240,9 @@ impl Probe {
         } else {
             None
         };
-        attach::sched_programs(&mut ebpf)?;
+        let switch_program = attach::sched_programs(&mut ebpf, btf.as_ref())?;
+        drop(btf);
+        log::debug!("sched_switch traced by {switch_program}");
         let tasks = typed_map(&mut ebpf, names::TASKS)?;
         let cache = map_cache(&mut ebpf, layout.nr_cpus as usize, cache_shift)?;
         let exiting = typed_map(&mut ebpf, names::EXITING)?;
@@ -239,6 +260,7 @@ impl Probe {
             _ebpf: ebpf,
             tasks,
             cache,
+            switch_program,
             exiting,
             task_sweep: Sweep::new(sweep_ns),
             exiting_sweep: Sweep::new(sweep_ns),
@@ -436,6 +458,12 @@ impl Probe {
             self.tasks.keys().filter_map(Result::ok).collect();
         keys.extend(self.cache.read().into_iter().map(|(key, _, _)| key));
         keys.len()
+    }
+
+    /// The program tracing `sched_switch`: [`names::PROG_SCHED_SWITCH_BTF`] (typed) or
+    /// [`names::PROG_SCHED_SWITCH`] (raw tracepoint).
+    pub fn switch_program(&self) -> &'static str {
+        self.switch_program
     }
 
     /// Whether thread `key` has time in the task map or the hot-task cache.

@@ -165,7 +165,11 @@ pub fn process_switch_stats(pid: u32) -> Option<(u64, u64)> {
     let ids = programs_of(pid);
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some("sched_switch"))
+        .find(|p| {
+            ids.contains(&p.id())
+                && p.name_as_str()
+                    .is_some_and(|n| n.starts_with("sched_switch"))
+        })
         .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
 }
 
