@@ -36,6 +36,11 @@ pub mod names {
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
     /// Global: byte offset of `task_struct.se.sum_exec_runtime` (from the kernel's BTF).
     pub const TASK_RUNTIME_OFFSET: &str = "TASK_RUNTIME_OFFSET";
+    /// Global: byte offset of `task_struct.se.exec_start` (from the kernel's BTF).
+    pub const TASK_EXEC_START_OFFSET: &str = "TASK_EXEC_START_OFFSET";
+    /// Global: `[u32; 4]`, byte offsets of `task_struct.cgroups`, `css_set.dfl_cgrp`,
+    /// `cgroup.kn`, `kernfs_node.id` (all 0: not in the BTF).
+    pub const CGROUP_CHAIN_OFFSETS: &str = "CGROUP_CHAIN_OFFSETS";
     /// Global: 1 when the `sched_process_exit` raw tracepoint passes `group_dead`.
     pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
     /// Raw tracepoint program on `sched_switch` (where the typed one does not load).
@@ -108,7 +113,8 @@ const _: () = assert!(core::mem::size_of::<TaskTime>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuState {
-    /// `bpf_ktime_get_ns()` when the current task was switched in; 0 = not yet seen.
+    /// The CPU's task clock (`rq_clock_task`, ns; not the monotonic clock) when the
+    /// current task was switched in; 0 = not yet seen.
     pub start_ns: u64,
     /// The current task's `se.sum_exec_runtime` when it was switched in.
     pub runtime_ns: u64,
@@ -191,7 +197,7 @@ impl TaskKey {
 /// Event kind: a finished thread's final on-CPU time on one CPU (`value` = ns, cumulative).
 pub const EVENT_EXIT_CPU: u32 = 1;
 /// Event kind: a thread finished; sent after its `EVENT_EXIT_CPU` records. `value` = 1
-/// when it was the last thread of its process.
+/// when it was the last thread of its process; `cgroup_id` is the cgroup it ended in.
 pub const EVENT_EXIT: u32 = 2;
 /// Event kind: a process called exec; `comm` is its new name.
 pub const EVENT_EXEC: u32 = 3;

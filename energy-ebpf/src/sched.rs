@@ -57,6 +57,15 @@ static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
 /// Byte offset of `task_struct.se.sum_exec_runtime`, set by the agent from the BTF.
 #[unsafe(no_mangle)]
 static TASK_RUNTIME_OFFSET: Global<u32> = Global::new(0);
+/// Byte offset of `task_struct.se.exec_start` (the CPU's task clock when the scheduler
+/// last accounted the task), set by the agent from the BTF.
+#[unsafe(no_mangle)]
+static TASK_EXEC_START_OFFSET: Global<u32> = Global::new(0);
+/// Byte offsets of `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and
+/// `kernfs_node.id`: the chain `bpf_get_current_cgroup_id` follows, which the typed
+/// program walks with direct loads. All four 0 when the BTF lacks one: then the helper.
+#[unsafe(no_mangle)]
+static CGROUP_CHAIN_OFFSETS: Global<[u32; 4]> = Global::new([0; 4]);
 /// 1 when `sched_process_exit` passes `group_dead` as its second argument.
 #[unsafe(no_mangle)]
 static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
@@ -93,6 +102,14 @@ trait TaskFields {
             Self::read_u32(task, TASK_TGID_OFFSET.load()),
         )
     }
+    /// The outgoing task `prev` (which is `current`).
+    #[inline(always)]
+    fn current_key(prev: u64) -> TaskKey {
+        let (pid, tgid) = Self::pid_tgid(prev);
+        TaskKey { tgid, pid }
+    }
+    /// Cgroup v2 id of `prev` (which is `current`).
+    fn current_cgroup_id(prev: u64) -> u64;
 }
 
 /// Through `bpf_probe_read_kernel`: a raw tracepoint's arguments are plain numbers.
@@ -108,6 +125,18 @@ impl TaskFields for ProbeRead {
     fn read_u64(task: u64, offset: u32) -> u64 {
         // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
         unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u64) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn current_key(_prev: u64) -> TaskKey {
+        // One helper call instead of a probe read.
+        TaskKey::from_pid_tgid(bpf_get_current_pid_tgid())
+    }
+
+    #[inline(always)]
+    fn current_cgroup_id(_prev: u64) -> u64 {
+        // SAFETY: BPF helper with no preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
     }
 
     #[inline(always)]
@@ -140,6 +169,30 @@ impl TaskFields for TypedRead {
         // SAFETY: as above.
         unsafe { ((task as *const u8).add(offset as usize) as *const u64).read_volatile() }
     }
+
+    /// `prev->cgroups->dfl_cgrp->kn->id`, as the helper reads it for `current`, but as
+    /// three dependent loads (each checked against the BTF type the previous one
+    /// yields) instead of a helper call.
+    #[inline(always)]
+    fn current_cgroup_id(prev: u64) -> u64 {
+        let [cgroups, dfl_cgrp, kn, id] = CGROUP_CHAIN_OFFSETS.load();
+        if cgroups == 0 {
+            return ProbeRead::current_cgroup_id(prev);
+        }
+        let css_set = Self::read_u64(prev, cgroups);
+        if css_set == 0 {
+            return 0;
+        }
+        let cgroup = Self::read_u64(css_set, dfl_cgrp);
+        if cgroup == 0 {
+            return 0;
+        }
+        let node = Self::read_u64(cgroup, kn);
+        if node == 0 {
+            return 0;
+        }
+        Self::read_u64(node, id)
+    }
 }
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -170,8 +223,6 @@ fn on_switch<R: TaskFields, C: EbpfContext>(
 ) -> i32 {
     let preempt = preempt & 0xff != 0;
     let prev_state = prev_state as u32;
-    // SAFETY: BPF helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let Some(state) = CPU_STATE.get_ptr_mut(0) else {
         return 0;
     };
@@ -186,7 +237,13 @@ fn on_switch<R: TaskFields, C: EbpfContext>(
     unsafe { write_volatile(&mut state.seq, seq.wrapping_add(1)) };
 
     // `current` is still the outgoing task while this tracepoint runs.
-    let key = TaskKey::from_pid_tgid(bpf_get_current_pid_tgid());
+    let key = R::current_key(prev_task);
+    // The CPU's task clock (`rq_clock_task`, which the runtime counters run on: steal
+    // and irq time excluded), as the scheduler just stamped it on the outgoing task (or,
+    // from the idle task, on the incoming one). No clock read: `bpf_ktime_get_ns` was
+    // the dearest ingredient of this program.
+    let exec_start = TASK_EXEC_START_OFFSET.load();
+    let now = R::read_u64(if key.pid != 0 { prev_task } else { next }, exec_start);
     if key.pid != 0 {
         if state.start_ns != 0 {
             let ran = if state.pid == key.pid {
@@ -197,11 +254,11 @@ fn on_switch<R: TaskFields, C: EbpfContext>(
                 charge_untraced_switch(ctx, state, now)
             };
             if ran > 0 {
-                charge(ctx, &key, ran, current_cgroup_id());
+                charge(ctx, &key, ran, R::current_cgroup_id(prev_task));
             }
         }
         if !preempt && prev_state & TASK_DEAD != 0 {
-            flush_exited(&key, now);
+            flush_exited(&key, R::current_cgroup_id(prev_task));
         }
     }
     let (next_pid, next_tgid) = R::pid_tgid(next);
@@ -246,13 +303,6 @@ fn charge_untraced_switch<C: EbpfContext>(ctx: &C, state: &CpuState, now: u64) -
         charge(ctx, &hidden, hidden_ran, 0);
     }
     wall - hidden_ran
-}
-
-/// `current`'s cgroup v2 id.
-#[inline(always)]
-fn current_cgroup_id() -> u64 {
-    // SAFETY: BPF helper with no preconditions.
-    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// Adds `delta_ns` to the thread's time on this CPU and records its cgroup (`cgroup_id`
@@ -376,10 +426,12 @@ fn claim_slot(cpu: u32, key: &TaskKey) -> Option<(u64, u64)> {
     None
 }
 
-/// Sends a finished thread's totals (one record per CPU it ran on, then an exit record)
-/// and forgets it.
+/// Sends a finished thread's totals (one record per CPU it ran on, then an exit record
+/// with the cgroup it ends in, `cgroup_id`) and forgets it.
 #[inline(always)]
-fn flush_exited(key: &TaskKey, now: u64) {
+fn flush_exited(key: &TaskKey, cgroup_id: u64) {
+    // SAFETY: BPF helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     // SAFETY: lookup in a map the program owns; the value is copied out at once.
     let group_dead = unsafe { EXITING.get(&key.pid) }.copied().unwrap_or(0);
@@ -425,6 +477,8 @@ fn flush_exited(key: &TaskKey, now: u64) {
     }
     event.kind = EVENT_EXIT;
     event.value = u64::from(group_dead);
+    // The cgroup it ends in (each CPU's record keeps the one it last ran there in).
+    event.cgroup_id = cgroup_id;
     send(&event);
     let _ = TASKS.remove(key);
     let _ = EXITING.remove(&key.pid);

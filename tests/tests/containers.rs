@@ -505,3 +505,60 @@ fn check_names_the_cgroup_hierarchy_and_reaches_the_pod_source() {
     };
     assert!(cgroups.contains(&want), "{cgroups} (want {want})");
 }
+
+/// The probe's own cgroup id of a thread is its cgroup2 directory's inode (what
+/// `bpf_get_current_cgroup_id` returns), from the typed switch program (which walks
+/// task → css_set → cgroup → kernfs node with direct loads) and the raw one (which calls
+/// the helper) alike.
+#[test]
+fn the_probe_reads_a_threads_cgroup_id_as_its_cgroup2_directory_inode() {
+    use std::os::unix::fs::MetadataExt;
+
+    use energy_agent::probe::{Lifecycle, Probe, ProbeConfig};
+
+    require_root();
+    let cgroup = PodCgroup::v2(&["probe-cgroup-id".into()]);
+    let inode = std::fs::metadata(cgroup.leaf()).expect("the cgroup").ino();
+    let procs = cgroup.leaf().join("cgroup.procs");
+    for raw_switch in [false, true] {
+        let config = ProbeConfig {
+            raw_switch,
+            ..ProbeConfig::default()
+        };
+        let mut probe = Probe::load(&config).expect("loading the probe");
+        probe.read_interval().expect("first read");
+        // The shell moves itself into the cgroup, then becomes the burner.
+        let mut burner = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo 0 > {} && exec {} 0.3 1 > /dev/null",
+                procs.display(),
+                test_bin("burner").display()
+            ))
+            .spawn()
+            .expect("spawning the burner");
+        let pid = burner.id();
+        let (mut slices, mut exit) = (Vec::new(), None);
+        while exit.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+            let interval = probe.read_interval().expect("read_interval");
+            slices.extend(interval.slices.into_iter().filter(|s| s.tgid == pid));
+            exit = interval.lifecycle.into_iter().find_map(|l| match l {
+                Lifecycle::Exit {
+                    tgid, cgroup_id, ..
+                } if tgid == pid => Some(cgroup_id),
+                _ => None,
+            });
+        }
+        assert!(burner.wait().expect("the burner").success());
+        let program = probe.switch_program();
+        let last = slices.last().expect("the burner's slices");
+        assert_eq!(last.cgroup_id, inode, "{program}: {slices:?}");
+        assert_eq!(exit, Some(inode), "{program}: its exit record");
+        eprintln!(
+            "{program}: cgroup id {inode} on {} slices of the burner",
+            slices.iter().filter(|s| s.cgroup_id == inode).count()
+        );
+    }
+    drop(cgroup);
+}

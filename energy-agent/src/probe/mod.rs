@@ -327,7 +327,7 @@ impl Probe {
         let now = monotonic_ns();
         let slices: Vec<Option<u64>> = before
             .iter()
-            .map(|s| (s.pid != 0 && s.start_ns != 0).then(|| running_slice(s, now)))
+            .map(|s| (s.pid != 0 && s.start_ns != 0).then(|| running_slice(s)))
             .collect();
         let after = self.read_cpu_state()?;
         let running = consistent_running(&before, &after, slices);
@@ -580,16 +580,14 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<aya_log::EbpfLogger<&'static dyn log:
 
 /// What the task on a CPU has run since its switch-in: its runtime counter now (from
 /// `/proc/<tid>/schedstat`, the same counter the programs read) minus the counter at
-/// switch-in; the wall time since switch-in where schedstat is not available.
-fn running_slice(state: &CpuState, now_ns: u64) -> u64 {
+/// switch-in; nothing when schedstat is gone (the thread just ended: its final totals
+/// are on their way in its exit record).
+fn running_slice(state: &CpuState) -> u64 {
     let path = format!("/proc/{}/schedstat", state.pid);
-    match std::fs::read_to_string(path)
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
-    {
-        Some(runtime) => runtime.saturating_sub(state.runtime_ns),
-        None => now_ns.saturating_sub(state.start_ns),
-    }
+        .map_or(0, |runtime| runtime.saturating_sub(state.runtime_ns))
 }
 
 /// Number of possible CPUs (the size of per-CPU map values).
