@@ -347,7 +347,11 @@ fn check_tracepoints(checks: &mut Vec<Check>, tracefs: &Tracefs) {
     }
     let name = "tracepoint syscalls:sys_enter_ioctl";
     checks.push(match tracefs.format("syscalls", "sys_enter_ioctl") {
-        Ok(_) => Check::new(name, Status::Pass, "present (NVIDIA ioctls are counted)"),
+        Ok(_) => Check::new(
+            name,
+            Status::Pass,
+            "present (NVIDIA ioctls are counted where the NVIDIA driver is loaded)",
+        ),
         Err(e) => Check::new(
             name,
             Status::Warn,

@@ -99,7 +99,11 @@ fn a_process_that_mapped_libcuda_before_the_agent_started_is_traced_too() {
 #[test]
 fn only_ioctls_of_the_nvidia_type_are_counted() {
     require_root();
-    let mut agent = AgentRun::start(&["--interval", "500ms", "--no-gpu"]);
+    // This host has no NVIDIA driver: the tracepoint is asked for.
+    let mut agent = AgentRun::start_with_env(
+        &["--interval", "500ms", "--no-gpu"],
+        &[("ENERGY_AGENT_NVIDIA_IOCTLS", "on")],
+    );
     let out = Command::new(test_bin("ioctler"))
         .args(["25", "40"])
         .output()
@@ -109,6 +113,29 @@ fn only_ioctls_of_the_nvidia_type_are_counted() {
     agent.wait_intervals(2, Duration::from_secs(10));
     let (_, intervals) = agent.stop();
     assert_eq!(thread_calls(&intervals, pid, pid, "ioctls"), 25);
+}
+
+/// The ioctl tracepoint (a syscall tracepoint: it slows every syscall on the host) is
+/// attached only where the NVIDIA driver is, unless asked for.
+#[test]
+fn the_ioctl_tracepoint_is_attached_only_where_the_nvidia_driver_is_or_when_asked() {
+    use energy_agent::probe::{Probe, ProbeConfig};
+
+    require_root();
+    let driver = std::path::Path::new("/dev/nvidiactl").exists();
+    for (asked, attached) in [(None, driver), (Some(true), true), (Some(false), false)] {
+        let config = ProbeConfig {
+            nvidia_ioctls: asked,
+            ..ProbeConfig::default()
+        };
+        let probe = Probe::load(&config).expect("loading the probe");
+        let ioctl = &probe.gpu_status().ioctl;
+        assert_eq!(ioctl.is_ok(), attached, "{asked:?}: {ioctl:?}");
+        if asked.is_none() && !driver {
+            let why = ioctl.as_ref().unwrap_err();
+            assert!(why.contains("/dev/nvidiactl"), "{why}");
+        }
+    }
 }
 
 /// A process that does nothing, to stand on a GPU in NVML's list.

@@ -16,7 +16,7 @@ use aya::{
 use energy_common::{CudaCall, names};
 
 use super::{
-    KernelLayout, ProbeError, SCHED_TRACEPOINTS,
+    IOCTLS_ENV, KernelLayout, ProbeError, SCHED_TRACEPOINTS,
     cuda::{self, ProbePoint},
     privileged,
 };
@@ -125,19 +125,36 @@ pub fn load_gpu_programs(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Attaches what can be attached; never fails the agent.
+/// Where the NVIDIA driver's control device is, when it is loaded.
+const NVIDIA_CONTROL_DEVICE: &str = "/dev/nvidiactl";
+
+/// Attaches what can be attached; never fails the agent. The ioctl tracepoint only where
+/// `nvidia_ioctls` says so, by default (`None`) where the NVIDIA driver's device exists:
+/// any syscall tracepoint sends every syscall of every task through the kernel's slow
+/// syscall path, a cost a host without the driver should not pay.
 pub fn gpu_programs(
     ebpf: &mut Ebpf,
     layout: &KernelLayout,
     libcuda: Option<&Path>,
+    nvidia_ioctls: Option<bool>,
 ) -> GpuProbeStatus {
-    let ioctl = layout.ioctl_cmd_offset.clone().and_then(|_| {
-        tracepoint(ebpf)
-            .map_err(|e| e.to_string())?
-            .attach("syscalls", "sys_enter_ioctl")
-            .map(drop)
-            .map_err(|e| format!("attaching sys_enter_ioctl: {e}"))
-    });
+    let wanted = match nvidia_ioctls {
+        Some(true) => Ok(()),
+        Some(false) => Err(format!("turned off ({IOCTLS_ENV}=off)")),
+        None if Path::new(NVIDIA_CONTROL_DEVICE).exists() => Ok(()),
+        None => Err(format!(
+            "no NVIDIA driver ({NVIDIA_CONTROL_DEVICE} is missing), so the syscall tracepoint is not attached ({IOCTLS_ENV}=on attaches it anyway)"
+        )),
+    };
+    let ioctl = wanted
+        .and_then(|()| layout.ioctl_cmd_offset.clone())
+        .and_then(|_| {
+            tracepoint(ebpf)
+                .map_err(|e| e.to_string())?
+                .attach("syscalls", "sys_enter_ioctl")
+                .map(drop)
+                .map_err(|e| format!("attaching sys_enter_ioctl: {e}"))
+        });
     let cuda = cuda::find_libcuda(libcuda, Path::new("/"))
         .and_then(|library| Ok((cuda::probe_points(&library)?, library)))
         .map_err(|e| e.to_string())

@@ -148,7 +148,14 @@ pub struct ProbeConfig {
     /// Trace `sched_switch` with the raw tracepoint program even where the kernel takes
     /// the typed (tp_btf) one; the default comes from [`SWITCH_PROGRAM_ENV`].
     pub raw_switch: bool,
+    /// Count NVIDIA ioctls: `Some(true)` always, `Some(false)` never, `None` where the
+    /// NVIDIA driver's device exists; the default comes from [`IOCTLS_ENV`].
+    pub nvidia_ioctls: Option<bool>,
 }
+
+/// `on` or `off`: whether the NVIDIA ioctl tracepoint is attached whatever the host
+/// (by default, only where the NVIDIA driver's device exists).
+pub const IOCTLS_ENV: &str = "ENERGY_AGENT_NVIDIA_IOCTLS";
 
 /// Set to `raw`, `sched_switch` is traced by the raw tracepoint program even where the
 /// kernel takes the typed one (for an A/B of the two, and a way out should a kernel's
@@ -167,6 +174,11 @@ impl Default for ProbeConfig {
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
             raw_switch: std::env::var_os(SWITCH_PROGRAM_ENV).is_some_and(|v| v == "raw"),
+            nvidia_ioctls: match std::env::var(IOCTLS_ENV).as_deref() {
+                Ok("on") => Some(true),
+                Ok("off") => Some(false),
+                _ => None,
+            },
         }
     }
 }
@@ -218,15 +230,6 @@ impl Probe {
         }
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
         let cache_shift = cache::slots_shift(layout.nr_cpus, config.task_cache_slots);
-        // The typed switch program is loaded against the kernel's BTF (parsed again here,
-        // and dropped once the programs are attached).
-        let btf = if config.raw_switch {
-            None
-        } else {
-            aya::Btf::from_sys_fs()
-                .inspect_err(|e| log::info!("kernel BTF unreadable by aya: {e}"))
-                .ok()
-        };
         let mut ebpf = layout
             .loader()
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -240,6 +243,16 @@ impl Probe {
         } else {
             None
         };
+        // The typed switch program is loaded against the kernel's BTF, parsed again only
+        // now that the loader's own copy is gone (two at once would double the agent's
+        // peak memory) and dropped once the programs are attached.
+        let btf = if config.raw_switch {
+            None
+        } else {
+            aya::Btf::from_sys_fs()
+                .inspect_err(|e| log::info!("kernel BTF unreadable by aya: {e}"))
+                .ok()
+        };
         let switch_program = attach::sched_programs(&mut ebpf, btf.as_ref())?;
         drop(btf);
         log::debug!("sched_switch traced by {switch_program}");
@@ -251,7 +264,12 @@ impl Probe {
         let events = typed_map(&mut ebpf, names::EVENTS)?;
         let gpu_activity = typed_map(&mut ebpf, names::GPU_ACTIVITY)?;
         let sync_entry = typed_map(&mut ebpf, names::SYNC_ENTRY)?;
-        let gpu_status = attach::gpu_programs(&mut ebpf, &layout, config.libcuda.as_deref());
+        let gpu_status = attach::gpu_programs(
+            &mut ebpf,
+            &layout,
+            config.libcuda.as_deref(),
+            config.nvidia_ioctls,
+        );
         for line in gpu_status.lines() {
             log::info!("{line}");
         }

@@ -80,6 +80,7 @@ pub fn run(s: &Settings) -> Value {
             Agent::start_with(s, &["env", "ENERGY_AGENT_MAP_BATCH=off"], &args, false)
         };
         std::thread::sleep(Duration::from_secs(2));
+        let profile = profile(agent.pid(), busy, batched);
         let (c0, t0) = (cpu_seconds(agent.pid()), Instant::now());
         let spans = if busy {
             let target = format!("http://{receive}");
@@ -98,6 +99,11 @@ pub fn run(s: &Settings) -> Value {
         let wall = t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds(agent.pid()) - c0;
         let rss = peak_rss_mib(agent.pid());
+        if let Some(mut perf) = profile {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+            let _ = perf.wait();
+        }
         agent.stop();
         variants.push(json!({
             "receiver": match (busy, batched) {
@@ -126,6 +132,26 @@ pub fn run(s: &Settings) -> Value {
         "target_cpu_pct": TARGET_CPU_PCT,
         "target_rss_mib": TARGET_RSS_MIB,
     })
+}
+
+/// With `ENERGY_BENCH_PROFILE=DIR`, a `perf record -g` of the agent over the measured
+/// window, written to `DIR/agent-<variant>.perf.data` (read it with `perf report -i`).
+fn profile(pid: u32, busy: bool, batched: bool) -> Option<Child> {
+    let dir = std::env::var_os("ENERGY_BENCH_PROFILE")?;
+    let variant = match (busy, batched) {
+        (false, _) => "off",
+        (true, true) => "busy",
+        (true, false) => "busy-unbatched",
+    };
+    let out = std::path::Path::new(&dir).join(format!("agent-{variant}.perf.data"));
+    Command::new("perf")
+        .args(["record", "-q", "-F", "499", "--call-graph", "dwarf,16384"])
+        .args(["-p", &pid.to_string(), "-o"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .spawn()
+        .inspect_err(|e| eprintln!("bench: perf record unavailable: {e}"))
+        .ok()
 }
 
 pub fn table(r: &Value) -> String {

@@ -182,8 +182,10 @@ fn spread(v: &[f64]) -> Value {
 fn other_programs(s: &Settings) -> Vec<Value> {
     let standin = energy_tests::cuda::StandIn::build();
     let lib = standin.library.to_str().unwrap().to_string();
-    let agent = Agent::start(
+    // The ioctl program is measured here though this host has no NVIDIA driver.
+    let agent = Agent::start_with(
         s,
+        &["env", "ENERGY_AGENT_NVIDIA_IOCTLS=on"],
         &["--interval", "1s", "--no-gpu", "--libcuda", &lib],
         true,
     );
