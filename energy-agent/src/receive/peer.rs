@@ -20,6 +20,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+mod diag;
 mod namespace;
 
 pub use namespace::PidNamespace;
@@ -233,6 +234,7 @@ impl Peers {
 /// walks the fds once for the sockets not cached, and answers.
 fn resolve_jobs(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
     let mut namespaces = namespace::Namespaces::default();
+    let mut sockets = Sockets::new(&shared.proc_root);
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_WAITING
@@ -240,12 +242,12 @@ fn resolve_jobs(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
         {
             batch.push(job);
         }
-        let table = socket_table(&shared.proc_root);
-        let inode_of = |job: &Job| table.get(&(job.peer, job.ours)).copied();
+        let inodes = sockets.inodes(&shared.proc_root, &batch);
+        let inode_of = |i: usize| inodes[i];
         let mut unknown = HashSet::new();
-        for job in &batch {
+        for (i, job) in batch.iter().enumerate() {
             let cached = shared.cached((job.peer, job.ours), REWALK);
-            if let Some(inode) = inode_of(job)
+            if let Some(inode) = inode_of(i)
                 && !cached.is_some_and(|e| e.inode == inode && e.walked.elapsed() < REWALK)
             {
                 unknown.insert(inode);
@@ -258,9 +260,9 @@ fn resolve_jobs(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
             pids_of_sockets(&shared.proc_root, &unknown)
         };
         let now = Instant::now();
-        for job in batch {
+        for (i, job) in batch.into_iter().enumerate() {
             let key = (job.peer, job.ours);
-            let entry = match inode_of(&job) {
+            let entry = match inode_of(i) {
                 None => None,
                 Some(inode) => match owners.get(&inode) {
                     Some(&pid) => Some(Entry {
@@ -297,6 +299,45 @@ fn resolve_jobs(shared: &Shared, mut jobs: mpsc::Receiver<Job>) {
             }
             let _ = job.reply.send(origin);
         }
+    }
+}
+
+/// Finds the sockets of connections: by a `sock_diag` lookup each where the kernel has
+/// it (the host's own procfs only), else, and for what it does not find, in the socket
+/// table, read once per batch.
+struct Sockets {
+    diag: Option<diag::Diag>,
+}
+
+impl Sockets {
+    fn new(proc_root: &Path) -> Self {
+        let diag = (proc_root == Path::new("/proc"))
+            .then(diag::Diag::open)
+            .and_then(|d| {
+                d.inspect_err(|e| log::debug!("sock_diag unavailable ({e}): reading /proc/net/tcp"))
+                    .ok()
+            });
+        Self { diag }
+    }
+
+    /// Each job's socket inode, where found.
+    fn inodes(&mut self, proc_root: &Path, batch: &[Job]) -> Vec<Option<u64>> {
+        let mut table = None;
+        batch
+            .iter()
+            .map(|job| {
+                let found = self
+                    .diag
+                    .as_mut()
+                    .and_then(|d| d.inode(job.peer, job.ours).ok().flatten());
+                found.or_else(|| {
+                    table
+                        .get_or_insert_with(|| socket_table(proc_root))
+                        .get(&(job.peer, job.ours))
+                        .copied()
+                })
+            })
+            .collect()
     }
 }
 
