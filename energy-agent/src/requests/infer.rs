@@ -107,17 +107,37 @@ pub(super) fn infer(
         .collect();
     activity.retain(|tid, _| !declared.contains(tid));
     let mut out = Inference::default();
+    // Threads with too many spans to tell apart give nothing; their in-flight CPU only
+    // matters to the confidence of intervals where another thread gave, so they are
+    // worked out only then (at high span rates every thread is such a thread).
+    let mut ambiguous = Vec::new();
     for series in activity.values() {
-        let fit = match_thread(&grid, series, all, &candidates);
-        for (interval, ns) in fit.in_flight {
-            out.per_interval.entry(interval).or_default().1 += ns;
+        match match_thread(&grid, series, all, &candidates, false) {
+            Some(fit) => out.add(fit),
+            None => ambiguous.push(series),
         }
-        for ((interval, span), ns) in fit.given {
-            *out.given.entry((interval, span)).or_default() += ns;
-            out.per_interval.entry(interval).or_default().0 += ns;
+    }
+    if !out.given.is_empty() {
+        for series in ambiguous {
+            if let Some(fit) = match_thread(&grid, series, all, &candidates, true) {
+                out.add(fit);
+            }
         }
     }
     out
+}
+
+impl Inference {
+    /// Adds what one thread gave and ran while spans were in flight.
+    fn add(&mut self, fit: ThreadFit) {
+        for (interval, ns) in fit.in_flight {
+            self.per_interval.entry(interval).or_default().1 += ns;
+        }
+        for ((interval, span), ns) in fit.given {
+            *self.given.entry((interval, span)).or_default() += ns;
+            self.per_interval.entry(interval).or_default().0 += ns;
+        }
+    }
 }
 
 /// Whether the thread `span` names did the request's own work: it was on CPU for at
@@ -296,12 +316,15 @@ struct ThreadFit {
 
 /// The fit of one thread's series against the spans. A burst during which no span is
 /// in flight is left out of the fit (a request not seen yet, or work of no request).
+/// `None` for a thread touching more than [`MAX_SPANS`] spans (it cannot be matched)
+/// unless `ambiguous` asks for its in-flight CPU all the same.
 fn match_thread(
     grid: &[Bucket],
     series: &[f64],
     all: &[RequestSpan],
     spans: &[usize],
-) -> ThreadFit {
+    ambiguous: bool,
+) -> Option<ThreadFit> {
     let mut kept = series.to_vec();
     // Each burst with the spans that touch it: the rest play no part in it.
     let mut relevant = Vec::new();
@@ -325,7 +348,10 @@ fn match_thread(
         .collect();
     let mut out = ThreadFit::default();
     if regressors.is_empty() {
-        return out;
+        return Some(out);
+    }
+    if regressors.len() > MAX_SPANS && !ambiguous {
+        return None;
     }
     let (x, varies) = if regressors.len() > MAX_SPANS {
         // Too many to tell apart: every burst in flight is ambiguous.
@@ -361,7 +387,7 @@ fn match_thread(
             out.given.extend(b.given);
         }
     }
-    out
+    Some(out)
 }
 
 /// The spans among `spans` (in their order) that overlap a bucket of `burst`. Where the
