@@ -73,21 +73,6 @@ static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(0);
 /// Upper bound of the per-CPU read loop at exit, for the verifier.
 const MAX_CPUS: u32 = 1024;
 
-/// Reads an `i32` field of a `task_struct` at a BTF-derived offset.
-#[inline(always)]
-fn task_field(task: u64, offset: u32) -> u32 {
-    // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
-    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const i32) }.unwrap_or(0) as u32
-}
-
-/// Reads `task->se.sum_exec_runtime`.
-#[inline(always)]
-fn task_runtime(task: u64) -> u64 {
-    let offset = u64::from(TASK_RUNTIME_OFFSET.load());
-    // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
-    unsafe { bpf_probe_read_kernel((task + offset) as *const u64) }.unwrap_or(0)
-}
-
 /// How the switch program reads the `task_struct`s it is handed.
 trait TaskFields {
     /// The `u32` at `offset` in `task`.
@@ -112,13 +97,15 @@ trait TaskFields {
     fn current_cgroup_id(prev: u64) -> u64;
 }
 
-/// Through `bpf_probe_read_kernel`: a raw tracepoint's arguments are plain numbers.
+/// Through `bpf_probe_read_kernel`: a raw tracepoint's arguments, and any address kept
+/// in a map, are plain numbers (a failed read yields 0).
 struct ProbeRead;
 
 impl TaskFields for ProbeRead {
     #[inline(always)]
     fn read_u32(task: u64, offset: u32) -> u32 {
-        task_field(task, offset)
+        // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields 0.
+        unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u32) }.unwrap_or(0)
     }
 
     #[inline(always)]
@@ -147,7 +134,10 @@ impl TaskFields for ProbeRead {
             let both = Self::read_u64(task, pid_offset);
             (both as u32, (both >> 32) as u32)
         } else {
-            (task_field(task, pid_offset), task_field(task, tgid_offset))
+            (
+                Self::read_u32(task, pid_offset),
+                Self::read_u32(task, tgid_offset),
+            )
         }
     }
 }
@@ -287,11 +277,11 @@ fn charge_untraced_switch<C: EbpfContext>(ctx: &C, state: &CpuState, now: u64) -
     // The address is only trusted while it still holds the thread it was recorded for.
     if state.pid == 0
         || state.task == 0
-        || task_field(state.task, TASK_PID_OFFSET.load()) != state.pid
+        || ProbeRead::read_u32(state.task, TASK_PID_OFFSET.load()) != state.pid
     {
         return wall;
     }
-    let hidden_ran = task_runtime(state.task)
+    let hidden_ran = ProbeRead::read_u64(state.task, TASK_RUNTIME_OFFSET.load())
         .saturating_sub(state.runtime_ns)
         .min(wall);
     if hidden_ran > 0 {
@@ -511,7 +501,7 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let child = task_field(ctx.arg::<u64>(1), TASK_PID_OFFSET.load());
+    let child = ProbeRead::read_u32(ctx.arg::<u64>(1), TASK_PID_OFFSET.load());
     let parent = bpf_get_current_pid_tgid() as u32;
     send(&current_event(EVENT_FORK, parent, u64::from(child)));
     0

@@ -133,15 +133,26 @@ impl TaskCache {
         held
     }
 
+    /// The key word of thread `key`'s slot on each CPU (whoever holds it).
+    fn keys_of(&self, key: &TaskKey) -> impl Iterator<Item = &AtomicU64> {
+        let index = key.pid as usize & (self.slots_per_cpu() - 1);
+        (0..self.cpus).map(move |cpu| self.word((cpu << self.shift) | index, 0))
+    }
+
+    /// Whether thread `key` holds a slot on some CPU.
+    pub fn holds(&self, key: &TaskKey) -> bool {
+        let pid_tgid = key.pid_tgid();
+        self.keys_of(key)
+            .any(|k| k.load(Ordering::Acquire) == pid_tgid)
+    }
+
     /// Frees the slots thread `key` holds (it is gone and its final switch was missed);
     /// returns how many.
     pub fn release(&self, key: &TaskKey) -> usize {
         let pid_tgid = key.pid_tgid();
-        let index = key.pid as usize & (self.slots_per_cpu() - 1);
-        (0..self.cpus)
-            .filter(|cpu| {
-                self.word((cpu << self.shift) | index, 0)
-                    .compare_exchange(pid_tgid, SLOT_EMPTY, Ordering::SeqCst, Ordering::SeqCst)
+        self.keys_of(key)
+            .filter(|k| {
+                k.compare_exchange(pid_tgid, SLOT_EMPTY, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             })
             .count()

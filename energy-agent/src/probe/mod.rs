@@ -424,7 +424,7 @@ impl Probe {
 
     /// Whether thread `key` has time in the task map or the hot-task cache.
     pub fn tracks(&self, key: &TaskKey) -> bool {
-        self.tasks.get(key, 0).is_ok() || self.cache.read().iter().any(|(k, _, _)| k == key)
+        self.tasks.get(key, 0).is_ok() || self.cache.holds(key)
     }
 
     /// The kernel's counters for each attached program: (name, stats).
